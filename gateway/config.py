@@ -1,0 +1,111 @@
+"""Frozen settings: embedded defaults < TOML file < ``FLAM_GATEWAY_*`` environment variables.
+
+Every key is documented in ``config/gateway.example.toml``. The environment variable of a key is
+``FLAM_GATEWAY_`` + the key in upper case (``FLAM_GATEWAY_WORKERS=4``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import AdminError
+from gateway.limits import Limits
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway can be told. ``data_dir`` holds organs, spool, quarantine, keys and the ledger."""
+
+    data_dir: Path = Path("gateway-data")
+    database_url: str = ""  # empty: SQLite file ledger.sqlite3 in the data dir
+    workers: int = 2
+    settle_seconds: float = 0.5  # a closed file must stay unchanged this long before intake
+    rescan_seconds: float = 30.0  # periodic full scan (inotify can drop events)
+    unknown_suffix_grace_seconds: float = 600.0  # unknown suffixes are rejected (200) after this
+    hold_days: float = 3.0  # a dossier whose recipient has no usable key waits this long, then 311
+    expire_after_days: float = 30.0  # a delivery not picked up is removed and the sender gets 204
+    warn_before_expiry_days: float = 5.0  # 701 this long before expiry
+    quarantine_days: float = 90.0  # rejected originals are destroyed after this
+    retention_days: float = 365.0  # ledger and audit rows are purged after this (EntsV Art. 13a)
+    gpg_timeout_seconds: float = 600.0
+    listen: str = "127.0.0.1:2222"  # SFTP door; empty string: no SFTP door
+    login_timeout_seconds: float = 30.0
+    idle_timeout_seconds: float = 600.0
+    max_sessions_per_organ: int = 20
+    max_sessions_total: int = 500
+    max_message_bytes: int = Limits.max_message_bytes
+    max_json_bytes: int = Limits.max_json_bytes
+    max_zip_entries: int = Limits.max_zip_entries
+    max_zip_ratio: int = Limits.max_zip_ratio
+    max_zip_expanded_bytes: int = Limits.max_zip_expanded_bytes
+    armor_organs: tuple[str, ...] = field(default_factory=tuple)  # organs that get .asc instead of .pgp
+
+    def __repr__(self) -> str:
+        url = self.database_url
+        if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
+            scheme, rest = url.split("//", 1)
+            user = rest.split(":", 1)[0]
+            url = f"{scheme}//{user}:***@{rest.split('@', 1)[1]}"
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "database_url")
+        return f"Settings(database_url={url!r}, {shown})"
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_message_bytes=self.max_message_bytes,
+            max_json_bytes=self.max_json_bytes,
+            max_zip_entries=self.max_zip_entries,
+            max_zip_ratio=self.max_zip_ratio,
+            max_zip_expanded_bytes=self.max_zip_expanded_bytes,
+        )
+
+    @property
+    def ledger_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'ledger.sqlite3').resolve()}"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a TOML or environment value to the type of the field ``name``."""
+    default = getattr(Settings(), name)
+    try:
+        if isinstance(default, bool):
+            return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, Path):
+            return Path(value)
+        if isinstance(default, tuple):
+            items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
+            return tuple(str(v).strip() for v in items)
+        return type(default)(value)
+    except (TypeError, ValueError) as exc:
+        raise AdminError("CONFIG_INVALID", f"setting {name!r}: cannot use {value!r} ({exc})") from exc
+
+
+def load_settings(config_file: Path | None = None, data_dir: Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Build the settings: defaults, then the TOML file, then FLAM_GATEWAY_* env, then an explicit data dir."""
+    env = dict(os.environ if env is None else env)
+    known = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            raw = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise AdminError("CONFIG_INVALID", f"cannot read config file {config_file}: {exc}") from exc
+        flat = {k: v for section in raw.values() if isinstance(section, dict) for k, v in section.items()}
+        flat.update({k: v for k, v in raw.items() if not isinstance(v, dict)})
+        unknown = sorted(set(flat) - known)
+        if unknown:
+            raise AdminError("CONFIG_INVALID", f"unknown setting(s) in {config_file}: {', '.join(unknown)}")
+        values.update({k: _coerce(k, v) for k, v in flat.items()})
+    if "FLAM_GATEWAY_HOME" in env:
+        values["data_dir"] = Path(env["FLAM_GATEWAY_HOME"])
+    for name in known:
+        key = f"FLAM_GATEWAY_{name.upper()}"
+        if key in env:
+            values[name] = _coerce(name, env[key])
+    if data_dir is not None:
+        values["data_dir"] = Path(data_dir)
+    return replace(Settings(), **values)
