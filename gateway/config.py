@@ -84,7 +84,9 @@ def _coerce(name: str, value: Any) -> Any:
         raise AdminError("CONFIG_INVALID", f"setting {name!r}: cannot use {value!r} ({exc})") from exc
 
 
-def load_settings(config_file: Path | None = None, data_dir: Path | None = None, env: dict[str, str] | None = None) -> Settings:
+def load_settings(
+    config_file: Path | None = None, data_dir: Path | None = None, env: dict[str, str] | None = None
+) -> Settings:
     """Build the settings: defaults, then the TOML file, then FLAM_GATEWAY_* env, then an explicit data dir."""
     env = dict(os.environ if env is None else env)
     known = {f.name for f in fields(Settings)}

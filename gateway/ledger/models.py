@@ -1,0 +1,108 @@
+"""The ledger's tables: organs, their keys, routes, transfers, message ids, receipts and the event chain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, DateTime, Index, Text
+from sqlmodel import Field, SQLModel
+
+ORGAN_KINDS = ("control_body", "joint_committee", "tripartite_commission", "canton", "federal")
+
+
+def _ts(**kwargs: object) -> object:
+    return Field(sa_type=DateTime(timezone=True), **kwargs)  # type: ignore[arg-type]
+
+
+class Organ(SQLModel, table=True):
+    """An execution body with its own folders; the SSH user name is its id."""
+
+    id: str = Field(primary_key=True, max_length=63)
+    kind: str = Field(max_length=32)
+    name: str = Field(max_length=200)
+    active: bool = True
+    pgp_fingerprint: str | None = Field(default=None, max_length=64)
+    armor: bool = False  # deliveries as ASCII-armoured .asc instead of binary .pgp
+    created_at: datetime = _ts()
+
+
+class SshKey(SQLModel, table=True):
+    """One OpenSSH public key an organ may log in with (several per organ)."""
+
+    organ_id: str = Field(primary_key=True, foreign_key="organ.id", max_length=63)
+    fingerprint: str = Field(primary_key=True, max_length=100)
+    key_line: str = Field(sa_column=Column(Text, nullable=False))
+    added_at: datetime = _ts()
+
+
+class Route(SQLModel, table=True):
+    """A permitted direction: ``sender_id`` may send to ``recipient_id`` (the reply is its own route)."""
+
+    sender_id: str = Field(primary_key=True, foreign_key="organ.id", max_length=63)
+    recipient_id: str = Field(primary_key=True, foreign_key="organ.id", max_length=63)
+    created_at: datetime = _ts()
+
+
+class Transfer(SQLModel, table=True):
+    """One file that entered an outbox, from intake to its end (see gateway.lifecycle)."""
+
+    __table_args__ = (
+        Index("ix_transfer_work", "state", "next_attempt_at"),
+        Index("ix_transfer_sender_msg", "sender_id", "message_id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)  # time-ordered hex id, also the spool name
+    sender_id: str = Field(index=True, max_length=63)  # the account that wrote the file, never the file's claim
+    file_name: str = Field(sa_column=Column(Text, nullable=False))
+    size: int = 0
+    sha256: str = Field(default="", max_length=64)
+    state: str = Field(max_length=16)
+    status_code: int | None = None  # the last receipt code
+    message_id: str | None = Field(default=None, max_length=36)
+    dossier_id: str | None = Field(default=None, max_length=64)
+    message_type: str | None = Field(default=None, max_length=32)
+    recipient_id: str | None = Field(default=None, index=True, max_length=63)
+    test: bool = False
+    form: str | None = Field(default=None, max_length=8)  # json | zip
+    delivered_name: str | None = Field(default=None, max_length=200)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    next_attempt_at: datetime = _ts()
+    lease_until: datetime | None = _ts(default=None)
+    lease_owner: str | None = Field(default=None, max_length=64)
+
+
+class MessageId(SQLModel, table=True):
+    """Reserves ``(sender, message_id)`` for the one accepted transfer that carries it (code 201 otherwise)."""
+
+    sender_id: str = Field(primary_key=True, max_length=63)
+    message_id: str = Field(primary_key=True, max_length=36)
+    transfer_id: str = Field(max_length=32)
+
+
+class Receipt(SQLModel, table=True):
+    """A receipt due to the sender; ``written`` turns true once the file is in its receipts folder."""
+
+    transfer_id: str = Field(primary_key=True, foreign_key="transfer.id", max_length=32)
+    status_code: int = Field(primary_key=True)
+    status_info: str = Field(sa_column=Column(Text, nullable=False))
+    errors: str = Field(default="[]", sa_column=Column(Text, nullable=False))  # JSON list of problems
+    event_time: datetime = _ts()
+    written: bool = False
+
+
+class Event(SQLModel, table=True):
+    """Append-only audit trail; each row's ``hash`` covers its content and the previous row's hash."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(index=True)
+    organ_id: str | None = Field(default=None, index=True, max_length=63)
+    transfer_id: str | None = Field(default=None, index=True, max_length=32)
+    action: str = Field(max_length=32)  # transition:<state>, login, login_failed, upload, ...
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False))
+    ok: bool = True
+    peer: str | None = Field(default=None, max_length=80)
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)

@@ -1,0 +1,479 @@
+"""The only code that writes state: claims, lifecycle transitions, receipts due and the audit chain.
+
+SQLite (default) and PostgreSQL behave the same here. SQLite ignores ``FOR UPDATE SKIP LOCKED``, so every
+SQLite transaction starts with ``BEGIN IMMEDIATE`` (one writer at a time, no double claims); PostgreSQL
+claims with ``SKIP LOCKED`` and serialises the audit chain with a transaction-scoped advisory lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, event, func, or_, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from gateway import lifecycle
+from gateway.errors import AdminError, Problem, status_for
+from gateway.ledger.models import ORGAN_KINDS, Event, MessageId, Organ, Receipt, Route, SshKey, Transfer
+from gateway.lifecycle import State
+
+GENESIS = "0" * 64
+_CHAIN_LOCK = 0x464C414D  # "FLAM": advisory lock id of the audit chain on PostgreSQL
+
+
+def utc(moment: datetime) -> datetime:
+    """A database timestamp as an aware UTC datetime (SQLite hands them back naive)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class StaleTransition(Exception):
+    """The transfer is no longer in the state a step started from (another worker or a redo moved it)."""
+
+
+@dataclass(frozen=True)
+class DueReceipt:
+    """A receipt the ledger has recorded and whose file must (still) be written."""
+
+    transfer: Transfer
+    receipt: Receipt
+
+
+class Ledger:
+    """Transactional access to the ledger tables."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        else:
+            self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        SQLModel.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def tx(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on any error."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # -- organs, keys, routes -------------------------------------------------------------------------
+
+    def add_organ(self, organ_id: str, kind: str, name: str, now: datetime) -> Organ:
+        if kind not in ORGAN_KINDS:
+            raise AdminError("ORGAN_KIND", f"unknown kind {kind!r}; one of: {', '.join(ORGAN_KINDS)}")
+        with self.tx() as s:
+            if s.get(Organ, organ_id) is not None:
+                raise AdminError("ORGAN_EXISTS", f"organ {organ_id!r} already exists")
+            organ = Organ(id=organ_id, kind=kind, name=name, created_at=now)
+            s.add(organ)
+            self._append(s, now, "organ_added", f"{organ_id} kind={kind}", organ_id=organ_id)
+        return organ
+
+    def organ(self, organ_id: str) -> Organ:
+        with self.tx() as s:
+            organ = s.get(Organ, organ_id)
+        if organ is None:
+            raise AdminError("ORGAN_UNKNOWN", f"no organ {organ_id!r} (see `flam-gateway organ list`)")
+        return organ
+
+    def find_organ(self, organ_id: str) -> Organ | None:
+        with self.tx() as s:
+            return s.get(Organ, organ_id)
+
+    def organs(self) -> list[Organ]:
+        with self.tx() as s:
+            return list(s.exec(select(Organ).order_by(Organ.id)))
+
+    def update_organ(self, organ_id: str, now: datetime, action: str, **values: Any) -> Organ:
+        """Change organ fields (active, pgp_fingerprint, armor) and record why in the audit chain."""
+        with self.tx() as s:
+            organ = s.get(Organ, organ_id)
+            if organ is None:
+                raise AdminError("ORGAN_UNKNOWN", f"no organ {organ_id!r} (see `flam-gateway organ list`)")
+            for key, value in values.items():
+                setattr(organ, key, value)
+            s.add(organ)
+            detail = " ".join(f"{k}={v}" for k, v in values.items())
+            self._append(s, now, action, detail, organ_id=organ_id)
+        return organ
+
+    def add_ssh_key(self, organ_id: str, fingerprint: str, key_line: str, now: datetime) -> None:
+        self.organ(organ_id)
+        with self.tx() as s:
+            if s.get(SshKey, (organ_id, fingerprint)) is not None:
+                raise AdminError("SSH_KEY_EXISTS", f"organ {organ_id!r} already has key {fingerprint}")
+            s.add(SshKey(organ_id=organ_id, fingerprint=fingerprint, key_line=key_line, added_at=now))
+            self._append(s, now, "ssh_key_added", fingerprint, organ_id=organ_id)
+
+    def ssh_keys(self, organ_id: str | None = None) -> list[SshKey]:
+        with self.tx() as s:
+            query = select(SshKey).order_by(SshKey.organ_id, SshKey.added_at)
+            if organ_id is not None:
+                query = query.where(SshKey.organ_id == organ_id)
+            return list(s.exec(query))
+
+    def remove_ssh_key(self, organ_id: str, fingerprint: str, now: datetime) -> None:
+        with self.tx() as s:
+            key = s.get(SshKey, (organ_id, fingerprint))
+            if key is None:
+                raise AdminError("SSH_KEY_UNKNOWN", f"organ {organ_id!r} has no key {fingerprint}")
+            s.delete(key)
+            self._append(s, now, "ssh_key_removed", fingerprint, organ_id=organ_id)
+
+    def authorized_keys(self, organ_id: str) -> list[str] | None:
+        """The key lines an active organ may log in with; None for an unknown or disabled organ."""
+        with self.tx() as s:
+            organ = s.get(Organ, organ_id)
+            if organ is None or not organ.active:
+                return None
+            return [k.key_line for k in s.exec(select(SshKey).where(SshKey.organ_id == organ_id))]
+
+    def set_route(self, sender_id: str, recipient_id: str, allowed: bool, now: datetime) -> None:
+        self.organ(sender_id)
+        self.organ(recipient_id)
+        with self.tx() as s:
+            existing = s.get(Route, (sender_id, recipient_id))
+            if allowed and existing is None:
+                s.add(Route(sender_id=sender_id, recipient_id=recipient_id, created_at=now))
+            elif not allowed and existing is not None:
+                s.delete(existing)
+            action = "route_allowed" if allowed else "route_denied"
+            self._append(s, now, action, f"{sender_id} -> {recipient_id}", organ_id=sender_id)
+
+    def routes(self) -> list[Route]:
+        with self.tx() as s:
+            return list(s.exec(select(Route).order_by(Route.sender_id, Route.recipient_id)))
+
+    def route_allowed(self, sender_id: str, recipient_id: str) -> bool:
+        with self.tx() as s:
+            return s.get(Route, (sender_id, recipient_id)) is not None
+
+    # -- transfers ------------------------------------------------------------------------------------
+
+    def receive(self, transfer: Transfer) -> bool:
+        """Record a file intake committed to the spool; False if it was recorded already (a redo)."""
+        with self.tx() as s:
+            if s.get(Transfer, transfer.id) is not None:
+                return False
+            s.add(transfer)
+            self._append(
+                s,
+                transfer.created_at,
+                "transition:received",
+                transfer.file_name,
+                organ_id=transfer.sender_id,
+                transfer_id=transfer.id,
+            )
+        return True
+
+    def transfer(self, transfer_id: str) -> Transfer | None:
+        with self.tx() as s:
+            return s.get(Transfer, transfer_id)
+
+    def claim(self, owner: str, now: datetime, lease: timedelta) -> Transfer | None:
+        """Lease the oldest workable transfer to ``owner``; None when there is nothing to do."""
+        with self.tx() as s:
+            query = (
+                select(Transfer)
+                .where(Transfer.state.in_([st.value for st in lifecycle.WORKABLE]))  # type: ignore[attr-defined]
+                .where(Transfer.next_attempt_at <= now)
+                .where(or_(Transfer.lease_until.is_(None), Transfer.lease_until < now))  # type: ignore[union-attr]
+                .order_by(Transfer.next_attempt_at, Transfer.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            transfer = s.exec(query).first()
+            if transfer is None:
+                return None
+            transfer.lease_until, transfer.lease_owner = now + lease, owner
+            s.add(transfer)
+        return transfer
+
+    def release(self, transfer_id: str, *, error: str | None = None, retry_at: datetime | None = None) -> None:
+        """End a lease; with ``error``, count a failed attempt and wait until ``retry_at``."""
+        with self.tx() as s:
+            transfer = s.get(Transfer, transfer_id)
+            if transfer is None:
+                return
+            transfer.lease_until = transfer.lease_owner = None
+            if error is not None:
+                transfer.attempts += 1
+                transfer.last_error = error
+                self._append(
+                    s,
+                    utc(retry_at or datetime.now(UTC)),
+                    "fault",
+                    error,
+                    organ_id=transfer.sender_id,
+                    transfer_id=transfer_id,
+                    ok=False,
+                )
+            if retry_at is not None:
+                transfer.next_attempt_at = retry_at
+            s.add(transfer)
+
+    def release_leases(self, owner: str) -> int:
+        """Free the leases a previous run of this node held (it was killed); returns how many."""
+        with self.tx() as s:
+            result = s.exec(  # type: ignore[call-overload]
+                update(Transfer).where(Transfer.lease_owner == owner).values(lease_until=None, lease_owner=None)
+            )
+            return result.rowcount or 0
+
+    def transition(
+        self,
+        transfer_id: str,
+        source: State,
+        target: State,
+        now: datetime,
+        *,
+        problems: Sequence[Problem] = (),
+        info: str = "",
+        **values: Any,
+    ) -> Transfer:
+        """Move a transfer along the lifecycle table, recording the event and any receipt it owes.
+
+        Raises StaleTransition when the transfer is not in ``source`` any more, IllegalTransition when the
+        pair is not in the table. Entering VALIDATED reserves the message id; a repeat turns the step into
+        a rejection with code 201.
+        """
+        code = lifecycle.check(source, target)
+        if target is State.REJECTED and problems:
+            code = status_for(problems)
+        try:
+            return self._transition(transfer_id, source, target, now, code, problems, info, values)
+        except IntegrityError:
+            dup = Problem(
+                "DUPLICATE_MESSAGE_ID", "/envelope/message_id", "this message_id was already accepted from this sender"
+            )
+            values = {k: v for k, v in values.items() if k != "form"}
+            return self._transition(
+                transfer_id, source, State.REJECTED, now, 201, [dup], "duplicate message_id", values
+            )
+
+    def _transition(
+        self,
+        transfer_id: str,
+        source: State,
+        target: State,
+        now: datetime,
+        code: int | None,
+        problems: Sequence[Problem],
+        info: str,
+        values: dict[str, Any],
+    ) -> Transfer:
+        with self.tx() as s:
+            transfer = s.get(Transfer, transfer_id, with_for_update=True)
+            if transfer is None or transfer.state != source.value:
+                raise StaleTransition(f"{transfer_id} is not {source.value}")
+            for key, value in values.items():
+                setattr(transfer, key, value)
+            transfer.state, transfer.updated_at = target.value, now
+            if target is State.VALIDATED and transfer.message_id:
+                with s.begin_nested():
+                    s.add(
+                        MessageId(sender_id=transfer.sender_id, message_id=transfer.message_id, transfer_id=transfer.id)
+                    )
+            if code is not None:
+                transfer.status_code = code
+                errors = json.dumps([p.as_dict() for p in problems], ensure_ascii=False)
+                receipt = s.get(Receipt, (transfer_id, code))
+                if receipt is None:
+                    s.add(
+                        Receipt(
+                            transfer_id=transfer_id,
+                            status_code=code,
+                            status_info=info or target.value,
+                            errors=errors,
+                            event_time=now,
+                        )
+                    )
+            s.add(transfer)
+            detail = info or (f"status {code}" if code else "")
+            self._append(
+                s,
+                now,
+                f"transition:{target.value}",
+                detail,
+                organ_id=transfer.sender_id,
+                transfer_id=transfer_id,
+                ok=target is not State.REJECTED,
+            )
+        return transfer
+
+    def due_receipts(self, transfer_id: str | None = None) -> list[DueReceipt]:
+        """Receipts recorded but not yet written to the sender's folder (all, or one transfer's)."""
+        with self.tx() as s:
+            query = select(Transfer, Receipt).join(Receipt).where(Receipt.written == False)  # noqa: E712
+            if transfer_id is not None:
+                query = query.where(Receipt.transfer_id == transfer_id)
+            return [DueReceipt(t, r) for t, r in s.exec(query.order_by(Receipt.event_time))]
+
+    def mark_written(self, transfer_id: str, status_code: int) -> None:
+        with self.tx() as s:
+            receipt = s.get(Receipt, (transfer_id, status_code))
+            if receipt is not None:
+                receipt.written = True
+                s.add(receipt)
+
+    def transfers(
+        self,
+        *,
+        organ_id: str | None = None,
+        state: str | None = None,
+        states: Sequence[State] = (),
+        limit: int | None = None,
+    ) -> list[Transfer]:
+        with self.tx() as s:
+            query = select(Transfer).order_by(Transfer.id)
+            if organ_id is not None:
+                query = query.where(or_(Transfer.sender_id == organ_id, Transfer.recipient_id == organ_id))
+            if state is not None:
+                query = query.where(Transfer.state == state)
+            if states:
+                query = query.where(Transfer.state.in_([st.value for st in states]))  # type: ignore[attr-defined]
+            if limit is not None:
+                query = query.limit(limit)
+            return list(s.exec(query))
+
+    def delivered_as(self, recipient_id: str, name: str) -> Transfer | None:
+        """The delivered transfer whose file in ``recipient_id``'s inbox is called ``name``."""
+        with self.tx() as s:
+            query = select(Transfer).where(
+                Transfer.recipient_id == recipient_id,
+                Transfer.delivered_name == name,
+                Transfer.state == State.DELIVERED.value,
+            )
+            return s.exec(query).first()
+
+    def find_transfers(self, key: str) -> list[Transfer]:
+        """Transfers whose message id or transfer id is ``key``."""
+        with self.tx() as s:
+            query = select(Transfer).where(or_(Transfer.message_id == key, Transfer.id == key)).order_by(Transfer.id)
+            return list(s.exec(query))
+
+    def count_by_state(self) -> dict[str, int]:
+        with self.tx() as s:
+            rows = s.exec(select(Transfer.state, func.count()).group_by(Transfer.state))  # type: ignore[call-overload]
+            return {state: n for state, n in rows}
+
+    # -- audit chain ----------------------------------------------------------------------------------
+
+    def audit(
+        self,
+        now: datetime,
+        action: str,
+        detail: str = "",
+        *,
+        organ_id: str | None = None,
+        ok: bool = True,
+        peer: str | None = None,
+    ) -> None:
+        """Append one access event (login, listing, upload, download, removal, admin change)."""
+        with self.tx() as s:
+            self._append(s, now, action, detail, organ_id=organ_id, ok=ok, peer=peer)
+
+    def events(
+        self,
+        *,
+        organ_id: str | None = None,
+        transfer_id: str | None = None,
+        limit: int | None = None,
+        audit_only: bool = False,
+    ) -> list[Event]:
+        with self.tx() as s:
+            query = select(Event).order_by(Event.id.desc() if limit else Event.id)  # type: ignore[union-attr]
+            if organ_id is not None:
+                query = query.where(Event.organ_id == organ_id)
+            if transfer_id is not None:
+                query = query.where(Event.transfer_id == transfer_id)
+            if audit_only:
+                query = query.where(Event.transfer_id.is_(None))  # type: ignore[union-attr]
+            if limit is not None:
+                query = query.limit(limit)
+            rows = list(s.exec(query))
+        return sorted(rows, key=lambda e: e.id or 0)
+
+    def verify_chain(self) -> tuple[int, list[int]]:
+        """Recompute the audit chain; returns (events checked, ids of events that do not match)."""
+        bad: list[int] = []
+        count, prev = 0, None
+        with self.tx() as s:
+            for ev in s.exec(select(Event).order_by(Event.id)):  # type: ignore[arg-type]
+                count += 1
+                expected_prev = ev.prev_hash if prev is None else prev  # purge moves the chain's start
+                if ev.prev_hash != expected_prev or ev.hash != _event_hash(ev):
+                    bad.append(ev.id or 0)
+                prev = ev.hash
+        return count, bad
+
+    def purge_events(self, before: datetime) -> int:
+        with self.tx() as s:
+            return s.exec(delete(Event).where(Event.at < before)).rowcount or 0  # type: ignore[call-overload]
+
+    def _append(
+        self,
+        s: Session,
+        now: datetime,
+        action: str,
+        detail: str,
+        *,
+        organ_id: str | None = None,
+        transfer_id: str | None = None,
+        ok: bool = True,
+        peer: str | None = None,
+    ) -> None:
+        if not self.is_sqlite:
+            s.exec(text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=_CHAIN_LOCK))  # type: ignore[call-overload]
+        last = s.exec(select(Event.hash).order_by(Event.id.desc()).limit(1)).first()  # type: ignore[union-attr]
+        ev = Event(
+            at=utc(now),
+            organ_id=organ_id,
+            transfer_id=transfer_id,
+            action=action,
+            detail=detail,
+            ok=ok,
+            peer=peer,
+            prev_hash=last or GENESIS,
+            hash="",
+        )
+        ev.hash = _event_hash(ev)
+        s.add(ev)
+
+
+def _event_hash(ev: Event) -> str:
+    body = "|".join(
+        [
+            ev.prev_hash,
+            utc(ev.at).isoformat(timespec="microseconds"),
+            ev.organ_id or "",
+            ev.transfer_id or "",
+            ev.action,
+            ev.detail,
+            "1" if ev.ok else "0",
+            ev.peer or "",
+        ]
+    )
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # let the "begin" hook issue BEGIN IMMEDIATE itself
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
