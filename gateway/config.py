@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ class Settings:
     max_zip_entries: int = Limits.max_zip_entries
     max_zip_ratio: int = Limits.max_zip_ratio
     max_zip_expanded_bytes: int = Limits.max_zip_expanded_bytes
-    armor_organs: tuple[str, ...] = field(default_factory=tuple)  # organs that get .asc instead of .pgp
 
     def __repr__(self) -> str:
         url = self.database_url
@@ -76,9 +75,6 @@ def _coerce(name: str, value: Any) -> Any:
             return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes", "on"}
         if isinstance(default, Path):
             return Path(value)
-        if isinstance(default, tuple):
-            items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
-            return tuple(str(v).strip() for v in items)
         return type(default)(value)
     except (TypeError, ValueError) as exc:
         raise AdminError("CONFIG_INVALID", f"setting {name!r}: cannot use {value!r} ({exc})") from exc

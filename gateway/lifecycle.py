@@ -2,11 +2,12 @@
 
 ```
 RECEIVED -> VALIDATED -> ENCRYPTED -> DELIVERED -> FETCHED   (picked up: receipt 110)
-    |           |            |             +-----> EXPIRED   (not picked up in time: receipt 204)
-    +-----------+------------+---> REJECTED (receipt with every reason; original kept in quarantine)
+    |           |                          +-----> EXPIRED   (not picked up in time: receipt 204)
+    +-----------+---> REJECTED (receipt with every reason; original kept in quarantine)
                 +---> HELD ---> VALIDATED (cause gone) | REJECTED 311 (after the hold time)
 ```
 
+ENCRYPTED only moves on: a failed delivery is the gateway's fault (disk, permissions) and is retried.
 A pair not in :data:`TRANSITIONS` raises :class:`IllegalTransition` and changes nothing.
 """
 
@@ -33,7 +34,7 @@ TRANSITIONS: dict[State, dict[State, int | None]] = {
     State.RECEIVED: {State.VALIDATED: None, State.REJECTED: None},
     State.VALIDATED: {State.ENCRYPTED: None, State.HELD: 601, State.REJECTED: None},
     State.HELD: {State.VALIDATED: None, State.REJECTED: 311},
-    State.ENCRYPTED: {State.DELIVERED: 100, State.REJECTED: None},
+    State.ENCRYPTED: {State.DELIVERED: 100},
     State.DELIVERED: {State.FETCHED: 110, State.EXPIRED: 204},
     State.FETCHED: {},
     State.EXPIRED: {},

@@ -1,0 +1,153 @@
+"""The on-disk layout and its atomic operations.
+
+```
+<data>/organs/<organ>/outbox|inbox|receipts   what organs see (over SFTP or on the host)
+<data>/spool/in/<sender>/<transfer>.<name>     a collected dossier, private, wiped when done
+<data>/spool/out/<transfer>.pgp                its encryption, renamed into the recipient's inbox
+<data>/spool/tmp/                              temp files, renamed into place (same filesystem)
+<data>/quarantine/<sender>/<transfer>.<name>   rejected originals, for the admin only
+<data>/gnupg, <data>/hostkeys                  the gateway's own keys
+```
+Every move is a rename on one filesystem, so each is atomic; directories are fsynced after renames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+
+ORGAN_SUBDIRS = ("outbox", "inbox", "receipts")
+TEMP_PREFIXES = (".", "~")
+TEMP_SUFFIXES = (".part", ".partial", ".filepart", ".tmp")
+_NAME_MAX = 255
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def new_transfer_id() -> str:
+    """A 32-hex id that sorts by creation time (milliseconds) and cannot be guessed."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Names a writer is still writing (renamed when done): never picked up."""
+    return name.startswith(TEMP_PREFIXES) or name.lower().endswith(TEMP_SUFFIXES)
+
+
+def safe_component(text: str, limit: int = 80) -> str:
+    """``text`` reduced to characters that are safe in any file name, for receipt names."""
+    return _SAFE.sub("_", text)[:limit].strip("._") or "file"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def move_no_replace(src: Path, dst: Path) -> bool:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists; True if moved (or already moved by an earlier run).
+
+    Done as link + unlink so an existing ``dst`` is never replaced. A redo after a crash between the two
+    finds both names on one inode and only removes ``src``.
+    """
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        if not src.exists() or not os.path.samefile(src, dst):
+            return False
+    except FileNotFoundError:
+        return dst.exists()
+    src.unlink(missing_ok=True)
+    fsync_dir(dst.parent)
+    return True
+
+
+class Folders:
+    """Paths of the layout under one data directory, and the moves between them."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir).resolve()
+        self.organs = self.root / "organs"
+        self.spool_in = self.root / "spool" / "in"
+        self.spool_out = self.root / "spool" / "out"
+        self.tmp = self.root / "spool" / "tmp"
+        self.quarantine = self.root / "quarantine"
+        self.gnupg = self.root / "gnupg"
+        self.hostkeys = self.root / "hostkeys"
+
+    def create(self) -> None:
+        for path in (self.organs, self.spool_in, self.spool_out, self.tmp, self.quarantine, self.hostkeys):
+            path.mkdir(parents=True, exist_ok=True)
+        for private in (self.root / "spool", self.quarantine, self.hostkeys):
+            private.chmod(0o700)
+
+    def create_organ(self, organ_id: str) -> None:
+        for sub in ORGAN_SUBDIRS:
+            (self.organs / organ_id / sub).mkdir(parents=True, exist_ok=True)
+
+    def outbox(self, organ_id: str) -> Path:
+        return self.organs / organ_id / "outbox"
+
+    def inbox(self, organ_id: str) -> Path:
+        return self.organs / organ_id / "inbox"
+
+    def receipts(self, organ_id: str) -> Path:
+        return self.organs / organ_id / "receipts"
+
+    def spooled(self, sender_id: str, transfer_id: str, file_name: str) -> Path:
+        """Where a collected file lives until its dossier is done (the name is cut to fit NAME_MAX)."""
+        return self.spool_in / sender_id / _fit(f"{transfer_id}.{file_name}")
+
+    def encrypted(self, transfer_id: str) -> Path:
+        return self.spool_out / f"{transfer_id}.pgp"
+
+    def quarantined(self, sender_id: str, transfer_id: str, file_name: str) -> Path:
+        return self.quarantine / sender_id / _fit(f"{transfer_id}.{file_name}")
+
+    def temp_path(self, hint: str) -> Path:
+        return self.tmp / f"{hint}.{secrets.token_hex(6)}.tmp"
+
+    def write_atomic(self, dst: Path, data: bytes) -> None:
+        """Write ``data`` under a temp name, fsync, and rename onto ``dst`` (replacing it)."""
+        tmp = self.temp_path(dst.name[:40])
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dst)
+        fsync_dir(dst.parent)
+
+    def sweep_tmp(self) -> int:
+        """Remove temp files a killed run left behind; returns how many."""
+        count = 0
+        for path in self.tmp.glob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                count += 1
+        for path in self.spool_out.glob("*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                count += 1
+        return count
+
+
+def _fit(name: str) -> str:
+    """Cut a file name to NAME_MAX bytes without splitting a UTF-8 character."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= _NAME_MAX:
+        return name
+    return raw[:_NAME_MAX].decode("utf-8", "ignore")

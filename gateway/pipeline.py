@@ -1,0 +1,158 @@
+"""One step of a dossier's life: from the state the ledger says it is in to the next one.
+
+``advance`` runs the handlers for the transfer's current state and returns the :class:`Step` to record;
+it never writes the ledger (the worker records the step) and knows nothing of SFTP or the watcher.
+Every step is safe to redo after a crash: names are deterministic and files are only renamed into place.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.errors import Held, Problem
+from gateway.folders import Folders
+from gateway.handlers.deliver import deliver, delivery_name
+from gateway.handlers.encrypt import Crypto, encrypt
+from gateway.handlers.inspect import envelope_of, inspect_file
+from gateway.handlers.receipt import STATUS_INFO
+from gateway.handlers.route import Directory, route_problems
+from gateway.lifecycle import State
+from gateway.limits import Limits
+
+
+@dataclass(frozen=True)
+class Context:
+    """The ports a step may use, and the moment it runs at."""
+
+    directory: Directory
+    crypto: Crypto
+    folders: Folders
+    limits: Limits
+    now: datetime
+    hold: timedelta
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the ledger should record: the next state, transfer fields, and the receipt's reasons."""
+
+    target: State
+    values: dict[str, Any] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    info: str = ""
+
+
+class TransferView(Protocol):
+    """The transfer fields a step reads (gateway.ledger.models.Transfer has them)."""
+
+    id: str
+    sender_id: str
+    file_name: str
+    state: str
+    message_id: str | None
+    recipient_id: str | None
+    form: str | None
+    updated_at: datetime
+
+
+def advance(transfer: TransferView, ctx: Context) -> Step | None:
+    """The next step for ``transfer``, or None when it must wait (held, recipient still without a key)."""
+    state = State(transfer.state)
+    if state is State.RECEIVED:
+        return validate(transfer, ctx)
+    if state is State.VALIDATED:
+        return encrypt_step(transfer, ctx)
+    if state is State.ENCRYPTED:
+        return deliver_step(transfer, ctx)
+    if state is State.HELD:
+        return retry_held(transfer, ctx)
+    raise ValueError(f"no step runs from state {state.value}")
+
+
+def validate(transfer: TransferView, ctx: Context) -> Step:
+    """RECEIVED -> VALIDATED, or REJECTED with every problem found."""
+    path = ctx.folders.spooled(transfer.sender_id, transfer.id, transfer.file_name)
+    mode = path.lstat().st_mode
+    if not stat.S_ISREG(mode):
+        problem = Problem("FILE_NOT_REGULAR", "", "only regular files are accepted (no folders, links or pipes)")
+        return Step(State.REJECTED, problems=[problem], info=problem.message)
+    inspection = inspect_file(path, transfer.sender_id, ctx.limits, ctx.now)
+    envelope = envelope_of(inspection.parsed) if inspection.parsed else {}
+    problems = list(inspection.problems)
+    if not any(p.code == "SENDER_MISMATCH" for p in problems):
+        problems += route_problems(transfer.sender_id, envelope.get("recipient_id"), ctx.directory)
+    values = _envelope_values(envelope)
+    if problems:
+        return Step(State.REJECTED, values=values, problems=problems, info=_summary(problems))
+    values["form"] = inspection.parsed.form if inspection.parsed else None
+    return Step(State.VALIDATED, values=values)
+
+
+def encrypt_step(transfer: TransferView, ctx: Context) -> Step:
+    """VALIDATED -> ENCRYPTED (signed for the recipient in the private spool), or HELD (601)."""
+    recipient = ctx.directory.find_organ(transfer.recipient_id or "")
+    src = ctx.folders.spooled(transfer.sender_id, transfer.id, transfer.file_name)
+    try:
+        encrypt(
+            src,
+            ctx.folders.encrypted(transfer.id),
+            getattr(recipient, "pgp_fingerprint", None),
+            ctx.crypto,
+            ctx.now,
+            bool(getattr(recipient, "armor", False)),
+        )
+    except Held as held:
+        return Step(State.HELD, problems=[held.problem], info=f"{STATUS_INFO[601]}: {held.problem.message}")
+    return Step(State.ENCRYPTED)
+
+
+def deliver_step(transfer: TransferView, ctx: Context) -> Step:
+    """ENCRYPTED -> DELIVERED: the encryption appears in the recipient's inbox atomically (100)."""
+    recipient = ctx.directory.find_organ(transfer.recipient_id or "")
+    name = delivery_name(
+        transfer.sender_id,
+        transfer.message_id or transfer.id,
+        transfer.form or "json",
+        bool(getattr(recipient, "armor", False)),
+    )
+    deliver(ctx.folders.encrypted(transfer.id), ctx.folders.inbox(transfer.recipient_id or "") / name)
+    return Step(State.DELIVERED, values={"delivered_name": name}, info=STATUS_INFO[100])
+
+
+def retry_held(transfer: TransferView, ctx: Context) -> Step | None:
+    """HELD -> VALIDATED once the recipient's key is usable, REJECTED (311) after the hold time."""
+    recipient = ctx.directory.find_organ(transfer.recipient_id or "")
+    problem = ctx.crypto.check_recipient(getattr(recipient, "pgp_fingerprint", None), ctx.now)
+    if problem is None:
+        return Step(State.VALIDATED, info="recipient key usable again")
+    if ctx.now - transfer.updated_at >= ctx.hold:
+        return Step(State.REJECTED, problems=[problem], info=f"held too long: {problem.message}")
+    return None
+
+
+def spool_paths(transfer: TransferView, folders: Folders) -> tuple[Path, Path]:
+    """The plaintext and encrypted spool files of a transfer."""
+    return folders.spooled(transfer.sender_id, transfer.id, transfer.file_name), folders.encrypted(transfer.id)
+
+
+def _envelope_values(envelope: dict[str, Any]) -> dict[str, Any]:
+    def text(key: str, limit: int) -> str | None:
+        value = envelope.get(key)
+        return value if isinstance(value, str) and 0 < len(value) <= limit else None
+
+    return {
+        "message_id": text("message_id", 36),
+        "dossier_id": text("dossier_id", 64),
+        "message_type": text("message_type", 32),
+        "recipient_id": text("recipient_id", 63),
+        "test": envelope.get("test") is True,
+    }
+
+
+def _summary(problems: list[Problem]) -> str:
+    first = problems[0].message
+    return first if len(problems) == 1 else f"{first} (and {len(problems) - 1} more problem(s))"
