@@ -1,0 +1,199 @@
+"""Intake: notices complete files in outboxes and deliveries removed from inboxes.
+
+A file counts as complete when its writer closed it and it then stayed unchanged for the settle time,
+or at once when it was renamed into the outbox. Temp names (see ``folders.is_temp_name``) are never
+taken; a name with an unknown suffix is taken (to be rejected with 200) only after a grace time.
+The outbox file is renamed into the private spool (the commit: a rename succeeds once, whichever node
+or thread tries), then recorded as RECEIVED. A start-up scan and a periodic rescan catch what arrived
+while the gateway was down or what an overflowing inotify queue dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from gateway.clock import Clock
+from gateway.folders import Folders, fsync_dir, is_temp_name, new_transfer_id
+from gateway.ledger.models import Transfer
+from gateway.ledger.store import Ledger
+from gateway.lifecycle import State
+
+log = logging.getLogger(__name__)
+KNOWN_SUFFIXES = (".json", ".zip")
+
+
+class Intake:
+    """Watches ``organs/`` and hands complete outbox files to the ledger."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        folders: Folders,
+        clock: Clock,
+        *,
+        settle: float,
+        grace: float,
+        on_received: Callable[[], None],
+        on_pickup: Callable[[str, str], None],
+    ) -> None:
+        self.ledger, self.folders, self.clock = ledger, folders, clock
+        self.settle, self.grace = settle, grace
+        self.on_received, self.on_pickup = on_received, on_pickup
+        self._due: list[tuple[float, str, bool]] = []  # heap of (monotonic due time, path, renamed in)
+        self._cv = threading.Condition()
+        self._observer: Observer | None = None
+
+    # -- events -----------------------------------------------------------------------------------------
+
+    def start_watching(self) -> None:
+        self._observer = Observer()
+        self._observer.schedule(_Events(self), str(self.folders.organs), recursive=True)
+        self._observer.start()
+
+    def stop_watching(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=10)
+
+    def notice(self, path: Path | str, delay: float, *, renamed_in: bool = False) -> None:
+        """Look at ``path`` after ``delay`` seconds; a file renamed in (or committed by SFTP) is complete."""
+        with self._cv:
+            heapq.heappush(self._due, (time.monotonic() + delay, str(path), renamed_in))
+            self._cv.notify()
+
+    def run_due(self, stop: threading.Event) -> None:
+        """Collect noticed files as they fall due, until ``stop`` is set."""
+        while not stop.is_set():
+            with self._cv:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    timeout = self._due[0][0] - time.monotonic() if self._due else 0.5
+                    self._cv.wait(timeout=max(0.0, min(timeout, 0.5)))
+                    if stop.is_set():
+                        return
+                _, path, renamed_in = heapq.heappop(self._due)
+            self._consider(Path(path), renamed_in=renamed_in)
+
+    # -- scans ------------------------------------------------------------------------------------------
+
+    def scan(self) -> int:
+        """Consider every entry in every outbox now (start-up and periodic rescan); returns how many."""
+        count = 0
+        for outbox in sorted(self.folders.organs.glob("*/outbox")):
+            for entry in sorted(outbox.iterdir()):
+                count += self._consider(entry)
+        return count
+
+    def recover_spool(self) -> int:
+        """Record spool files a killed run renamed in but did not record yet; returns how many."""
+        count = 0
+        for sender_dir in self.folders.spool_in.iterdir():
+            for entry in sender_dir.iterdir():
+                transfer_id, _, name = entry.name.partition(".")
+                if len(transfer_id) == 32 and self.ledger.transfer(transfer_id) is None:
+                    count += self._record(sender_dir.name, transfer_id, name, entry)
+        return count
+
+    # -- the work ---------------------------------------------------------------------------------------
+
+    def _consider(self, path: Path, *, renamed_in: bool = False) -> int:
+        """Collect ``path`` if it is a complete outbox entry; re-notice it when it may become one."""
+        if path.parent.name != "outbox" or path.parent.parent.parent != self.folders.organs:
+            return 0
+        if is_temp_name(path.name):
+            return 0
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            return 0
+        known = path.name.lower().endswith(KNOWN_SUFFIXES)
+        wait = (0.0 if renamed_in else self.settle) if known else self.grace
+        if not stat.S_ISREG(info.st_mode):
+            wait = max(self.settle, 1.0)  # folders, links and pipes: rejected once they stay put
+        age = time.time() - info.st_mtime
+        if age < wait:
+            self.notice(path, wait - age + 0.05, renamed_in=renamed_in)
+            return 0
+        return self._collect(path, path.parent.parent.name)
+
+    def _collect(self, path: Path, sender_id: str) -> int:
+        transfer_id = new_transfer_id()
+        spooled = self.folders.spooled(sender_id, transfer_id, path.name)
+        spooled.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(path, spooled)  # the commit: only one collector wins
+        except FileNotFoundError:
+            return 0
+        fsync_dir(spooled.parent)
+        return self._record(sender_id, transfer_id, path.name, spooled)
+
+    def _record(self, sender_id: str, transfer_id: str, name: str, spooled: Path) -> int:
+        size, digest = _size_and_sha256(spooled)
+        now = self.clock()
+        transfer = Transfer(
+            id=transfer_id,
+            sender_id=sender_id,
+            file_name=name,
+            size=size,
+            sha256=digest,
+            state=State.RECEIVED.value,
+            created_at=now,
+            updated_at=now,
+            next_attempt_at=now,
+        )
+        self.ledger.receive(transfer)
+        log.info("received %s from %s as %s", name, sender_id, transfer_id)
+        self.on_received()
+        return 1
+
+
+def _size_and_sha256(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of a regular file, read in chunks without following links; (0, "") otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return 0, ""
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return 0, ""
+        digest, size = hashlib.sha256(), 0
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+class _Events(FileSystemEventHandler):
+    """Translates watchdog events into intake notices and pick-ups."""
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        self.intake.notice(_text(event.src_path), self.intake.settle)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        self.intake.notice(_text(event.dest_path), 0.0, renamed_in=True)
+        self._maybe_pickup(_text(event.src_path))
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        self._maybe_pickup(_text(event.src_path))
+
+    def _maybe_pickup(self, src: str) -> None:
+        path = Path(src)
+        if path.parent.name == "inbox" and path.parent.parent.parent == self.intake.folders.organs:
+            self.intake.on_pickup(path.parent.parent.name, path.name)
+
+
+def _text(path: str | bytes) -> str:
+    return os.fsdecode(path)
