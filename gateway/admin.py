@@ -1,0 +1,105 @@
+"""Admin operations behind the CLI: organs, keys, routes, and the views of transfers and audit events."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from gateway.errors import AdminError
+from gateway.ledger.models import Event, Organ, Transfer
+from gateway.ledger.store import utc
+from gateway.service import Gateway
+
+ORGAN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+
+
+def add_organ(gw: Gateway, organ_id: str, kind: str, name: str, armor: bool = False) -> Organ:
+    """Register an organ and create its outbox, inbox and receipts folders."""
+    if not ORGAN_ID.match(organ_id):
+        raise AdminError("ORGAN_ID", f"organ id {organ_id!r} must match {ORGAN_ID.pattern}")
+    organ = gw.ledger.add_organ(organ_id, kind, name, gw.clock())
+    if armor:
+        organ = gw.ledger.update_organ(organ_id, gw.clock(), "organ_armor", armor=True)
+    gw.folders.create_organ(organ_id)
+    return organ
+
+
+def set_active(gw: Gateway, organ_id: str, active: bool) -> Organ:
+    return gw.ledger.update_organ(organ_id, gw.clock(), "organ_enabled" if active else "organ_disabled", active=active)
+
+
+def import_pgp_key(gw: Gateway, organ_id: str, file: Path) -> str:
+    """Import an organ's armored public key after checking it can encrypt; returns its fingerprint."""
+    gw.ledger.organ(organ_id)
+    info = gw.keyring.import_key(_read_text(file), gw.clock())
+    gw.ledger.update_organ(organ_id, gw.clock(), "pgp_key_imported", pgp_fingerprint=info.fingerprint)
+    return info.fingerprint
+
+
+def add_ssh_key(gw: Gateway, organ_id: str, file: Path) -> str:
+    """Store an OpenSSH public key an organ may log in with; returns its SHA256 fingerprint."""
+    try:
+        key = asyncssh.import_public_key(_read_text(file))
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise AdminError("SSH_KEY_INVALID", f"{file} is not an OpenSSH public key: {exc}") from exc
+    fingerprint = key.get_fingerprint("sha256")
+    line = key.export_public_key("openssh").decode("ascii").strip()
+    gw.ledger.add_ssh_key(organ_id, fingerprint, line, gw.clock())
+    return fingerprint
+
+
+def transfer_row(t: Transfer) -> dict[str, Any]:
+    """The JSON shape of one transfer in `transfers list --json`."""
+    return {
+        "id": t.id,
+        "message_id": t.message_id,
+        "dossier_id": t.dossier_id,
+        "sender_id": t.sender_id,
+        "recipient_id": t.recipient_id,
+        "message_type": t.message_type,
+        "state": t.state,
+        "status_code": t.status_code,
+        "file": t.file_name,
+        "delivered_name": t.delivered_name,
+        "test": t.test,
+        "size": t.size,
+        "sha256": t.sha256,
+        "attempts": t.attempts,
+        "last_error": t.last_error,
+        "created_at": utc(t.created_at).isoformat(),
+        "updated_at": utc(t.updated_at).isoformat(),
+    }
+
+
+def event_row(e: Event) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "at": utc(e.at).isoformat(),
+        "organ_id": e.organ_id,
+        "transfer_id": e.transfer_id,
+        "action": e.action,
+        "detail": e.detail,
+        "ok": e.ok,
+        "peer": e.peer,
+        "hash": e.hash,
+    }
+
+
+def timeline(gw: Gateway, key: str) -> list[dict[str, Any]]:
+    """Every transfer carrying message id (or transfer id) ``key``, each with its events in order."""
+    transfers = gw.ledger.find_transfers(key)
+    if not transfers:
+        raise AdminError("TRANSFER_UNKNOWN", f"no transfer with message id or transfer id {key!r}")
+    return [
+        {**transfer_row(t), "events": [event_row(e) for e in gw.ledger.events(transfer_id=t.id)]} for t in transfers
+    ]
+
+
+def _read_text(file: Path) -> str:
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdminError("FILE_UNREADABLE", f"cannot read {file}: {exc}") from exc

@@ -1,0 +1,210 @@
+"""The one place that wires settings, ledger, keyring, folders, intake, workers and the SFTP door."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+
+from gateway.clock import Clock, system_clock
+from gateway.config import Settings
+from gateway.crypto import Keyring
+from gateway.folders import Folders
+from gateway.intake import Intake
+from gateway.ledger.store import Ledger
+from gateway.lifecycle import State
+from gateway.sftp.hostkeys import ensure_host_keys
+from gateway.sftp.server import DoorLimits, start_door, sweep_stale_uploads
+from gateway.worker import Worker, orphan_spool_files
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """A gateway node over one data directory."""
+
+    def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
+        self.settings, self.clock = settings, clock
+        self.folders = Folders(settings.data_dir)
+        self.wake = threading.Event()
+        self.door_port: int | None = None
+        self._door_ready = threading.Event()
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(self.settings.ledger_url)
+
+    @cached_property
+    def keyring(self) -> Keyring:
+        return Keyring(self.folders.gnupg, timeout=self.settings.gpg_timeout_seconds)
+
+    @cached_property
+    def node(self) -> str:
+        """This node's stable name (host + data dir): leases it held before a crash are its own to free."""
+        digest = hashlib.sha256(str(self.folders.root).encode()).hexdigest()[:8]
+        return f"{socket.gethostname()}:{digest}"
+
+    def worker(self, index: int = 0) -> Worker:
+        s = self.settings
+        return Worker(
+            self.ledger,
+            self.folders,
+            self.keyring,
+            s.limits,
+            self.clock,
+            owner=f"{self.node}:{index}",
+            hold=timedelta(days=s.hold_days),
+            lease=timedelta(seconds=s.gpg_timeout_seconds + 300),
+        )
+
+    @cached_property
+    def intake(self) -> Intake:
+        s, worker = self.settings, self.worker()
+        return Intake(
+            self.ledger,
+            self.folders,
+            self.clock,
+            settle=s.settle_seconds,
+            grace=s.unknown_suffix_grace_seconds,
+            on_received=self.wake.set,
+            on_pickup=worker.pick_up,
+        )
+
+    def init(self) -> str:
+        """Create the data dir, ledger, gateway key pair and SSH host keys (idempotent); returns the key fpr."""
+        self.folders.create()
+        for organ in self.ledger.organs():
+            self.folders.create_organ(organ.id)
+        ensure_host_keys(self.folders.hostkeys)
+        return self.keyring.ensure_gateway_key()
+
+    def close(self) -> None:
+        if "keyring" in self.__dict__:
+            self.keyring.close()
+        if "ledger" in self.__dict__:
+            self.ledger.close()
+
+    # -- running ----------------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Finish what a killed run left half done, before new work starts."""
+        worker = self.worker()
+        for index in range(self.settings.workers):
+            self.ledger.release_leases(f"{self.node}:{index}")
+        self.folders.sweep_tmp()
+        sweep_stale_uploads(self.folders.organs)
+        self.intake.recover_spool()
+        for path in orphan_spool_files(self.folders):
+            transfer = self.ledger.transfer(path.name.partition(".")[0])
+            if transfer is not None:
+                worker.tidy(transfer)
+        worker.write_receipts()
+        self.reconcile_pickups()
+
+    def reconcile_pickups(self) -> None:
+        """Deliveries gone from their inbox while nobody watched (gateway down, dropped events) are fetched."""
+        worker = self.worker()
+        for transfer in self.ledger.transfers(state=State.DELIVERED.value):
+            if transfer.recipient_id and transfer.delivered_name:
+                worker.pick_up(transfer.recipient_id, transfer.delivered_name)
+
+    def serve(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
+        """Run intake, workers, maintenance and the SFTP door until ``stop`` is set."""
+        self.init()
+        self.recover()
+        threads = [threading.Thread(target=self.intake.run_due, args=(stop,), name="intake")]
+        threads += [
+            threading.Thread(target=self.worker(i).run, args=(stop, self.wake), name=f"worker-{i}")
+            for i in range(self.settings.workers)
+        ]
+        threads.append(threading.Thread(target=self._maintain, args=(stop,), name="maintenance"))
+        if self.settings.listen:
+            threads.append(threading.Thread(target=self._run_door, args=(stop,), name="sftp"))
+        self.intake.start_watching()
+        for thread in threads:
+            thread.start()
+        self.intake.scan()
+        if self.settings.listen:
+            self._door_ready.wait(timeout=30)
+        if ready is not None:
+            ready()
+        stop.wait()
+        self.wake.set()
+        self.intake.stop_watching()
+        for thread in threads:
+            thread.join(timeout=30)
+
+    def _maintain(self, stop: threading.Event) -> None:
+        worker = self.worker()
+        while not stop.wait(self.settings.rescan_seconds):
+            for task in (self.intake.scan, self.reconcile_pickups, worker.retry_held, worker.write_receipts):
+                try:
+                    task()
+                except Exception:  # the database may be restarting: retried next round
+                    log.exception("maintenance task %s failed", task.__name__)
+            self.wake.set()
+
+    def _run_door(self, stop: threading.Event) -> None:
+        s = self.settings
+        host, _, port = s.listen.rpartition(":")
+        limits = DoorLimits(
+            login_timeout=s.login_timeout_seconds,
+            idle_timeout=s.idle_timeout_seconds,
+            max_sessions_per_organ=s.max_sessions_per_organ,
+            max_sessions_total=s.max_sessions_total,
+        )
+        loop = asyncio.new_event_loop()
+        try:
+            door = loop.run_until_complete(
+                start_door(
+                    host.strip("[]") or "0.0.0.0",
+                    int(port),
+                    organs_root=self.folders.organs,
+                    host_keys=ensure_host_keys(self.folders.hostkeys),
+                    hooks=DoorHooks(self),
+                    limits=limits,
+                )
+            )
+            self.door_port = door.port
+            log.info("SFTP door listening on %s:%s", host, door.port)
+            self._door_ready.set()
+            loop.run_until_complete(loop.run_in_executor(None, stop.wait))
+            loop.run_until_complete(door.close())
+        finally:
+            self._door_ready.set()
+            loop.close()
+
+
+class DoorHooks:
+    """What the SFTP door may ask of the rest of the gateway: keys, audit, and "an upload is complete"."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def authorized_keys(self, organ_id: str) -> list[str] | None:
+        return self.gateway.ledger.authorized_keys(organ_id)
+
+    def audit(self, organ_id: str | None, action: str, detail: str, ok: bool, peer: str) -> None:
+        self.gateway.ledger.audit(self.gateway.clock(), action, detail, organ_id=organ_id, ok=ok, peer=peer)
+
+    def upload_committed(self, organ_id: str, path: Path) -> None:
+        self.gateway.intake.notice(path, 0.0, renamed_in=True)
+
+
+def notify_systemd(message: str) -> None:
+    """Tell systemd (Type=notify) about our state, if it is listening."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), address)

@@ -1,0 +1,176 @@
+"""Workers: claim transfers from the ledger, run pipeline steps, record them, and tidy up after each.
+
+Recording a step is one ledger transaction that checks the state it starts from; the file work that
+follows it (quarantine, wiping the spool, writing the receipt) is idempotent and is redone by
+:meth:`Worker.tidy` after a crash, so every step is safe to repeat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+from gateway.clock import Clock
+from gateway.errors import GatewayError
+from gateway.folders import Folders, move_no_replace
+from gateway.handlers.encrypt import Crypto
+from gateway.handlers.receipt import receipt_bytes, receipt_document, receipt_name
+from gateway.ledger.models import Transfer
+from gateway.ledger.store import Ledger, StaleTransition, utc
+from gateway.lifecycle import WORKABLE, State
+from gateway.limits import Limits
+from gateway.pipeline import Context, Step, advance, spool_paths
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF = 300.0
+
+
+class Worker:
+    """Moves transfers along the lifecycle; several run side by side (threads or gateway nodes)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        folders: Folders,
+        crypto: Crypto,
+        limits: Limits,
+        clock: Clock,
+        *,
+        owner: str,
+        hold: timedelta,
+        lease: timedelta,
+    ) -> None:
+        self.ledger, self.folders, self.crypto, self.limits, self.clock = ledger, folders, crypto, limits, clock
+        self.owner, self.hold, self.lease = owner, hold, lease
+
+    def context(self) -> Context:
+        return Context(
+            directory=self.ledger,
+            crypto=self.crypto,
+            folders=self.folders,
+            limits=self.limits,
+            now=self.clock(),
+            hold=self.hold,
+        )
+
+    def run(self, stop: threading.Event, wake: threading.Event) -> None:
+        """Work until ``stop`` is set; sleep on ``wake`` (set by intake) when there is nothing to claim."""
+        while not stop.is_set():
+            try:
+                busy = self.work_one()
+            except Exception:  # the database may be restarting: never let a worker die
+                log.exception("worker %s: claim failed, retrying", self.owner)
+                busy = False
+            if not busy:
+                wake.wait(timeout=1.0)
+                wake.clear()
+
+    def work_one(self) -> bool:
+        """Claim one transfer and take it as far as it goes now; False when there was nothing to claim."""
+        transfer = self.ledger.claim(self.owner, self.clock(), self.lease)
+        if transfer is None:
+            return False
+        try:
+            while State(transfer.state) in WORKABLE:
+                step = advance(transfer, self.context())
+                assert step is not None  # workable states always have a next step
+                transfer = self.record(transfer, step)
+        except StaleTransition:
+            log.info("transfer %s moved on elsewhere", transfer.id)
+            return True
+        except (GatewayError, OSError) as exc:
+            self._retry_later(transfer, exc)
+            return True
+        except Exception as exc:  # a bug must not stop the gateway or lose the dossier
+            log.exception("unexpected error on transfer %s", transfer.id)
+            self._retry_later(transfer, exc)
+            return True
+        self.ledger.release(transfer.id)
+        return True
+
+    def record(self, transfer: Transfer, step: Step) -> Transfer:
+        """Record ``step`` in the ledger, then do the file work that follows it."""
+        moved = self.ledger.transition(
+            transfer.id,
+            State(transfer.state),
+            step.target,
+            self.clock(),
+            problems=step.problems,
+            info=step.info,
+            **step.values,
+        )
+        self.tidy(moved)
+        return moved
+
+    def retry_held(self) -> None:
+        """Give held transfers another look: key usable again, or hold time over (311)."""
+        for transfer in self.ledger.transfers(state=State.HELD.value):
+            held = transfer.model_copy(update={"updated_at": utc(transfer.updated_at)})
+            with contextlib.suppress(StaleTransition):
+                step = advance(held, self.context())
+                if step is not None:
+                    self.record(held, step)
+
+    def pick_up(self, recipient_id: str, name: str) -> None:
+        """The recipient removed a delivery from its inbox: FETCHED, and the sender gets 110."""
+        transfer = self.ledger.delivered_as(recipient_id, name)
+        if transfer is None or (self.folders.inbox(recipient_id) / name).exists():
+            return
+        with contextlib.suppress(StaleTransition):
+            self.record(transfer, Step(State.FETCHED, info="picked up by the recipient"))
+
+    def tidy(self, transfer: Transfer) -> None:
+        """Idempotent file work owed by the transfer's state: quarantine, wipe the spool, write receipts."""
+        plain, encrypted = spool_paths(transfer, self.folders)
+        state = State(transfer.state)
+        if state is State.REJECTED:
+            if plain.exists() or plain.is_symlink():
+                target = self.folders.quarantined(transfer.sender_id, transfer.id, transfer.file_name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                move_no_replace(plain, target)
+            encrypted.unlink(missing_ok=True)
+        elif state not in (State.RECEIVED, State.VALIDATED, State.HELD):
+            plain.unlink(missing_ok=True)  # plaintext never lingers once it is encrypted
+        self.write_receipts(transfer.id)
+
+    def write_receipts(self, transfer_id: str | None = None) -> int:
+        """Write every receipt the ledger owes (one transfer's, or all); returns how many were written."""
+        count = 0
+        for due in self.ledger.due_receipts(transfer_id):
+            t, r = due.transfer, due.receipt
+            document = receipt_document(
+                message_id=t.message_id,
+                dossier_id=t.dossier_id,
+                sender_id=t.sender_id,
+                recipient_id=t.recipient_id,
+                status_code=r.status_code,
+                status_info=r.status_info,
+                event_time=utc(r.event_time),
+                file_name=t.file_name,
+                errors=json.loads(r.errors),
+            )
+            folder = self.folders.receipts(t.sender_id)
+            if folder.is_dir():
+                name = receipt_name(t.id, t.message_id, t.file_name, r.status_code)
+                self.folders.write_atomic(folder / name, receipt_bytes(document))
+            self.ledger.mark_written(t.id, r.status_code)
+            count += 1
+        return count
+
+    def _retry_later(self, transfer: Transfer, exc: BaseException) -> None:
+        delay = min(MAX_BACKOFF, 2.0 ** min(transfer.attempts, 10))
+        log.warning("transfer %s: %s; retry in %.0f s", transfer.id, exc, delay)
+        with contextlib.suppress(Exception):
+            self.ledger.release(
+                transfer.id, error=f"{type(exc).__name__}: {exc}", retry_at=self.clock() + timedelta(seconds=delay)
+            )
+
+
+def orphan_spool_files(folders: Folders) -> list[Path]:
+    """Spool files, for the recovery pass that tidies transfers a killed run left half done."""
+    files = [p for d in folders.spool_in.iterdir() for p in d.iterdir()]
+    return files + list(folders.spool_out.glob("*.pgp"))
