@@ -1,0 +1,149 @@
+"""The ledger on SQLite and PostgreSQL: organs, routes, claims, the transition table, receipts, the audit chain."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from gateway.errors import AdminError, IllegalTransition, Problem
+from gateway.folders import new_transfer_id
+from gateway.ledger.models import Transfer
+from gateway.ledger.store import Ledger, StaleTransition
+from gateway.lifecycle import State
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+def received(ledger: Ledger, sender: str = "kv-bau-zh", name: str = "a.json") -> Transfer:
+    transfer = Transfer(
+        id=new_transfer_id(),
+        sender_id=sender,
+        file_name=name,
+        state=State.RECEIVED.value,
+        created_at=NOW,
+        updated_at=NOW,
+        next_attempt_at=NOW,
+    )
+    assert ledger.receive(transfer)
+    return transfer
+
+
+def setup_organs(ledger: Ledger) -> None:
+    ledger.add_organ("kv-bau-zh", "control_body", "KV Bau ZH", NOW)
+    ledger.add_organ("pk-bau-zh", "joint_committee", "PK Bau ZH", NOW)
+
+
+def test_admin_manages_organs_routes_and_keys(ledger: Ledger) -> None:
+    setup_organs(ledger)
+    with pytest.raises(AdminError) as exc:
+        ledger.add_organ("kv-bau-zh", "control_body", "again", NOW)
+    assert exc.value.code == "ORGAN_EXISTS"
+    with pytest.raises(AdminError):
+        ledger.add_organ("x-1", "embassy", "wrong kind", NOW)
+
+    assert not ledger.route_allowed("kv-bau-zh", "pk-bau-zh")
+    ledger.set_route("kv-bau-zh", "pk-bau-zh", True, NOW)
+    assert ledger.route_allowed("kv-bau-zh", "pk-bau-zh")
+    assert not ledger.route_allowed("pk-bau-zh", "kv-bau-zh"), "the reply direction is its own route"
+    ledger.set_route("kv-bau-zh", "pk-bau-zh", False, NOW)
+    assert ledger.routes() == []
+
+    ledger.add_ssh_key("kv-bau-zh", "SHA256:abc", "ssh-ed25519 AAAA...", NOW)
+    assert ledger.authorized_keys("kv-bau-zh") == ["ssh-ed25519 AAAA..."]
+    ledger.update_organ("kv-bau-zh", NOW, "organ_disabled", active=False)
+    assert ledger.authorized_keys("kv-bau-zh") is None, "a disabled organ cannot log in"
+    assert ledger.authorized_keys("nobody") is None
+    ledger.remove_ssh_key("kv-bau-zh", "SHA256:abc", NOW)
+    assert ledger.ssh_keys("kv-bau-zh") == []
+
+
+def test_a_transfer_is_received_once(ledger: Ledger) -> None:
+    transfer = received(ledger)
+    assert not ledger.receive(transfer), "a redo of the intake records nothing new"
+    assert ledger.count_by_state() == {"received": 1}
+
+
+def test_concurrent_workers_never_claim_the_same_transfer(ledger: Ledger) -> None:
+    ids = {received(ledger, name=f"{i}.json").id for i in range(60)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def work(owner: str) -> None:
+        while (t := ledger.claim(owner, NOW, timedelta(minutes=5))) is not None:
+            with lock:
+                claimed.append(t.id)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == sorted(ids), "every transfer claimed exactly once"
+
+
+def test_an_expired_lease_or_a_released_one_can_be_claimed_again(ledger: Ledger) -> None:
+    transfer = received(ledger)
+    assert ledger.claim("node-a:0", NOW, timedelta(minutes=5)) is not None
+    assert ledger.claim("node-b:0", NOW, timedelta(minutes=5)) is None
+    assert ledger.claim("node-b:0", NOW + timedelta(minutes=6), timedelta(minutes=5)).id == transfer.id
+    assert ledger.release_leases("node-b:0") == 1
+    assert ledger.claim("node-a:0", NOW, timedelta(minutes=5)) is not None
+
+
+def test_the_transition_table_is_enforced(ledger: Ledger) -> None:
+    transfer = received(ledger)
+    with pytest.raises(IllegalTransition):
+        ledger.transition(transfer.id, State.RECEIVED, State.DELIVERED, NOW)
+    assert ledger.transfer(transfer.id).state == "received", "an illegal transition changes nothing"
+    ledger.transition(transfer.id, State.RECEIVED, State.VALIDATED, NOW, message_id="m-1", recipient_id="pk")
+    with pytest.raises(StaleTransition):
+        ledger.transition(transfer.id, State.RECEIVED, State.VALIDATED, NOW)
+
+
+def test_a_delivery_owes_a_receipt_until_it_is_written(ledger: Ledger) -> None:
+    transfer = received(ledger)
+    ledger.transition(transfer.id, State.RECEIVED, State.VALIDATED, NOW, message_id="m-1")
+    ledger.transition(transfer.id, State.VALIDATED, State.ENCRYPTED, NOW)
+    ledger.transition(transfer.id, State.ENCRYPTED, State.DELIVERED, NOW, delivered_name="x.json.pgp")
+    due = ledger.due_receipts()
+    assert [(d.transfer.id, d.receipt.status_code) for d in due] == [(transfer.id, 100)]
+    ledger.mark_written(transfer.id, 100)
+    assert ledger.due_receipts() == []
+    assert ledger.transfer(transfer.id).status_code == 100
+
+
+def test_a_repeated_message_id_is_rejected_with_201(ledger: Ledger) -> None:
+    first, second = received(ledger, name="a.json"), received(ledger, name="b.json")
+    ledger.transition(first.id, State.RECEIVED, State.VALIDATED, NOW, message_id="m-1")
+    moved = ledger.transition(second.id, State.RECEIVED, State.VALIDATED, NOW, message_id="m-1")
+    assert (moved.state, moved.status_code) == ("rejected", 201)
+    assert '"DUPLICATE_MESSAGE_ID"' in ledger.due_receipts(second.id)[0].receipt.errors
+    other_sender = received(ledger, sender="pk-bau-zh")
+    assert ledger.transition(other_sender.id, State.RECEIVED, State.VALIDATED, NOW, message_id="m-1").state == (
+        "validated"
+    ), "message ids are unique per sender"
+
+
+def test_a_rejection_lists_every_problem(ledger: Ledger) -> None:
+    transfer = received(ledger)
+    problems = [
+        Problem("UID_CHECKSUM", "/dossier/employer/uid", "bad check digit"),
+        Problem("DOSSIER_SCHEMA", "/envelope/test", "must be a boolean"),
+    ]
+    moved = ledger.transition(transfer.id, State.RECEIVED, State.REJECTED, NOW, problems=problems)
+    assert moved.status_code == 210, "the schema violation is the more fundamental reason"
+    assert ledger.due_receipts(transfer.id)[0].receipt.errors.count('"code"') == 2
+
+
+def test_the_audit_chain_detects_tampering(ledger: Ledger) -> None:
+    setup_organs(ledger)
+    ledger.audit(NOW, "login", "publickey", organ_id="kv-bau-zh", peer="127.0.0.1")
+    ledger.audit(NOW, "login_failed", "unknown key", organ_id="kv-bau-zh", ok=False, peer="127.0.0.1")
+    count, bad = ledger.verify_chain()
+    assert count >= 4 and bad == []
+    with ledger.engine.begin() as conn:
+        conn.execute(text("UPDATE event SET ok = :t WHERE action = 'login_failed'"), {"t": True})
+    assert ledger.verify_chain()[1] != [], "an altered event breaks the chain"
