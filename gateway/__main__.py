@@ -1,0 +1,5 @@
+"""`python -m gateway` is `flam-gateway`."""
+
+from gateway.cli import main
+
+main()

@@ -1,0 +1,187 @@
+"""A whole gateway in a temporary folder, driven through its real CLI: for the demo, tests and benchmarks.
+
+Each organ gets its own SSH key pair and its own GnuPG home (the recipient's side: it decrypts what it
+finds in its inbox and verifies the gateway's signature). ``serve`` runs as a real subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from gateway.crypto import Decrypted, decrypt_file, export_public_key, generate_key
+from gateway.ledger.models import Transfer
+from gateway.ledger.store import Ledger
+
+_READY = re.compile(r"flam-gateway ready: (?:SFTP on [^ ]+:(\d+)|no SFTP)")
+
+
+@dataclass(frozen=True)
+class OrganKeys:
+    """An organ of the sandbox and the keys only it holds."""
+
+    id: str
+    ssh_key: Path  # OpenSSH private key file (the .pub beside it was given to the gateway)
+    gnupg: Path  # its own GnuPG home, holding its secret key
+    fingerprint: str
+
+
+class Sandbox:
+    """A data dir, organs with keys, and a `flam-gateway serve` subprocess."""
+
+    def __init__(self, root: Path | None = None, *, database_url: str = "", settings: dict[str, Any] | None = None):
+        self.root = Path(root or tempfile.mkdtemp(prefix="fg-", dir="/tmp"))
+        self.data_dir = self.root / "data"
+        self.env = {**os.environ, "FLAM_GATEWAY_HOME": str(self.data_dir), "FLAM_GATEWAY_DATABASE_URL": database_url}
+        self.env.pop("NOTIFY_SOCKET", None)
+        for key, value in (settings or {}).items():
+            self.env[f"FLAM_GATEWAY_{key.upper()}"] = str(value)
+        self.organs: dict[str, OrganKeys] = {}
+        self.process: subprocess.Popen[str] | None = None
+        self.port: int | None = None
+        self._ledger: Ledger | None = None
+        self.log = self.root / "serve.log"
+
+    # -- admin through the CLI --------------------------------------------------------------------------
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run `flam-gateway ARGS` as an admin would; raises with its output when it fails and ``check``."""
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", *args], env=self.env, capture_output=True, text=True, timeout=120
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"flam-gateway {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        return done
+
+    def add_organ(self, organ_id: str, kind: str, *, name: str | None = None) -> OrganKeys:
+        """Register an organ with fresh SSH and OpenPGP keys."""
+        keys_dir = self.root / "keys" / organ_id
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        ssh_key = keys_dir / "id_ed25519"
+        key = asyncssh.generate_private_key("ssh-ed25519", comment=organ_id)
+        key.write_private_key(str(ssh_key))
+        key.write_public_key(str(ssh_key) + ".pub")
+        ssh_key.chmod(0o600)
+        gnupg = self.root / "g" / organ_id[:12]
+        fingerprint = generate_key(gnupg, organ_id, f"{organ_id}@organs.invalid")
+        (keys_dir / "pgp.asc").write_text(export_public_key(gnupg, fingerprint))
+        self.cli("organ", "add", organ_id, "--kind", kind, "--name", name or organ_id.upper())
+        self.cli("organ", "pgp-key", "import", organ_id, str(keys_dir / "pgp.asc"))
+        self.cli("organ", "ssh-key", "add", organ_id, str(ssh_key) + ".pub")
+        self.organs[organ_id] = OrganKeys(organ_id, ssh_key, gnupg, fingerprint)
+        return self.organs[organ_id]
+
+    def allow(self, sender: str, recipient: str) -> None:
+        self.cli("route", "allow", sender, recipient)
+
+    # -- the service ------------------------------------------------------------------------------------
+
+    def start(self, listen: str = "127.0.0.1:0", timeout: float = 60) -> int | None:
+        """Start `flam-gateway serve` and wait until it says it is ready; returns the SFTP port."""
+        log = open(self.log, "a")  # noqa: SIM115 - handed to the child process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--listen", listen],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (match := _READY.search(self.log.read_text(errors="replace").split("--- start ---")[-1])) is not None:
+                self.port = int(match.group(1)) if match.group(1) else None
+                return self.port
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.process.returncode}:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"serve not ready in {timeout} s:\n{self.log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Stop the service (SIGTERM: cleanly; SIGKILL: as a crash would); returns its exit code."""
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        with open(self.log, "a") as log:
+            log.write("\n--- start ---\n")
+        self.process = None
+        return code
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.stop()
+        if self._ledger is not None:
+            self._ledger.close()
+        for organ in self.organs.values():
+            subprocess.run(["gpgconf", "--homedir", str(organ.gnupg), "--kill", "gpg-agent"], capture_output=True)
+        subprocess.run(
+            ["gpgconf", "--homedir", str(self.data_dir / "gnupg"), "--kill", "gpg-agent"], capture_output=True
+        )
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- what organs see ---------------------------------------------------------------------------------
+
+    def folder(self, organ_id: str, name: str) -> Path:
+        return self.data_dir / "organs" / organ_id / name
+
+    def drop(self, organ_id: str, name: str, data: bytes) -> Path:
+        """Software on the gateway host exports a file: write under a temp name, then rename into the outbox."""
+        outbox = self.folder(organ_id, "outbox")
+        tmp = outbox / f".{name}.tmp"
+        tmp.write_bytes(data)
+        return tmp.rename(outbox / name)
+
+    def receipts(self, organ_id: str) -> list[dict[str, Any]]:
+        folder = self.folder(organ_id, "receipts")
+        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.receipt.json"))]
+
+    def decrypt(self, organ_id: str, path: Path) -> Decrypted:
+        """The recipient decrypts a delivery with its own key and checks who signed it."""
+        return decrypt_file(self.organs[organ_id].gnupg, path)
+
+    # -- the ledger --------------------------------------------------------------------------------------
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            url = self.env["FLAM_GATEWAY_DATABASE_URL"] or f"sqlite:///{self.data_dir / 'ledger.sqlite3'}"
+            self._ledger = Ledger(url)
+        return self._ledger
+
+    def transfers(self) -> list[Transfer]:
+        return self.ledger.transfers()
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+        """Poll ``predicate`` until it returns something truthy; fail with the service log otherwise."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if result := predicate():
+                return result
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"serve died while waiting for {what}:\n{self.log.read_text()[-4000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"timed out waiting for {what}:\n{self.log.read_text()[-4000:]}")
+
+    def wait_settled(self, count: int, timeout: float = 120) -> list[Transfer]:
+        """Wait until ``count`` transfers exist and none is still being worked on."""
+        open_states = {"received", "validated", "encrypted"}
+
+        def settled() -> list[Transfer] | None:
+            rows = self.transfers()
+            done = len(rows) >= count and not any(t.state in open_states for t in rows)
+            return rows if done and not self.ledger.due_receipts() else None
+
+        return self.wait_for(settled, timeout, f"{count} settled transfers")
