@@ -68,6 +68,11 @@ class Sandbox:
 
     def add_organ(self, organ_id: str, kind: str, *, name: str | None = None) -> OrganKeys:
         """Register an organ with fresh SSH and OpenPGP keys."""
+        self.cli("organ", "add", organ_id, "--kind", kind, "--name", name or organ_id.upper())
+        return self.add_organ_keys(organ_id)
+
+    def add_organ_keys(self, organ_id: str) -> OrganKeys:
+        """Give an organ a fresh SSH key pair and OpenPGP key pair; the gateway gets the public halves."""
         keys_dir = self.root / "keys" / organ_id
         keys_dir.mkdir(parents=True, exist_ok=True)
         ssh_key = keys_dir / "id_ed25519"
@@ -78,11 +83,14 @@ class Sandbox:
         gnupg = self.root / "g" / organ_id[:12]
         fingerprint = generate_key(gnupg, organ_id, f"{organ_id}@organs.invalid")
         (keys_dir / "pgp.asc").write_text(export_public_key(gnupg, fingerprint))
-        self.cli("organ", "add", organ_id, "--kind", kind, "--name", name or organ_id.upper())
         self.cli("organ", "pgp-key", "import", organ_id, str(keys_dir / "pgp.asc"))
         self.cli("organ", "ssh-key", "add", organ_id, str(ssh_key) + ".pub")
         self.organs[organ_id] = OrganKeys(organ_id, ssh_key, gnupg, fingerprint)
         return self.organs[organ_id]
+
+    def gateway_fingerprint(self) -> str:
+        """The fingerprint of the key that signs deliveries, as `flam-gateway init` reports it."""
+        return self.cli("init").stdout.rsplit("gateway OpenPGP key", 1)[1].split()[0]
 
     def allow(self, sender: str, recipient: str) -> None:
         self.cli("route", "allow", sender, recipient)

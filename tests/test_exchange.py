@@ -1,0 +1,274 @@
+"""The core exchange, end to end: `flam-gateway serve` as a subprocess, real folders, the real gpg.
+
+Software on the gateway host drops dossiers into an outbox; the recipient finds them encrypted and signed in
+its inbox; the sender reads its receipts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway import samples
+from gateway.harness import Sandbox
+
+KV, PK, CANTON, GE = "kv-bau-zh", "pk-bau-zh", "canton-zh", "canton-ge"
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[Sandbox]:
+    """One running gateway with a control body, a joint committee and two cantons."""
+    sandbox = Sandbox(
+        settings={
+            "settle_seconds": 0.2,
+            "rescan_seconds": 1,
+            "unknown_suffix_grace_seconds": 2,
+            "max_message_bytes": 3_000_000,
+            "listen": "",
+        }
+    )
+    sandbox.cli("init")
+    sandbox.add_organ(KV, "control_body")
+    sandbox.add_organ(PK, "joint_committee")
+    sandbox.add_organ(CANTON, "canton")
+    sandbox.cli("organ", "add", GE, "--kind", "canton", "--name", "Canton GE")  # no PGP key yet
+    sandbox.allow(KV, PK)
+    sandbox.allow(PK, CANTON)
+    sandbox.allow(KV, GE)
+    sandbox.start(listen="")
+    yield sandbox
+    sandbox.close()
+
+
+def settled(box: Sandbox, name: str, sender: str = KV):
+    """Wait until the file ``name`` dropped by ``sender`` has reached an end (or a hold)."""
+
+    def done():
+        rows = [t for t in box.transfers() if t.file_name == name and t.sender_id == sender]
+        open_states = {"received", "validated", "encrypted"}
+        if rows and rows[-1].state not in open_states and not box.ledger.due_receipts(rows[-1].id):
+            return rows[-1]
+        return None
+
+    return box.wait_for(done, 60, f"{name} settled")
+
+
+def receipt_for(box: Sandbox, transfer_id: str, code: int, organ: str = KV) -> dict:
+    matches = list(box.folder(organ, "receipts").glob(f"*_{code}_{transfer_id}.receipt.json"))
+    assert len(matches) == 1, f"one {code} receipt for {transfer_id}, found {matches}"
+    return json.loads(matches[0].read_text())
+
+
+def test_a_json_dossier_reaches_the_recipient_encrypted_and_signed(box: Sandbox) -> None:
+    doc = samples.make_dossier(KV, PK, attachments=[("bericht.pdf", samples.make_pdf(40_000))])
+    data = samples.dossier_bytes(doc)
+    box.drop(KV, "report-1.json", data)
+
+    transfer = settled(box, "report-1.json")
+    assert (transfer.state, transfer.status_code) == ("delivered", 100)
+    delivered = box.folder(PK, "inbox") / f"{KV}_{doc['envelope']['message_id']}.json.pgp"
+    assert transfer.delivered_name == delivered.name and delivered.exists()
+
+    plain = box.decrypt(PK, delivered)
+    assert plain.data == data, "the recipient gets the exact bytes dropped"
+    assert plain.signature_valid and plain.signer_fingerprint == box.gateway_fingerprint()
+
+    receipt = receipt_for(box, transfer.id, 100)
+    assert receipt["status_code"] == 100 and receipt["message_id"] == doc["envelope"]["message_id"]
+    assert receipt["errors"] == [] and receipt["file"] == "report-1.json"
+    assert not any((box.data_dir / "spool").rglob("*.*")), "the spool is wiped once the dossier is done"
+    assert not list(box.folder(KV, "outbox").iterdir())
+
+
+def test_a_zip_package_reaches_the_recipient(box: Sandbox, tmp_path: Path) -> None:
+    pdfs = {"kontrollbericht.pdf": samples.make_pdf(300_000, seed=1), "lohnliste.pdf": samples.make_pdf(9_000, seed=2)}
+    doc = samples.make_dossier(KV, PK, attachments=list(pdfs.items()), embed=False)
+    package = tmp_path / "pkg.zip"
+    samples.write_package(package, doc, pdfs)
+    box.drop(KV, "package-1.zip", package.read_bytes())
+
+    transfer = settled(box, "package-1.zip")
+    assert (transfer.state, transfer.status_code) == ("delivered", 100)
+    delivered = box.folder(PK, "inbox") / f"{KV}_{doc['envelope']['message_id']}.zip.pgp"
+    plain = box.decrypt(PK, delivered)
+    assert plain.data == package.read_bytes() and plain.signature_valid
+    with zipfile.ZipFile(io.BytesIO(plain.data)) as zf:
+        assert zf.read("lohnliste.pdf") == pdfs["lohnliste.pdf"]
+
+
+def test_the_recipient_picking_up_gives_the_sender_110(box: Sandbox) -> None:
+    doc = samples.make_dossier(PK, CANTON, message_type="violation_report")
+    box.drop(PK, "violation.json", samples.dossier_bytes(doc))
+    transfer = settled(box, "violation.json", sender=PK)
+    assert transfer.state == "delivered"
+    (box.folder(CANTON, "inbox") / transfer.delivered_name).unlink()
+
+    box.wait_for(lambda: box.ledger.transfer(transfer.id).state == "fetched", 30, "pick-up")
+    receipt = box.wait_for(lambda: receipt_for(box, transfer.id, 110, organ=PK), 10, "110 receipt")
+    assert receipt["recipient_id"] == CANTON
+
+
+def test_temporary_names_are_never_picked_up(box: Sandbox) -> None:
+    outbox = box.folder(KV, "outbox")
+    for name in (".hidden.json", "~lock.json", "x.json.part", "x.json.partial", "x.json.filepart", "x.json.tmp"):
+        (outbox / name).write_bytes(b"{}")
+    doc = samples.make_dossier(KV, PK)
+    box.drop(KV, "after-temp.json", samples.dossier_bytes(doc))
+    settled(box, "after-temp.json")
+    assert sorted(p.name for p in outbox.iterdir()) == sorted(
+        [".hidden.json", "~lock.json", "x.json.part", "x.json.partial", "x.json.filepart", "x.json.tmp"]
+    )
+    for path in outbox.iterdir():
+        path.unlink()
+
+
+def _bad_uid(doc: dict) -> None:
+    doc["dossier"]["employer"]["uid"] = "CHE-116.281.711"
+
+
+def _future_control(doc: dict) -> None:
+    doc["dossier"]["control"]["date"] = "2099-01-01"
+
+
+def _schema(doc: dict) -> None:
+    doc["envelope"]["surprise"] = True
+
+
+def _sender(doc: dict) -> None:
+    doc["envelope"]["sender_id"] = PK
+
+
+def _unknown_recipient(doc: dict) -> None:
+    doc["envelope"]["recipient_id"] = "nobody-here"
+
+
+def _forbidden_route(doc: dict) -> None:
+    doc["envelope"]["recipient_id"] = CANTON
+
+
+def _attachment_sha(doc: dict) -> None:
+    doc["dossier"]["attachments"][0]["sha256"] = "0" * 64
+
+
+def _decimals(doc: dict) -> None:
+    from decimal import Decimal
+
+    doc["dossier"]["workers"][0]["gross_hourly_wage_chf"] = Decimal("31.505")
+
+
+REJECTIONS = [
+    ("bad-uid.json", _bad_uid, 211, "UID_CHECKSUM", "/dossier/employer/uid"),
+    ("future.json", _future_control, 211, "DATE_IN_FUTURE", "/dossier/control/date"),
+    ("schema.json", _schema, 210, "DOSSIER_SCHEMA", "/envelope"),
+    ("sender.json", _sender, 300, "SENDER_MISMATCH", "/envelope/sender_id"),
+    ("unknown.json", _unknown_recipient, 301, "RECIPIENT_UNKNOWN", "/envelope/recipient_id"),
+    ("route.json", _forbidden_route, 310, "ROUTE_FORBIDDEN", "/envelope/recipient_id"),
+    ("sha.json", _attachment_sha, 202, "ATTACHMENT_SHA256", "/dossier/attachments/0/sha256"),
+    ("decimals.json", _decimals, 211, "AMOUNT_DECIMALS", "/dossier/workers/0/gross_hourly_wage_chf"),
+]
+
+
+def test_each_rule_rejects_with_its_receipt_code_and_nothing_is_delivered(box: Sandbox) -> None:
+    before = set(box.folder(PK, "inbox").iterdir())
+    for name, mutate, *_ in REJECTIONS:
+        doc = samples.make_dossier(KV, PK, attachments=[("a.pdf", samples.make_pdf(2_000))])
+        mutate(doc)
+        box.drop(KV, name, samples.dossier_bytes(doc))
+    box.drop(KV, "empty.json", b"")
+    box.drop(KV, "broken.json", b'{"envelope": ')
+    box.drop(KV, "huge.json", b" " * 3_100_000)
+    box.drop(KV, "notes.txt", b"hello")
+
+    for name, _, code, problem, path in [
+        *REJECTIONS,
+        ("empty.json", None, 200, "FILE_EMPTY", ""),
+        ("broken.json", None, 200, "FILE_NOT_JSON", ""),
+        ("huge.json", None, 330, "TOO_LARGE", ""),
+        ("notes.txt", None, 200, "FILE_SUFFIX", ""),
+    ]:
+        transfer = settled(box, name)
+        assert (transfer.state, transfer.status_code) == ("rejected", code), name
+        receipt = receipt_for(box, transfer.id, code)
+        assert receipt["file"] == name
+        assert (problem, path) in {(e["code"], e["path"]) for e in receipt["errors"]}, (name, receipt["errors"])
+        assert "CHE-116.281.711" not in json.dumps(receipt), "receipts never carry the value found"
+        quarantined = box.data_dir / "quarantine" / KV / f"{transfer.id}.{name}"
+        assert quarantined.exists(), "the rejected original is kept for the admin, outside every organ's folders"
+    assert set(box.folder(PK, "inbox").iterdir()) == before, "nothing rejected is delivered"
+
+
+def test_a_repeated_message_id_gets_201(box: Sandbox) -> None:
+    doc = samples.make_dossier(KV, PK)
+    box.drop(KV, "first.json", samples.dossier_bytes(doc))
+    assert settled(box, "first.json").status_code == 100
+    box.drop(KV, "again.json", samples.dossier_bytes(doc))
+    transfer = settled(box, "again.json")
+    assert (transfer.state, transfer.status_code) == ("rejected", 201)
+
+
+def test_a_recipient_without_a_usable_key_holds_the_dossier_until_it_has_one(box: Sandbox) -> None:
+    doc = samples.make_dossier(KV, GE)
+    box.drop(KV, "to-geneva.json", samples.dossier_bytes(doc))
+    transfer = settled(box, "to-geneva.json")
+    assert (transfer.state, transfer.status_code) == ("held", 601)
+    receipt = receipt_for(box, transfer.id, 601)
+    assert receipt["errors"][0]["code"] == "RECIPIENT_NO_KEY"
+
+    ge = box.add_organ_keys(GE)
+    box.wait_for(lambda: box.ledger.transfer(transfer.id).state == "delivered", 30, "delivery after key import")
+    delivered = box.folder(GE, "inbox") / box.ledger.transfer(transfer.id).delivered_name
+    assert box.decrypt(ge.id, delivered).data == samples.dossier_bytes(doc)
+
+
+def test_a_file_dropped_while_the_gateway_is_down_is_delivered_after_start(box: Sandbox) -> None:
+    box.stop()
+    doc = samples.make_dossier(KV, PK)
+    box.drop(KV, "overnight.json", samples.dossier_bytes(doc))
+    box.start(listen="")
+    assert settled(box, "overnight.json").status_code == 100
+
+
+def test_the_admin_sees_transfers_as_json_and_a_timeline(box: Sandbox) -> None:
+    rows = json.loads(box.cli("transfers", "list", "--json", "--organ", KV).stdout)
+    assert rows and {
+        "message_id",
+        "dossier_id",
+        "sender_id",
+        "recipient_id",
+        "state",
+        "status_code",
+        "file",
+        "created_at",
+    } <= set(rows[0])
+    delivered = [r for r in rows if r["state"] == "delivered"]
+    shown = json.loads(box.cli("transfers", "show", delivered[0]["message_id"], "--json").stdout)
+    actions = [e["action"] for e in shown[0]["events"]]
+    assert actions[:4] == [
+        "transition:received",
+        "transition:validated",
+        "transition:encrypted",
+        "transition:delivered",
+    ]
+    only_rejected = json.loads(box.cli("transfers", "list", "--json", "--status", "rejected").stdout)
+    assert only_rejected and {r["state"] for r in only_rejected} == {"rejected"}
+    assert box.cli("audit", "verify").returncode == 0
+
+
+def test_vendors_check_files_offline(box: Sandbox, tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+    assert box.cli("check", str(good), "--sender", KV).returncode == 0
+    bad_doc = samples.make_dossier(KV, PK)
+    _bad_uid(bad_doc)
+    _decimals(bad_doc)
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(samples.dossier_bytes(bad_doc))
+    done = box.cli("check", str(bad), "--sender", KV, "--json", check=False)
+    assert done.returncode == 1
+    codes = {e["code"] for e in json.loads(done.stdout)["errors"]}
+    assert {"UID_CHECKSUM", "AMOUNT_DECIMALS"} <= codes, "every error is listed"
