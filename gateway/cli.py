@@ -20,9 +20,11 @@ from gateway import admin
 from gateway.clock import system_clock
 from gateway.config import load_settings
 from gateway.errors import GatewayError
+from gateway.fsck import fsck
 from gateway.handlers.inspect import inspect_file
 from gateway.ledger.models import ORGAN_KINDS
 from gateway.lifecycle import State
+from gateway.retention import purge
 from gateway.service import Gateway, notify_systemd
 from gateway.sftp.hostkeys import host_key_fingerprints
 
@@ -379,6 +381,36 @@ def audit_verify(ctx: click.Context) -> None:
         err.print(f"[red]audit chain broken at event id(s) {bad[:20]}[/] ({count} events checked)")
         ctx.exit(1)
     out.print(f"audit chain intact: {count} events")
+
+
+@cli.command("fsck")
+@click.option("--repair", is_flag=True, help="Repair what a safe, idempotent step can repair.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def fsck_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
+    """Compare ledger and folders; exit 1 while differences remain that need an admin."""
+    findings = fsck(_gw(ctx), repair=repair)
+    rows = [f.as_dict() for f in findings]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+    elif rows:
+        _print(rows, ["kind", "transfer_id", "path", "repaired", "detail"], False, "fsck")
+    else:
+        out.print("ledger and folders agree")
+    ctx.exit(1 if any(not f.repaired for f in findings) else 0)
+
+
+@cli.command("purge")
+@click.pass_context
+def purge_command(ctx: click.Context) -> None:
+    """Expire uncollected deliveries (701, 204), destroy old quarantine, purge old ledger and audit rows."""
+    gw = _gw(ctx)
+    report = purge(gw.worker(), gw.settings)
+    out.print(
+        f"expired {report.expired}, warned {report.warned}, quarantined originals destroyed "
+        f"{report.quarantined_destroyed}, transfers purged {report.transfers_purged}, "
+        f"audit events purged {report.events_purged}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

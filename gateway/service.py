@@ -21,6 +21,7 @@ from gateway.folders import Folders
 from gateway.intake import Intake
 from gateway.ledger.store import Ledger
 from gateway.lifecycle import State
+from gateway.retention import expire_deliveries
 from gateway.sftp.hostkeys import ensure_host_keys
 from gateway.sftp.server import DoorLimits, start_door, sweep_stale_uploads
 from gateway.worker import Worker, orphan_spool_files
@@ -145,11 +146,18 @@ class Gateway:
     def _maintain(self, stop: threading.Event) -> None:
         worker = self.worker()
         while not stop.wait(self.settings.rescan_seconds):
-            for task in (self.intake.scan, self.reconcile_pickups, worker.retry_held, worker.write_receipts):
+            tasks = (
+                self.intake.scan,
+                self.reconcile_pickups,
+                worker.retry_held,
+                worker.write_receipts,
+                lambda: expire_deliveries(worker, self.settings),
+            )
+            for task in tasks:
                 try:
                     task()
                 except Exception:  # the database may be restarting: retried next round
-                    log.exception("maintenance task %s failed", task.__name__)
+                    log.exception("maintenance task %s failed", getattr(task, "__name__", task))
             self.wake.set()
 
     def _run_door(self, stop: threading.Event) -> None:

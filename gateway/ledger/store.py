@@ -313,6 +313,36 @@ class Ledger:
             )
         return transfer
 
+    def add_receipt(self, transfer_id: str, code: int, info: str, now: datetime) -> bool:
+        """Owe a receipt that is no transition (701: will expire soon); False if it is owed already."""
+        with self.tx() as s:
+            if s.get(Receipt, (transfer_id, code)) is not None:
+                return False
+            transfer = s.get(Transfer, transfer_id)
+            s.add(Receipt(transfer_id=transfer_id, status_code=code, status_info=info, event_time=now))
+            self._append(
+                s,
+                now,
+                f"receipt:{code}",
+                info,
+                organ_id=transfer.sender_id if transfer else None,
+                transfer_id=transfer_id,
+            )
+        return True
+
+    def purge_transfers(self, before: datetime, now: datetime) -> int:
+        """Delete finished transfers (and their receipts) last changed before ``before``; message ids stay."""
+        finished = [st.value for st in lifecycle.TERMINAL]
+        with self.tx() as s:
+            ids = list(s.exec(select(Transfer.id).where(Transfer.state.in_(finished), Transfer.updated_at < before)))
+            for chunk in range(0, len(ids), 500):
+                part = ids[chunk : chunk + 500]
+                s.exec(delete(Receipt).where(Receipt.transfer_id.in_(part)))  # type: ignore[call-overload]
+                s.exec(delete(Transfer).where(Transfer.id.in_(part)))  # type: ignore[call-overload]
+            if ids:
+                self._append(s, now, "purge", f"{len(ids)} transfers before {before.isoformat()}")
+        return len(ids)
+
     def due_receipts(self, transfer_id: str | None = None) -> list[DueReceipt]:
         """Receipts recorded but not yet written to the sender's folder (all, or one transfer's)."""
         with self.tx() as s:

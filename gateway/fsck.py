@@ -1,0 +1,87 @@
+"""Compare the ledger with the folders, report every difference, and repair what can be repaired safely.
+
+Repairs are the same idempotent steps the service runs at start-up (record spool files, tidy finished
+transfers, write owed receipts, notice pick-ups); a difference no step can explain is reported for the
+admin and left alone. Run it with the service stopped, or without ``--repair`` while it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.folders import is_temp_name
+from gateway.lifecycle import WORKABLE, State
+from gateway.pipeline import spool_paths
+from gateway.service import Gateway
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One difference between the ledger and the disk."""
+
+    kind: str
+    path: str
+    transfer_id: str | None
+    repaired: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fsck(gw: Gateway, repair: bool = False) -> list[Finding]:
+    """Every difference between ledger and folders (repaired where ``repair`` and a safe step exists)."""
+    findings: list[Finding] = []
+    worker = gw.worker()
+
+    def found(kind: str, path: Path | str, transfer_id: str | None, fixable: bool, detail: str) -> None:
+        findings.append(Finding(kind, str(path), transfer_id, repair and fixable, detail))
+
+    temps = [*gw.folders.tmp.glob("*"), *gw.folders.spool_out.glob("*.tmp")]
+    temps += [p for p in gw.folders.organs.glob("*/outbox/.sftp-*.upload")]
+    for path in temps:
+        found("temp_file", path, None, True, "left by an interrupted run")
+    for sender_dir in gw.folders.spool_in.iterdir():
+        for path in sender_dir.iterdir():
+            transfer = gw.ledger.transfer(path.name.partition(".")[0])
+            if transfer is None:
+                found("spool_unrecorded", path, None, True, "collected but not recorded: will be recorded RECEIVED")
+            elif State(transfer.state) not in (State.RECEIVED, State.VALIDATED, State.HELD):
+                found("spool_leftover", path, transfer.id, True, f"plaintext of a {transfer.state} transfer")
+    for transfer in gw.ledger.transfers():
+        plain, encrypted = spool_paths(transfer, gw.folders)
+        state = State(transfer.state)
+        if state in (State.RECEIVED, State.VALIDATED, State.HELD) and not plain.exists() and not plain.is_symlink():
+            found("spool_missing", plain, transfer.id, False, f"{state.value} transfer without its spooled file")
+        if state is State.ENCRYPTED and not encrypted.exists():
+            inbox = gw.folders.inbox(transfer.recipient_id or "")
+            if not any(inbox.glob(f"{transfer.sender_id}_{transfer.message_id}.*")):
+                found("encrypted_missing", encrypted, transfer.id, False, "encrypted transfer without its file")
+        if state is State.DELIVERED:
+            inbox_file = gw.folders.inbox(transfer.recipient_id or "") / (transfer.delivered_name or "")
+            if not inbox_file.exists():
+                found("picked_up_unnoticed", inbox_file, transfer.id, True, "delivery gone from the inbox: FETCHED")
+        if state in WORKABLE and transfer.attempts:
+            found("retrying", "", transfer.id, False, f"{transfer.attempts} failed attempt(s): {transfer.last_error}")
+    delivered = {(t.recipient_id, t.delivered_name) for t in gw.ledger.transfers(state=State.DELIVERED.value)}
+    for inbox in gw.folders.organs.glob("*/inbox"):
+        for path in inbox.iterdir():
+            if not is_temp_name(path.name) and (inbox.parent.name, path.name) not in delivered:
+                found("inbox_unknown", path, None, False, "in an inbox but not a current delivery in the ledger")
+    for due in gw.ledger.due_receipts():
+        found(
+            "receipt_unwritten",
+            gw.folders.receipts(due.transfer.sender_id),
+            due.transfer.id,
+            True,
+            f"receipt {due.receipt.status_code} recorded but not written",
+        )
+    count, bad = gw.ledger.verify_chain()
+    for event_id in bad:
+        found("audit_chain", f"event {event_id}", None, False, f"audit event altered ({count} checked)")
+    if repair and findings:
+        gw.recover()
+        worker.write_receipts()
+    return findings

@@ -1,0 +1,73 @@
+"""Expiry and retention: uncollected deliveries expire (701 warning, then 204), old data is destroyed.
+
+EntsV Art. 13a keeps platform data for 12 months: ledger and audit rows older than ``retention_days`` and
+quarantined originals older than ``quarantine_days`` are purged. All of it runs against an injectable clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass
+from datetime import timedelta
+
+from gateway.config import Settings
+from gateway.handlers.receipt import STATUS_INFO
+from gateway.ledger.store import StaleTransition, utc
+from gateway.lifecycle import State
+from gateway.pipeline import Step
+from gateway.worker import Worker
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    expired: int
+    warned: int
+    quarantined_destroyed: int
+    transfers_purged: int
+    events_purged: int
+
+
+def expire_deliveries(worker: Worker, settings: Settings) -> tuple[int, int]:
+    """Warn (701) and then expire (204) deliveries nobody picked up; returns (warned, expired)."""
+    now = worker.clock()
+    expire_after = timedelta(days=settings.expire_after_days)
+    warn_at = expire_after - timedelta(days=settings.warn_before_expiry_days)
+    warned = expired = 0
+    for transfer in worker.ledger.transfers(state=State.DELIVERED.value):
+        age = now - utc(transfer.updated_at)
+        inbox_file = worker.folders.inbox(transfer.recipient_id or "") / (transfer.delivered_name or "")
+        if age >= expire_after:
+            if not inbox_file.exists():
+                worker.pick_up(transfer.recipient_id or "", transfer.delivered_name or "")
+                continue
+            with contextlib.suppress(StaleTransition):
+                # the ledger first: a pick-up racing with us must not be reported as expired
+                worker.record(transfer, Step(State.EXPIRED, info=STATUS_INFO[204]))
+                inbox_file.unlink(missing_ok=True)
+                expired += 1
+        elif age >= warn_at and worker.ledger.add_receipt(transfer.id, 701, STATUS_INFO[701], now):
+            worker.write_receipts(transfer.id)
+            warned += 1
+    return warned, expired
+
+
+def purge(worker: Worker, settings: Settings) -> PurgeReport:
+    """Expire deliveries, destroy old quarantined originals, purge old ledger and audit rows."""
+    now = worker.clock()
+    warned, expired = expire_deliveries(worker, settings)
+    destroyed = 0
+    quarantine_cutoff = now - timedelta(days=settings.quarantine_days)
+    for transfer in worker.ledger.transfers(state=State.REJECTED.value):
+        if utc(transfer.updated_at) < quarantine_cutoff:
+            path = worker.folders.quarantined(transfer.sender_id, transfer.id, transfer.file_name)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+                destroyed += 1
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+                destroyed += 1
+    cutoff = now - timedelta(days=settings.retention_days)
+    purged = worker.ledger.purge_transfers(cutoff, now)
+    events = worker.ledger.purge_events(cutoff)
+    return PurgeReport(expired, warned, destroyed, purged, events)
