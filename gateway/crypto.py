@@ -1,0 +1,274 @@
+"""The OpenPGP port: the gateway's keyring over the real ``gpg`` binary.
+
+Key management (generate, import, inspect, export, decrypt) goes through python-gnupg. Signing and
+encrypting a dossier runs ``gpg`` on the file path itself: gpg streams the file (a 2 GiB package never
+enters Python's memory), a timeout kills a hanging gpg, and there is no stdin pipe that could raise
+``BrokenPipeError`` when gpg exits early. Compression is off: dossiers are mostly incompressible PDFs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import gnupg
+
+from gateway.errors import AdminError, GatewayFault, Problem
+
+MAX_HOME_CHARS = 80  # gpg-agent's socket lives in the home; Unix sockets allow ~107 bytes of path
+_KEY_CACHE_SECONDS = 30.0
+_RECIPIENT_PATH = "/envelope/recipient_id"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What the gateway needs to know about a public key."""
+
+    fingerprint: str
+    uids: tuple[str, ...]
+    expires: datetime | None
+    can_encrypt: bool
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    """A decrypted delivery as the recipient sees it."""
+
+    data: bytes | None
+    signer_fingerprint: str | None
+    signature_valid: bool
+
+
+def _when(epoch: str | None) -> datetime | None:
+    return datetime.fromtimestamp(int(epoch), UTC) if epoch else None
+
+
+class Keyring:
+    """One GnuPG home: the gateway's own secret key and the organs' public keys."""
+
+    def __init__(self, home: Path, *, timeout: float = 600.0, gpg_binary: str = "gpg") -> None:
+        self.home = Path(home).absolute()
+        if len(str(self.home)) > MAX_HOME_CHARS:
+            raise GatewayFault(
+                f"GnuPG home {self.home} is {len(str(self.home))} characters long; gpg-agent cannot create its "
+                f"socket there (Unix socket paths are limited). Use a data dir whose path is at most "
+                f"{MAX_HOME_CHARS - 7} characters.",
+                code="GNUPG_HOME_TOO_LONG",
+            )
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.home.chmod(0o700)
+        self.timeout, self.gpg_binary = timeout, gpg_binary
+        self.gpg = gnupg.GPG(gpgbinary=gpg_binary, gnupghome=str(self.home))
+        self.gpg.encoding = "utf-8"
+        self._fpr: str | None = None
+        self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Keyring:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the gpg-agent this home started (each home runs its own)."""
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                ["gpgconf", "--homedir", str(self.home), "--kill", "gpg-agent"],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+
+    # -- the gateway's own key ----------------------------------------------------------------------------
+
+    def ensure_gateway_key(self, name: str = "flam-gateway", email: str = "gateway@flam-gateway.invalid") -> str:
+        """The fingerprint of the gateway's signing key, generated once (Ed25519 + Cv25519, no passphrase)."""
+        secret = self.gpg.list_keys(secret=True)
+        if secret:
+            self._fpr = secret[0]["fingerprint"]
+            return self._fpr
+        self._fpr = self.generate(name, email)
+        return self._fpr
+
+    @property
+    def gateway_fingerprint(self) -> str:
+        if self._fpr is None:
+            secret = self.gpg.list_keys(secret=True)
+            if not secret:
+                raise GatewayFault("the gateway has no OpenPGP key yet: run `flam-gateway init`", code="NO_GATEWAY_KEY")
+            self._fpr = secret[0]["fingerprint"]
+        return self._fpr
+
+    def generate(self, name: str, email: str, expire: str = "0") -> str:
+        """Generate a key pair without passphrase in this home; returns its fingerprint."""
+        spec = (
+            "Key-Type: EDDSA\nKey-Curve: ed25519\nKey-Usage: sign,cert\n"
+            "Subkey-Type: ECDH\nSubkey-Curve: cv25519\nSubkey-Usage: encrypt\n"
+            f"Name-Real: {name}\nName-Email: {email}\nExpire-Date: {expire}\n%no-protection\n%commit\n"
+        )
+        result = self.gpg.gen_key(spec)
+        if not result.fingerprint:
+            raise GatewayFault(f"gpg could not generate a key: {result.stderr[-500:]}")
+        return str(result.fingerprint)
+
+    def export_public(self, fingerprint: str) -> str:
+        armored = self.gpg.export_keys(fingerprint)
+        if not armored:
+            raise AdminError("KEY_UNKNOWN", f"no public key {fingerprint} in the keyring")
+        return str(armored)
+
+    # -- organs' keys ---------------------------------------------------------------------------------------
+
+    def import_key(self, armored: str, now: datetime | None = None) -> KeyInfo:
+        """Import one armored public key that can encrypt now; anything else is refused and not kept."""
+        now = now or datetime.now(UTC)
+        if "PRIVATE KEY BLOCK" in armored:
+            raise AdminError("KEY_UNUSABLE", "this is a secret key: send only the public key")
+        scan = self.gpg.scan_keys_mem(armored)
+        if len(scan) != 1:
+            reason = "no OpenPGP public key found" if not scan else f"{len(scan)} keys found, expected one"
+            raise AdminError("KEY_UNUSABLE", reason)
+        result = self.gpg.import_keys(armored)
+        fingerprint = scan[0]["fingerprint"]
+        if not result.fingerprints:
+            raise AdminError("KEY_UNUSABLE", f"gpg refused the key: {result.stderr.strip()[-300:]}")
+        self._cache.pop(fingerprint, None)
+        problem = self.check_recipient(fingerprint, now)
+        if problem is not None:
+            with contextlib.suppress(AdminError):
+                self.remove_key(fingerprint)
+            raise AdminError("KEY_UNUSABLE", f"{problem.code}: {problem.message}")
+        info = self.key_info(fingerprint)
+        assert info is not None
+        return info
+
+    def remove_key(self, fingerprint: str) -> None:
+        result = self.gpg.delete_keys(fingerprint, expect_passphrase=False)
+        self._cache.pop(fingerprint, None)
+        if str(result) != "ok":
+            raise AdminError("KEY_UNKNOWN", f"could not remove key {fingerprint}: {result}")
+
+    def _key(self, fingerprint: str) -> dict[str, Any] | None:
+        with self._lock:
+            cached = self._cache.get(fingerprint)
+            if cached and time.monotonic() - cached[0] < _KEY_CACHE_SECONDS:
+                return cached[1]
+        keys = self.gpg.list_keys(keys=[fingerprint])
+        key = next((k for k in keys if k["fingerprint"] == fingerprint), None)
+        with self._lock:
+            self._cache[fingerprint] = (time.monotonic(), key)
+        return key
+
+    def key_info(self, fingerprint: str) -> KeyInfo | None:
+        key = self._key(fingerprint)
+        if key is None:
+            return None
+        return KeyInfo(
+            fingerprint=fingerprint,
+            uids=tuple(key.get("uids", ())),
+            expires=_when(key.get("expires")),
+            can_encrypt="E" in key.get("cap", ""),
+            revoked=key.get("trust") == "r",
+        )
+
+    def check_recipient(self, fingerprint: str | None, now: datetime) -> Problem | None:
+        """Why the key cannot be encrypted to at ``now`` (None if it can): no key, revoked, expired, no E."""
+        key = self._key(fingerprint) if fingerprint else None
+        if key is None:
+            return Problem("RECIPIENT_NO_KEY", _RECIPIENT_PATH, "the recipient has no OpenPGP key on this gateway")
+        if key.get("trust") == "r":
+            return Problem("KEY_REVOKED", _RECIPIENT_PATH, f"the recipient's key {fingerprint} is revoked")
+        expires = _when(key.get("expires"))
+        if key.get("trust") == "e" or (expires is not None and expires <= now):
+            return Problem("KEY_EXPIRED", _RECIPIENT_PATH, f"the recipient's key {fingerprint} has expired")
+        candidates = [(info.get("cap", ""), info) for info in key.get("subkey_info", {}).values()]
+        own_cap = next((k[1] for k in key.get("subkeys", []) if k[2] == fingerprint), None)
+        if own_cap and "e" in own_cap:
+            candidates.append((own_cap, {"trust": key.get("trust"), "expires": key.get("expires")}))
+        encrypting = [info for cap, info in candidates if "e" in cap]
+        if not encrypting:
+            return Problem("KEY_CANNOT_ENCRYPT", _RECIPIENT_PATH, f"the recipient's key {fingerprint} cannot encrypt")
+        live = [i for i in encrypting if i.get("trust") != "r"]
+        if not live:
+            return Problem("KEY_REVOKED", _RECIPIENT_PATH, "the recipient's encryption subkeys are revoked")
+        if all((_when(i.get("expires")) or datetime.max.replace(tzinfo=UTC)) <= now for i in live):
+            return Problem("KEY_EXPIRED", _RECIPIENT_PATH, "the recipient's encryption subkeys have expired")
+        return None
+
+    # -- the hot path -------------------------------------------------------------------------------------
+
+    def sign_encrypt(self, src: Path, dst: Path, recipient_fpr: str, *, armor: bool = False) -> None:
+        """Sign ``src`` with the gateway key and encrypt it to ``recipient_fpr`` into ``dst`` (streamed by gpg)."""
+        args = [
+            self.gpg_binary,
+            "--homedir",
+            str(self.home),
+            "--batch",
+            "--yes",
+            "--no-tty",
+            "--quiet",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--trust-model",
+            "always",
+            "--compress-algo",
+            "none",
+            "--local-user",
+            self.gateway_fingerprint,
+            "--recipient",
+            recipient_fpr,
+            "--sign",
+            "--encrypt",
+            "--output",
+            str(dst),
+        ]
+        if armor:
+            args.append("--armor")
+        try:
+            done = subprocess.run([*args, "--", str(src)], capture_output=True, timeout=self.timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            dst.unlink(missing_ok=True)
+            raise GatewayFault(f"gpg did not finish within {self.timeout:.0f} s and was killed") from exc
+        except OSError as exc:
+            dst.unlink(missing_ok=True)
+            raise GatewayFault(f"cannot run gpg: {exc}") from exc
+        if done.returncode != 0:
+            dst.unlink(missing_ok=True)
+            detail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+            raise GatewayFault(f"gpg failed ({done.returncode}): {' | '.join(detail)}")
+
+    def decrypt(self, src: Path, dst: Path | None = None) -> Decrypted:
+        """Decrypt a delivery with a secret key of this home and report its signature."""
+        with open(src, "rb") as fh:
+            result = self.gpg.decrypt_file(fh, output=str(dst) if dst else None)
+        if not result.ok:
+            raise GatewayFault(f"cannot decrypt {src.name}: {result.status}")
+        signer = getattr(result, "pubkey_fingerprint", None) or result.fingerprint
+        return Decrypted(None if dst else bytes(result.data), signer, bool(result.valid))
+
+
+def generate_key(home: Path, name: str, email: str, *, expire: str = "0") -> str:
+    """A fresh key pair able to encrypt, in its own home (an organ's side); returns the fingerprint."""
+    with Keyring(home) as ring:
+        return ring.generate(name, email, expire)
+
+
+def export_public_key(home: Path, fingerprint: str) -> str:
+    with Keyring(home) as ring:
+        return ring.export_public(fingerprint)
+
+
+def decrypt_file(home: Path, src: Path, dst: Path | None = None) -> Decrypted:
+    """Decrypt ``src`` with the key in ``home`` (into ``dst``, or in memory) and check who signed it."""
+    with Keyring(home) as ring:
+        return ring.decrypt(src, dst)
