@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncssh
 
-from gateway.crypto import Decrypted, decrypt_file, export_public_key, generate_key
+from gateway.crypto import Decrypted, Keyring, decrypt_file, export_public_key, generate_key
 from gateway.ledger.models import Transfer
 from gateway.ledger.store import Ledger
 
@@ -83,6 +83,8 @@ class Sandbox:
         gnupg = self.root / "g" / organ_id[:12]
         fingerprint = generate_key(gnupg, organ_id, f"{organ_id}@organs.invalid")
         (keys_dir / "pgp.asc").write_text(export_public_key(gnupg, fingerprint))
+        with Keyring(gnupg) as ring:  # the organ learns the key that signs its deliveries
+            ring.import_key(self.cli("gateway-key", "export").stdout)
         self.cli("organ", "pgp-key", "import", organ_id, str(keys_dir / "pgp.asc"))
         self.cli("organ", "ssh-key", "add", organ_id, str(ssh_key) + ".pub")
         self.organs[organ_id] = OrganKeys(organ_id, ssh_key, gnupg, fingerprint)

@@ -281,7 +281,7 @@ class Ledger:
             for key, value in values.items():
                 setattr(transfer, key, value)
             transfer.state, transfer.updated_at = target.value, now
-            if target is State.VALIDATED and transfer.message_id:
+            if source is State.RECEIVED and target is State.VALIDATED and transfer.message_id:
                 with s.begin_nested():
                     s.add(
                         MessageId(sender_id=transfer.sender_id, message_id=transfer.message_id, transfer_id=transfer.id)

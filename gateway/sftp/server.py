@@ -1,0 +1,420 @@
+"""The SFTP door: asyncssh with public-key logins, a real-path jail per organ and atomic uploads.
+
+The door only moves bytes and tells the rest of the gateway through :class:`DoorHooks`; it never
+validates or encrypts. An upload is written to a hidden ``.sftp-*.upload`` file in the outbox and
+renamed to its name only when the client closes it in the protocol; a dropped connection discards it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncssh
+from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied
+
+from gateway.sftp.jail import AREAS, Jail, Place
+
+UPLOAD_PREFIX = ".sftp-"
+RECENT_SECONDS = 300.0  # how long stat/setstat still answer for a committed upload the gateway took away
+_WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC | asyncssh.FXF_APPEND
+
+
+@dataclass(frozen=True)
+class DoorLimits:
+    login_timeout: float = 30.0
+    idle_timeout: float = 600.0
+    max_sessions_per_organ: int = 20
+    max_sessions_total: int = 500
+
+
+class DoorHooks(Protocol):
+    """What the door asks of the gateway (blocking calls; the door runs them in a thread)."""
+
+    def authorized_keys(self, organ_id: str) -> list[str] | None: ...
+
+    def audit(self, organ_id: str | None, action: str, detail: str, ok: bool, peer: str) -> None: ...
+
+    def upload_committed(self, organ_id: str, path: Path) -> None: ...
+
+
+@dataclass
+class _Handle:
+    fd: int
+    place: Place
+    temp: Path | None = None  # uploads: the hidden file written until the protocol close
+    count: int = 0
+
+
+@dataclass
+class _Door:
+    organs_root: Path
+    hooks: DoorHooks
+    limits: DoorLimits
+    sessions: dict[str, int] = field(default_factory=dict)
+    connections: dict[asyncssh.SSHServerConnection, float] = field(default_factory=dict)
+
+    def call(self, fn: Any, *args: Any) -> None:
+        """Run a blocking hook without stalling the event loop."""
+        asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+def sweep_stale_uploads(organs_root: Path) -> int:
+    """Remove hidden upload files a killed gateway left in outboxes; returns how many."""
+    count = 0
+    for path in organs_root.glob(f"*/outbox/{UPLOAD_PREFIX}*.upload"):
+        path.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
+class _Auth(asyncssh.SSHServer):
+    """One connection: public-key login against the ledger, session caps, audit."""
+
+    def __init__(self, door: _Door) -> None:
+        self.door = door
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.organ: str | None = None
+        self.peer = "?"
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.peer = f"{peer[0]}:{peer[1]}"
+        sock = conn.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(6, 1, 1)  # TCP_NODELAY: no 40 ms stalls on small files
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.door.connections.pop(self.conn, None)
+        if self.organ is not None:
+            self.door.sessions[self.organ] = self.door.sessions.get(self.organ, 1) - 1
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        lines = await asyncio.get_running_loop().run_in_executor(None, self.door.hooks.authorized_keys, username)
+        allowed = set()
+        for line in lines or []:
+            with contextlib.suppress(asyncssh.KeyImportError, ValueError):
+                allowed.add(asyncssh.import_public_key(line).public_data)
+        if key.public_data in allowed:
+            return True
+        self.door.call(
+            self.door.hooks.audit,
+            username if lines is not None else None,
+            "login_failed",
+            f"user {username[:64]!r} key {key.get_fingerprint()}",
+            False,
+            self.peer,
+        )
+        return False
+
+    def auth_completed(self) -> None:
+        assert self.conn is not None
+        organ = self.conn.get_extra_info("username")
+        total = sum(self.door.sessions.values())
+        if self.door.sessions.get(organ, 0) >= self.door.limits.max_sessions_per_organ or (
+            total >= self.door.limits.max_sessions_total
+        ):
+            self.door.call(self.door.hooks.audit, organ, "login_refused", "too many sessions", False, self.peer)
+            self.conn.close()
+            return
+        self.organ = organ
+        self.door.sessions[organ] = self.door.sessions.get(organ, 0) + 1
+        self.door.connections[self.conn] = time.monotonic()
+        self.door.call(self.door.hooks.audit, organ, "login", "publickey", True, self.peer)
+
+
+class _Sftp(asyncssh.SFTPServer):
+    """The file operations of one SFTP session, inside the organ's jail."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel, door: _Door) -> None:
+        super().__init__(chan)
+        self.door = door
+        self.organ = chan.get_extra_info("username")
+        self.peer = "{}:{}".format(*(chan.get_extra_info("peername") or ("?", 0)))
+        self.jail = Jail(door.organs_root / self.organ)
+        self.recent: dict[str, tuple[float, os.stat_result]] = {}
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------
+
+    def _touch(self) -> None:
+        self.door.connections[self.connection] = time.monotonic()
+
+    def _audit(self, action: str, detail: str, ok: bool = True) -> None:
+        self.door.call(self.door.hooks.audit, self.organ, action, detail, ok, self.peer)
+
+    def _refuse(self, action: str, error: Exception) -> Exception:
+        self._audit("refused", f"{action}: {error}", False)
+        return error
+
+    def _recent(self, place: Place) -> os.stat_result | None:
+        entry = self.recent.get(place.virtual)
+        return entry[1] if entry and time.monotonic() - entry[0] < RECENT_SECONDS else None
+
+    def map_path(self, path: bytes) -> bytes:
+        raise SFTPPermissionDenied("not supported")
+
+    # -- paths and listings ------------------------------------------------------------------------------------
+
+    def realpath(self, path: bytes) -> bytes:
+        return self.jail.place(path).virtual.encode()
+
+    def _attrs(self, path: bytes, follow: bool) -> os.stat_result:
+        self._touch()
+        place = self.jail.place(path)
+        if not place.name:
+            return place.real.stat()
+        try:
+            return self.jail.regular(place)
+        except SFTPNoSuchFile:
+            if (info := self._recent(place)) is not None:
+                return info
+            raise
+
+    def stat(self, path: bytes) -> os.stat_result:
+        return self._attrs(path, True)
+
+    def lstat(self, path: bytes) -> os.stat_result:
+        return self._attrs(path, False)
+
+    async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
+        self._touch()
+        place = self.jail.place(path)
+        if place.name:
+            raise SFTPFailure("not a folder")
+        if not place.area:
+            entries = [(area.encode(), (place.real / area).stat()) for area in AREAS]
+        else:
+            entries = []
+            with os.scandir(place.real) as it:
+                for entry in it:
+                    if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                        with contextlib.suppress(FileNotFoundError):
+                            entries.append((os.fsencode(entry.name), entry.stat(follow_symlinks=False)))
+        self._audit("list", place.virtual)
+        for name in (b".", b".."):
+            yield SFTPName(name, attrs=SFTPAttrs.from_local(place.real.stat()))
+        for name, info in entries:
+            yield SFTPName(name, attrs=SFTPAttrs.from_local(info))
+
+    # -- files -------------------------------------------------------------------------------------------------
+
+    def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> _Handle:
+        self._touch()
+        if pflags & _WRITE_FLAGS:
+            try:
+                place = self.jail.file(path, areas=("outbox",))
+            except SFTPPermissionDenied as exc:
+                raise self._refuse("write", exc) from None
+            if place.real.exists() or place.real.is_symlink():
+                raise self._refuse("write", SFTPFailure(f"{place.virtual} exists already; uploads never overwrite"))
+            temp = place.real.parent / f"{UPLOAD_PREFIX}{secrets.token_hex(8)}.upload"
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+            return _Handle(fd, place, temp)
+        place = self.jail.file(path)
+        self.jail.regular(place)
+        try:
+            fd = os.open(place.real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise SFTPNoSuchFile("no such file") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise SFTPNoSuchFile("no such file")
+        return _Handle(fd, place)
+
+    def read(self, handle: _Handle, offset: int, size: int) -> bytes:
+        data = os.pread(handle.fd, size, offset)
+        handle.count += len(data)
+        return data
+
+    def write(self, handle: _Handle, offset: int, data: bytes) -> int:
+        if handle.temp is None:
+            raise SFTPPermissionDenied("opened for reading")
+        handle.count += os.pwrite(handle.fd, data, offset)
+        return len(data)
+
+    def fstat(self, handle: _Handle) -> os.stat_result:
+        return os.fstat(handle.fd)
+
+    def fsetstat(self, handle: _Handle, attrs: SFTPAttrs) -> None:
+        if handle.temp is not None and attrs.mtime is not None:
+            os.utime(handle.fd, (attrs.atime or attrs.mtime, attrs.mtime))
+
+    def fsync(self, handle: _Handle) -> None:
+        os.fsync(handle.fd)
+
+    def close(self, handle: _Handle) -> None:
+        # asyncssh calls close() from SFTPServerHandler._process_close for the client's FXP_CLOSE, and from
+        # SFTPServerHandler._cleanup for every handle still open when the connection is gone. Only the
+        # first is a finished upload.
+        protocol_close = sys._getframe(1).f_code.co_name == "_process_close"
+        try:
+            if handle.temp is None:
+                self._audit("download", f"{handle.place.virtual} {handle.count} bytes")
+            elif protocol_close:
+                self._commit(handle)
+            else:
+                handle.temp.unlink(missing_ok=True)
+                self._audit("upload_aborted", f"{handle.place.virtual} after {handle.count} bytes", False)
+        finally:
+            os.close(handle.fd)
+
+    def _commit(self, handle: _Handle) -> None:
+        assert handle.temp is not None
+        os.fsync(handle.fd)
+        info = os.fstat(handle.fd)
+        try:
+            os.link(handle.temp, handle.place.real)
+        except FileExistsError:
+            handle.temp.unlink(missing_ok=True)
+            raise self._refuse("upload", SFTPFailure(f"{handle.place.virtual} exists already")) from None
+        finally:
+            handle.temp.unlink(missing_ok=True)
+        self.recent[handle.place.virtual] = (time.monotonic(), info)
+        self._audit("upload", f"{handle.place.virtual} {info.st_size} bytes")
+        self.door.call(self.door.hooks.upload_committed, self.organ, handle.place.real)
+
+    # -- changes -----------------------------------------------------------------------------------------------
+
+    def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
+        self._touch()
+        try:
+            place = self.jail.file(path, areas=("outbox",))
+        except SFTPPermissionDenied as exc:
+            raise self._refuse("setstat", exc) from None
+        try:
+            self.jail.regular(place)
+        except SFTPNoSuchFile:
+            if self._recent(place) is None:
+                raise
+            return  # the gateway already took the upload: nothing left to change
+        if attrs.mtime is not None:
+            os.utime(place.real, (attrs.atime or attrs.mtime, attrs.mtime), follow_symlinks=False)
+
+    def remove(self, path: bytes) -> None:
+        self._touch()
+        place = self.jail.file(path)
+        self.jail.regular(place)
+        place.real.unlink()
+        self.recent.pop(place.virtual, None)
+        self._audit("remove", place.virtual)
+
+    def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        self._touch()
+        try:
+            old, new = self.jail.file(oldpath, areas=("outbox",)), self.jail.file(newpath, areas=("outbox",))
+        except SFTPPermissionDenied as exc:
+            raise self._refuse("rename", exc) from None
+        self.jail.regular(old)
+        try:
+            os.link(old.real, new.real)
+        except FileExistsError:
+            raise self._refuse("rename", SFTPFailure(f"{new.virtual} exists already")) from None
+        old.real.unlink()
+        self._audit("rename", f"{old.virtual} -> {new.virtual}")
+        self.door.call(self.door.hooks.upload_committed, self.organ, new.real)
+
+    def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        self.rename(oldpath, newpath)
+
+    def _never(self, action: str) -> None:
+        raise self._refuse(action, SFTPPermissionDenied(f"{action} is not allowed"))
+
+    def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
+        self._never("mkdir")
+
+    def rmdir(self, path: bytes) -> None:
+        self._never("rmdir")
+
+    def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        self._never("symlink")
+
+    def link(self, oldpath: bytes, newpath: bytes) -> None:
+        self._never("link")
+
+    def readlink(self, path: bytes) -> bytes:
+        self._never("readlink")
+        return b""
+
+    def statvfs(self, path: bytes) -> Any:
+        return os.statvfs(self.jail.root)
+
+    def fstatvfs(self, handle: _Handle) -> Any:
+        return os.statvfs(self.jail.root)
+
+
+class Door:
+    """A listening SFTP door; ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, server: asyncssh.SSHAcceptor, door: _Door) -> None:
+        self._server, self._door = server, door
+        self.port: int = server.sockets[0].getsockname()[1]
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(30.0, self._door.limits.idle_timeout / 4))
+            now = time.monotonic()
+            for conn, last in list(self._door.connections.items()):
+                if now - last > self._door.limits.idle_timeout:
+                    conn.close()
+
+    async def close(self) -> None:
+        self._reaper.cancel()
+        self._server.close()
+        for conn in list(self._door.connections):
+            conn.close()
+        await self._server.wait_closed()
+
+
+async def start_door(
+    host: str,
+    port: int,
+    *,
+    organs_root: Path,
+    host_keys: list[Path],
+    hooks: DoorHooks,
+    limits: DoorLimits = DoorLimits(),
+) -> Door:
+    """Listen for SFTP on ``host:port`` (port 0: any free port)."""
+    door = _Door(Path(organs_root), hooks, limits)
+    server = await asyncssh.create_server(
+        lambda: _Auth(door),
+        host,
+        port,
+        server_host_keys=[str(p) for p in host_keys],
+        sftp_factory=lambda chan: _Sftp(chan, door),
+        allow_scp=False,
+        allow_pty=False,
+        agent_forwarding=False,
+        x11_forwarding=False,
+        login_timeout=limits.login_timeout,
+        keepalive_interval=60,
+        keepalive_count_max=3,
+        window=8 * 1024 * 1024,
+        max_pktsize=256 * 1024,
+    )
+    return Door(server, door)
