@@ -1,0 +1,238 @@
+"""Organs over SFTP: the real server on 127.0.0.1 (port 0), the OpenSSH client in batch mode and paramiko."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from gateway import samples
+from gateway.harness import Sandbox
+
+KV, PK, CANTON = "kv-bau-zh", "pk-bau-zh", "canton-zh"
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[Sandbox]:
+    sandbox = Sandbox(settings={"settle_seconds": 0.2, "rescan_seconds": 1, "max_sessions_per_organ": 3})
+    sandbox.cli("init")
+    for organ, kind in ((KV, "control_body"), (PK, "joint_committee"), (CANTON, "canton")):
+        sandbox.add_organ(organ, kind)
+    sandbox.allow(KV, PK)
+    sandbox.start()
+    yield sandbox
+    sandbox.close()
+
+
+def ssh_options(box: Sandbox, organ: str, key: Path | None = None) -> list[str]:
+    return [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-i",
+        str(key or box.organs[organ].ssh_key),
+    ]
+
+
+def openssh_sftp(box: Sandbox, organ: str, commands: str, key: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the OpenSSH `sftp` client in batch mode as ``organ``."""
+    return subprocess.run(
+        ["sftp", *ssh_options(box, organ, key), "-P", str(box.port), "-b", "-", f"{organ}@127.0.0.1"],
+        input=commands,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+class Session(paramiko.SFTPClient):
+    """A paramiko SFTP session that also ends its SSH connection when closed."""
+
+    def close(self) -> None:
+        super().close()
+        self.get_channel().get_transport().close()
+
+
+def paramiko_sftp(box: Sandbox, organ: str) -> Session:
+    key = paramiko.Ed25519Key.from_private_key_file(str(box.organs[organ].ssh_key))
+    transport = paramiko.Transport(("127.0.0.1", box.port))
+    transport.connect(username=organ, pkey=key)
+    return Session.from_transport(transport)
+
+
+def transfer_of(box: Sandbox, name: str, state: str):
+    def found():
+        rows = [t for t in box.transfers() if t.file_name == name and t.state == state]
+        return rows[0] if rows and not box.ledger.due_receipts(rows[0].id) else None
+
+    return box.wait_for(found, 60, f"{name} {state}")
+
+
+def test_upload_delivery_download_and_pick_up_over_sftp(box: Sandbox, tmp_path: Path) -> None:
+    doc = samples.make_dossier(KV, PK, attachments=[("bericht.pdf", samples.make_pdf(30_000))])
+    local = tmp_path / "report.json"
+    local.write_bytes(samples.dossier_bytes(doc))
+    done = openssh_sftp(box, KV, f"cd outbox\nput -p {local}\nls -l\n")
+    assert done.returncode == 0, done.stderr
+
+    transfer = transfer_of(box, "report.json", "delivered")
+    with paramiko_sftp(box, PK) as sftp:
+        assert sftp.listdir("/inbox") == [transfer.delivered_name]
+        fetched = tmp_path / transfer.delivered_name
+        sftp.get(f"/inbox/{transfer.delivered_name}", str(fetched))
+        plain = box.decrypt(PK, fetched)
+        assert plain.data == local.read_bytes() and plain.signature_valid
+        sftp.remove(f"/inbox/{transfer.delivered_name}")
+
+    transfer_of(box, "report.json", "fetched")
+    with paramiko_sftp(box, KV) as sftp:
+        names = sftp.listdir("/receipts")
+        codes = sorted(json.loads(sftp.open(f"/receipts/{n}").read())["status_code"] for n in names if transfer.id in n)
+    assert codes == [100, 110]
+
+    actions = [e["action"] for e in json.loads(box.cli("audit", "list", "--organ", PK, "--json").stdout)]
+    assert {"login", "list", "download", "remove"} <= set(actions)
+
+
+def test_filepart_uploads_renamed_when_done_are_delivered_once(box: Sandbox) -> None:
+    data = samples.dossier_bytes(samples.make_dossier(KV, PK))
+    with paramiko_sftp(box, KV) as sftp:
+        with sftp.open("/outbox/winscp.json.filepart", "wb") as fh:
+            fh.write(data)
+        time.sleep(0.5)  # the watcher ignores the .filepart name
+        sftp.rename("/outbox/winscp.json.filepart", "/outbox/winscp.json")
+    transfer_of(box, "winscp.json", "delivered")
+    assert [t.file_name for t in box.transfers()].count("winscp.json") == 1
+
+
+def test_stat_and_setstat_right_after_upload_succeed_although_the_gateway_took_the_file(box: Sandbox) -> None:
+    data = samples.dossier_bytes(samples.make_dossier(KV, PK))
+    with paramiko_sftp(box, KV) as sftp:
+        with sftp.open("/outbox/quick.json", "wb") as fh:
+            fh.write(data)
+        transfer_of(box, "quick.json", "delivered")
+        assert sftp.stat("/outbox/quick.json").st_size == len(data)
+        sftp.utime("/outbox/quick.json", (1_700_000_000, 1_700_000_000))
+
+
+def test_a_connection_dropped_mid_upload_leaves_nothing(box: Sandbox) -> None:
+    outbox = box.folder(KV, "outbox")
+    sftp = paramiko_sftp(box, KV)
+    fh = sftp.open("/outbox/dropped.json", "wb")
+    fh.write(b"{" + b" " * (4 << 20))
+    fh.flush()
+    sftp.get_channel().get_transport().sock.shutdown(socket.SHUT_RDWR)
+    sftp.get_channel().get_transport().close()
+    box.wait_for(lambda: not list(outbox.iterdir()), 10, "temp upload discarded")
+    time.sleep(1.5)
+    assert not [t for t in box.transfers() if t.file_name == "dropped.json"]
+    assert "upload_aborted" in box.cli("audit", "list", "--organ", KV, "--json").stdout
+
+
+def test_the_jail_shows_three_folders_and_refuses_every_escape(box: Sandbox) -> None:
+    (box.folder(KV, "outbox") / "planted").symlink_to("/etc")
+    with paramiko_sftp(box, KV) as sftp:
+        assert sorted(sftp.listdir("/")) == ["inbox", "outbox", "receipts"]
+        assert sorted(sftp.listdir("/../..")) == ["inbox", "outbox", "receipts"], "'..' cannot climb out"
+        # the sequence that escapes asyncssh's chroot: every step refused, nothing above the jail listed
+        for step in (
+            lambda: sftp.mkdir("/a"),
+            lambda: sftp.mkdir("/a/b"),
+            lambda: sftp.symlink("../..", "/a/b/up"),
+            lambda: sftp.rename("/a/b/up", "/up"),
+            lambda: sftp.listdir("/up"),
+        ):
+            with pytest.raises(OSError):
+                step()
+        for step in (
+            lambda: sftp.mkdir("/outbox/sub"),
+            lambda: sftp.symlink("/etc/passwd", "/outbox/link"),
+            lambda: sftp.open("/inbox/x.json", "wb"),
+            lambda: sftp.open("/receipts/x.json", "wb"),
+            lambda: sftp.open("/outbox/planted/passwd"),
+            lambda: sftp.listdir("/outbox/planted"),
+            lambda: sftp.open("/../../etc/passwd"),
+            lambda: sftp.chmod("/outbox", 0o777),
+            lambda: sftp.stat("/outbox/planted"),
+            lambda: sftp.open(f"/../../{PK}/inbox/x"),
+        ):
+            with pytest.raises(OSError):
+                step()
+        assert "planted" not in sftp.listdir("/outbox"), "links are not shown"
+        with sftp.open("/outbox/mine.json.tmp", "wb") as fh:
+            fh.write(b"{}")
+        with pytest.raises(OSError):
+            sftp.rename("/outbox/mine.json.tmp", "/inbox/mine.json")
+        sftp.remove("/outbox/mine.json.tmp")
+    (box.folder(KV, "outbox") / "planted").unlink()
+    with paramiko_sftp(box, PK) as sftp:
+        assert "mine.json.tmp" not in sftp.listdir("/outbox"), "organs never see each other's files"
+    hardlink = openssh_sftp(box, KV, "ln /receipts/x /outbox/y\n")
+    assert hardlink.returncode != 0
+    refused = json.loads(box.cli("audit", "list", "--organ", KV, "--json").stdout)
+    assert any(e["action"] == "refused" for e in refused)
+
+
+def test_only_sftp_is_offered(box: Sandbox) -> None:
+    base = ["ssh", *ssh_options(box, KV), "-p", str(box.port), f"{KV}@127.0.0.1"]
+    assert subprocess.run([*base, "id"], capture_output=True, timeout=30).returncode != 0, "exec refused"
+    assert subprocess.run([*base, "-tt"], capture_output=True, timeout=30, input=b"exit\n").returncode != 0
+    forward = subprocess.run(
+        ["ssh", *ssh_options(box, KV), "-p", str(box.port), "-W", "127.0.0.1:5432", f"{KV}@127.0.0.1"],
+        capture_output=True,
+        timeout=30,
+        input=b"",
+    )
+    assert forward.returncode != 0, "-W forwarding refused"
+
+
+def test_wrong_key_unknown_user_and_disabled_organ_are_refused_alike(box: Sandbox) -> None:
+    other_key = box.organs[PK].ssh_key
+    assert openssh_sftp(box, KV, "ls\n", key=other_key).returncode != 0
+    assert openssh_sftp(box, "nobody", "ls\n", key=other_key).returncode != 0
+    box.cli("organ", "disable", CANTON)
+    try:
+        assert openssh_sftp(box, CANTON, "ls\n").returncode != 0
+    finally:
+        box.cli("organ", "enable", CANTON)
+    assert openssh_sftp(box, CANTON, "ls\n").returncode == 0
+    failed = [e for e in json.loads(box.cli("audit", "list", "--json").stdout) if e["action"] == "login_failed"]
+    assert len(failed) >= 3 and all(e["peer"].startswith("127.0.0.1:") for e in failed)
+
+
+def test_sessions_per_organ_are_capped(box: Sandbox) -> None:
+    sessions = [paramiko_sftp(box, PK) for _ in range(3)]
+    try:
+        with pytest.raises((paramiko.SSHException, EOFError, OSError)):
+            extra = paramiko_sftp(box, PK)
+            extra.listdir("/")
+    finally:
+        for s in sessions:
+            s.close()
+
+
+def test_host_keys_are_stable_and_their_fingerprints_published(box: Sandbox) -> None:
+    shown = json.loads(box.cli("host-key", "fingerprints", "--json").stdout)
+    assert {k["algorithm"] for k in shown} == {"ssh-ed25519", "ssh-rsa"}
+    for row in shown:
+        name = "ssh_host_ed25519_key" if row["algorithm"] == "ssh-ed25519" else "ssh_host_rsa_key"
+        keygen = subprocess.run(
+            ["ssh-keygen", "-lf", str(box.data_dir / "hostkeys" / f"{name}.pub")], capture_output=True, text=True
+        ).stdout
+        assert row["fingerprint"] in keygen
+    box.stop()
+    box.start()
+    assert json.loads(box.cli("host-key", "fingerprints", "--json").stdout) == shown
