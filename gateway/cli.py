@@ -383,6 +383,14 @@ def audit_verify(ctx: click.Context) -> None:
     out.print(f"audit chain intact: {count} events")
 
 
+@cli.command()
+def demo() -> None:
+    """Run the whole story in a temporary folder on a free local port (three organs, SFTP, gpg), then exit."""
+    from gateway.demo import run_demo  # paramiko is only needed here
+
+    run_demo(out)
+
+
 @cli.command("fsck")
 @click.option("--repair", is_flag=True, help="Repair what a safe, idempotent step can repair.")
 @click.option("--json", "as_json", is_flag=True)
