@@ -114,8 +114,9 @@ class Gateway:
         """Deliveries gone from their inbox while nobody watched (gateway down, dropped events) are fetched."""
         worker = self.worker()
         for transfer in self.ledger.transfers(state=State.DELIVERED.value):
-            if transfer.recipient_id and transfer.delivered_name:
-                worker.pick_up(transfer.recipient_id, transfer.delivered_name)
+            recipient, name = transfer.recipient_id or "", transfer.delivered_name or ""
+            if recipient and name and not (self.folders.inbox(recipient) / name).exists():
+                worker.pick_up(recipient, name)
 
     def serve(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
         """Run intake, workers, maintenance and the SFTP door until ``stop`` is set."""

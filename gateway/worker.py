@@ -21,7 +21,7 @@ from gateway.handlers.encrypt import Crypto
 from gateway.handlers.receipt import receipt_bytes, receipt_document, receipt_name
 from gateway.ledger.models import Transfer
 from gateway.ledger.store import Ledger, StaleTransition, utc
-from gateway.lifecycle import WORKABLE, State
+from gateway.lifecycle import TRANSITIONS, WORKABLE, State
 from gateway.limits import Limits
 from gateway.pipeline import Context, Step, advance, spool_paths
 
@@ -94,16 +94,12 @@ class Worker:
 
     def record(self, transfer: Transfer, step: Step) -> Transfer:
         """Record ``step`` in the ledger, then do the file work that follows it."""
+        source = State(transfer.state)
         moved = self.ledger.transition(
-            transfer.id,
-            State(transfer.state),
-            step.target,
-            self.clock(),
-            problems=step.problems,
-            info=step.info,
-            **step.values,
+            transfer.id, source, step.target, self.clock(), problems=step.problems, info=step.info, **step.values
         )
-        self.tidy(moved)
+        target = State(moved.state)
+        self.tidy(moved, receipts=target is State.REJECTED or TRANSITIONS[source][target] is not None)
         return moved
 
     def retry_held(self) -> None:
@@ -123,7 +119,7 @@ class Worker:
         with contextlib.suppress(StaleTransition):
             self.record(transfer, Step(State.FETCHED, info="picked up by the recipient"))
 
-    def tidy(self, transfer: Transfer) -> None:
+    def tidy(self, transfer: Transfer, receipts: bool = True) -> None:
         """Idempotent file work owed by the transfer's state: quarantine, wipe the spool, write receipts."""
         plain, encrypted = spool_paths(transfer, self.folders)
         state = State(transfer.state)
@@ -135,7 +131,8 @@ class Worker:
             encrypted.unlink(missing_ok=True)
         elif state not in (State.RECEIVED, State.VALIDATED, State.HELD):
             plain.unlink(missing_ok=True)  # plaintext never lingers once it is encrypted
-        self.write_receipts(transfer.id)
+        if receipts:
+            self.write_receipts(transfer.id)
 
     def write_receipts(self, transfer_id: str | None = None) -> int:
         """Write every receipt the ledger owes (one transfer's, or all); returns how many were written."""

@@ -23,6 +23,7 @@ from gateway.limits import Limits
 
 PACKAGE_DOSSIER = "dossier.json"
 _SAFE_ENTRY = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')  # strings (skipped whole) and brackets
 _BOMB_MIN_BYTES = 1 << 20  # below this size an entry's compression ratio is not judged
 
 
@@ -106,7 +107,7 @@ def parse_json(raw: bytes, limits: Limits, where: str = "") -> dict[str, Any]:
 def _check_depth(text: str, limit: int, where: str) -> None:
     """Reject nesting deeper than ``limit`` before json recurses into it (brackets in strings are skipped)."""
     depth = 0
-    for token in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', text):
+    for token in _TOKENS.finditer(text):
         char = token.group()
         if char in "[{":
             depth += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ class Ledger:
         if self.is_sqlite:
             self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
             event.listen(self.engine, "connect", _sqlite_connect)
-            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            event.listen(self.engine, "begin", _sqlite_begin)
         else:
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         SQLModel.metadata.create_all(self.engine)
@@ -64,9 +65,19 @@ class Ledger:
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
-        """One transaction: committed on success, rolled back on any error."""
+        """One write transaction: committed on success, rolled back on any error."""
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only transaction (on SQLite a plain BEGIN: readers never wait for the writer in WAL mode)."""
+        _reading.active = True
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        finally:
+            _reading.active = False
 
     # -- organs, keys, routes -------------------------------------------------------------------------
 
@@ -82,18 +93,18 @@ class Ledger:
         return organ
 
     def organ(self, organ_id: str) -> Organ:
-        with self.tx() as s:
+        with self.read() as s:
             organ = s.get(Organ, organ_id)
         if organ is None:
             raise AdminError("ORGAN_UNKNOWN", f"no organ {organ_id!r} (see `flam-gateway organ list`)")
         return organ
 
     def find_organ(self, organ_id: str) -> Organ | None:
-        with self.tx() as s:
+        with self.read() as s:
             return s.get(Organ, organ_id)
 
     def organs(self) -> list[Organ]:
-        with self.tx() as s:
+        with self.read() as s:
             return list(s.exec(select(Organ).order_by(Organ.id)))
 
     def update_organ(self, organ_id: str, now: datetime, action: str, **values: Any) -> Organ:
@@ -118,7 +129,7 @@ class Ledger:
             self._append(s, now, "ssh_key_added", fingerprint, organ_id=organ_id)
 
     def ssh_keys(self, organ_id: str | None = None) -> list[SshKey]:
-        with self.tx() as s:
+        with self.read() as s:
             query = select(SshKey).order_by(SshKey.organ_id, SshKey.added_at)
             if organ_id is not None:
                 query = query.where(SshKey.organ_id == organ_id)
@@ -134,7 +145,7 @@ class Ledger:
 
     def authorized_keys(self, organ_id: str) -> list[str] | None:
         """The key lines an active organ may log in with; None for an unknown or disabled organ."""
-        with self.tx() as s:
+        with self.read() as s:
             organ = s.get(Organ, organ_id)
             if organ is None or not organ.active:
                 return None
@@ -153,11 +164,11 @@ class Ledger:
             self._append(s, now, action, f"{sender_id} -> {recipient_id}", organ_id=sender_id)
 
     def routes(self) -> list[Route]:
-        with self.tx() as s:
+        with self.read() as s:
             return list(s.exec(select(Route).order_by(Route.sender_id, Route.recipient_id)))
 
     def route_allowed(self, sender_id: str, recipient_id: str) -> bool:
-        with self.tx() as s:
+        with self.read() as s:
             return s.get(Route, (sender_id, recipient_id)) is not None
 
     # -- transfers ------------------------------------------------------------------------------------
@@ -179,7 +190,7 @@ class Ledger:
         return True
 
     def transfer(self, transfer_id: str) -> Transfer | None:
-        with self.tx() as s:
+        with self.read() as s:
             return s.get(Transfer, transfer_id)
 
     def claim(self, owner: str, now: datetime, lease: timedelta) -> Transfer | None:
@@ -345,7 +356,7 @@ class Ledger:
 
     def due_receipts(self, transfer_id: str | None = None) -> list[DueReceipt]:
         """Receipts recorded but not yet written to the sender's folder (all, or one transfer's)."""
-        with self.tx() as s:
+        with self.read() as s:
             query = select(Transfer, Receipt).join(Receipt).where(Receipt.written == False)  # noqa: E712
             if transfer_id is not None:
                 query = query.where(Receipt.transfer_id == transfer_id)
@@ -366,7 +377,7 @@ class Ledger:
         states: Sequence[State] = (),
         limit: int | None = None,
     ) -> list[Transfer]:
-        with self.tx() as s:
+        with self.read() as s:
             query = select(Transfer).order_by(Transfer.id)
             if organ_id is not None:
                 query = query.where(or_(Transfer.sender_id == organ_id, Transfer.recipient_id == organ_id))
@@ -380,7 +391,7 @@ class Ledger:
 
     def delivered_as(self, recipient_id: str, name: str) -> Transfer | None:
         """The delivered transfer whose file in ``recipient_id``'s inbox is called ``name``."""
-        with self.tx() as s:
+        with self.read() as s:
             query = select(Transfer).where(
                 Transfer.recipient_id == recipient_id,
                 Transfer.delivered_name == name,
@@ -390,12 +401,12 @@ class Ledger:
 
     def find_transfers(self, key: str) -> list[Transfer]:
         """Transfers whose message id or transfer id is ``key``."""
-        with self.tx() as s:
+        with self.read() as s:
             query = select(Transfer).where(or_(Transfer.message_id == key, Transfer.id == key)).order_by(Transfer.id)
             return list(s.exec(query))
 
     def count_by_state(self) -> dict[str, int]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.exec(select(Transfer.state, func.count()).group_by(Transfer.state))  # type: ignore[call-overload]
             return {state: n for state, n in rows}
 
@@ -423,7 +434,7 @@ class Ledger:
         limit: int | None = None,
         audit_only: bool = False,
     ) -> list[Event]:
-        with self.tx() as s:
+        with self.read() as s:
             query = select(Event).order_by(Event.id.desc() if limit else Event.id)  # type: ignore[union-attr]
             if organ_id is not None:
                 query = query.where(Event.organ_id == organ_id)
@@ -440,7 +451,7 @@ class Ledger:
         """Recompute the audit chain; returns (events checked, ids of events that do not match)."""
         bad: list[int] = []
         count, prev = 0, None
-        with self.tx() as s:
+        with self.read() as s:
             for ev in s.exec(select(Event).order_by(Event.id)):  # type: ignore[arg-type]
                 count += 1
                 expected_prev = ev.prev_hash if prev is None else prev  # purge moves the chain's start
@@ -497,6 +508,14 @@ def _event_hash(ev: Event) -> str:
         ]
     )
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+_reading = threading.local()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    """Writers take SQLite's write lock up front (BEGIN IMMEDIATE): no double claims, no upgrade deadlocks."""
+    conn.exec_driver_sql("BEGIN" if getattr(_reading, "active", False) else "BEGIN IMMEDIATE")
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
