@@ -32,6 +32,7 @@ class Settings:
     quarantine_days: float = 90.0  # rejected originals are destroyed after this
     retention_days: float = 365.0  # ledger and audit rows are purged after this (EntsV Art. 13a)
     gpg_timeout_seconds: float = 600.0
+    retry_max_seconds: float = 300.0  # longest wait between retries after a gateway fault (disk full, gpg, database)
     listen: str = "127.0.0.1:2222"  # SFTP door; empty string: no SFTP door
     login_timeout_seconds: float = 30.0
     idle_timeout_seconds: float = 600.0

@@ -63,6 +63,7 @@ class Gateway:
             self.clock,
             owner=f"{self.node}:{index}",
             hold=timedelta(days=s.hold_days),
+            max_backoff=s.retry_max_seconds,
             lease=timedelta(seconds=s.gpg_timeout_seconds + 300),
         )
 

@@ -18,7 +18,7 @@ from gateway.clock import Clock
 from gateway.errors import GatewayError
 from gateway.folders import Folders, move_no_replace
 from gateway.handlers.encrypt import Crypto
-from gateway.handlers.receipt import receipt_bytes, receipt_document, receipt_name
+from gateway.handlers.receipt import STATUS_INFO, receipt_bytes, receipt_document, receipt_name
 from gateway.ledger.models import Transfer
 from gateway.ledger.store import Ledger, StaleTransition, utc
 from gateway.lifecycle import TRANSITIONS, WORKABLE, State
@@ -26,7 +26,7 @@ from gateway.limits import Limits
 from gateway.pipeline import Context, Step, advance, spool_paths
 
 log = logging.getLogger(__name__)
-MAX_BACKOFF = 300.0
+FAULT_RECEIPT_AFTER = 3  # failed attempts before the sender is told (500: nothing lost, retrying)
 
 
 class Worker:
@@ -43,9 +43,10 @@ class Worker:
         owner: str,
         hold: timedelta,
         lease: timedelta,
+        max_backoff: float = 300.0,
     ) -> None:
         self.ledger, self.folders, self.crypto, self.limits, self.clock = ledger, folders, crypto, limits, clock
-        self.owner, self.hold, self.lease = owner, hold, lease
+        self.owner, self.hold, self.lease, self.max_backoff = owner, hold, lease, max_backoff
 
     def context(self) -> Context:
         return Context(
@@ -159,12 +160,16 @@ class Worker:
         return count
 
     def _retry_later(self, transfer: Transfer, exc: BaseException) -> None:
-        delay = min(MAX_BACKOFF, 2.0 ** min(transfer.attempts, 10))
-        log.warning("transfer %s: %s; retry in %.0f s", transfer.id, exc, delay)
+        """Back off exponentially; nothing is lost. The admin sees it in the log, the audit trail and fsck."""
+        delay = min(self.max_backoff, 2.0 ** min(transfer.attempts, 10))
+        log.warning("transfer %s: %s; retry in %.0f s (attempt %d)", transfer.id, exc, delay, transfer.attempts + 1)
         with contextlib.suppress(Exception):
             self.ledger.release(
                 transfer.id, error=f"{type(exc).__name__}: {exc}", retry_at=self.clock() + timedelta(seconds=delay)
             )
+            if transfer.attempts + 1 == FAULT_RECEIPT_AFTER:
+                self.ledger.add_receipt(transfer.id, 500, STATUS_INFO[500], self.clock())
+                self.write_receipts(transfer.id)
 
 
 def orphan_spool_files(folders: Folders) -> list[Path]:

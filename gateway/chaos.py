@@ -1,0 +1,136 @@
+"""Chaos: kill -9 `flam-gateway serve` at random moments during a batch and check every invariant.
+
+Used by tests/test_chaos.py (bounded) and scripts/chaos (long runs). After each restart and at the end:
+every dropped file ends delivered exactly once or rejected with one receipt, no half files in any inbox,
+no spool or temp files left, and `flam-gateway fsck` finds the ledger and the disk in agreement.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway import samples
+from gateway.harness import Sandbox
+
+SENDER, RECIPIENT = "kv-bau-zh", "pk-bau-zh"
+_RECEIPT = re.compile(r"_(\d{3})_([0-9a-f]{32})\.receipt\.json$")
+
+
+@dataclass
+class ChaosReport:
+    dossiers: int
+    kills: int
+    delivered: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+
+def stage(folder: Path, count: int, seed: int, bad_every: int = 10) -> dict[str, bool]:
+    """Write ``count`` dossiers to ``folder``; returns name -> whether it is valid (every n-th is not)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    expected = {}
+    for i in range(count):
+        doc = samples.make_dossier(SENDER, RECIPIENT, attachments=[("a.pdf", samples.make_pdf(2_000 + i, seed + i))])
+        valid = i % bad_every != bad_every - 1
+        if not valid:
+            doc["dossier"]["employer"]["uid"] = "CHE-116.281.711"
+        name = f"chaos-{i:05d}.json"
+        (folder / name).write_bytes(samples.dossier_bytes(doc))
+        expected[name] = valid
+    return expected
+
+
+def check_consistent(box: Sandbox, expected: dict[str, bool], final: bool) -> list[str]:
+    """Invariants that hold after any restart; with ``final``, also that every dossier has ended."""
+    problems: list[str] = []
+    transfers = box.transfers()
+    by_name = Counter(t.file_name for t in transfers)
+    problems += [f"{name} recorded {n} times" for name, n in by_name.items() if n > 1]
+    known = {(t.recipient_id, f"{t.sender_id}_{t.message_id}.json.pgp"): t for t in transfers if t.message_id}
+    inbox = sorted(box.folder(RECIPIENT, "inbox").iterdir())
+    for path in inbox:
+        t = known.get((RECIPIENT, path.name))
+        if t is None or t.state not in ("encrypted", "delivered"):
+            problems.append(f"inbox file {path.name} without an encrypted/delivered transfer")
+    receipts = Counter()
+    for path in box.folder(SENDER, "receipts").iterdir():
+        match = _RECEIPT.search(path.name)
+        if match is None:
+            problems.append(f"stray file in receipts: {path.name}")
+            continue
+        receipts[match.group(2)] += 1
+        json.loads(path.read_text())  # never half written
+    states = {t.id: t.state for t in transfers}
+    for tid, count in receipts.items():
+        if count != 1 or states.get(tid) not in ("delivered", "rejected"):
+            problems.append(f"transfer {tid} ({states.get(tid)}) has {count} receipt(s)")
+    if not final:
+        return problems
+    for name, valid in expected.items():
+        rows = [t for t in transfers if t.file_name == name]
+        want = "delivered" if valid else "rejected"
+        if len(rows) != 1 or rows[0].state != want:
+            problems.append(f"{name}: expected {want}, ledger has {[t.state for t in rows]}")
+        elif receipts[rows[0].id] != 1:
+            problems.append(f"{name}: {receipts[rows[0].id]} receipts")
+    if len(inbox) != sum(expected.values()):
+        problems.append(f"inbox holds {len(inbox)} files for {sum(expected.values())} valid dossiers")
+    leftovers = [p for p in (box.data_dir / "spool").rglob("*") if p.is_file()]
+    leftovers += [p for p in box.folder(SENDER, "outbox").iterdir()]
+    problems += [f"left behind: {p}" for p in leftovers]
+    fsck = box.cli("fsck", "--json", check=False)
+    if fsck.returncode != 0 or json.loads(fsck.stdout):
+        problems.append(f"fsck: {fsck.stdout[:2000]}")
+    return problems
+
+
+def run_chaos(
+    count: int, kills: int, seed: int = 1, box: Sandbox | None = None, log: Callable[[str], None] = print
+) -> ChaosReport:
+    """Drop ``count`` dossiers in waves while killing the gateway ``kills`` times; check after each restart."""
+    rng = random.Random(seed)
+    box = box or Sandbox(settings={"settle_seconds": 0.1, "rescan_seconds": 1, "listen": "", "retry_max_seconds": 2})
+    report = ChaosReport(count, kills)
+    own = box.process is None and not box.organs
+    try:
+        if own:
+            box.cli("init")
+            box.add_organ(SENDER, "control_body")
+            box.add_organ(RECIPIENT, "joint_committee")
+            box.allow(SENDER, RECIPIENT)
+        expected = stage(box.root / "staged", count, seed)
+        waiting = sorted(expected)
+        outbox = box.folder(SENDER, "outbox")
+        start = time.perf_counter()
+        box.start(listen="")
+        for kill in range(kills):
+            share = len(waiting) // (kills - kill)
+            wave, waiting = waiting[:share], waiting[share:]
+            for name in wave:
+                (box.root / "staged" / name).rename(outbox / name)
+            time.sleep(rng.uniform(0.05, 1.2))
+            box.stop(signal.SIGKILL)
+            report.problems += [f"after kill {kill + 1}: {p}" for p in check_consistent(box, expected, final=False)]
+            box.start(listen="")
+            log(f"kill {kill + 1}/{kills}: {len(box.transfers())} transfers recorded")
+        for name in waiting:
+            (box.root / "staged" / name).rename(outbox / name)
+        box.wait_settled(count, timeout=max(120, count))
+        box.stop()
+        report.seconds = time.perf_counter() - start
+        report.problems += check_consistent(box, expected, final=True)
+        report.delivered = sum(t.state == "delivered" for t in box.transfers())
+        report.rejected = sum(t.state == "rejected" for t in box.transfers())
+        return report
+    finally:
+        if own:
+            box.close()
