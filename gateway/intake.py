@@ -82,7 +82,7 @@ class Intake:
                     if stop.is_set():
                         return
                 _, path, renamed_in = heapq.heappop(self._due)
-            self._consider(Path(path), renamed_in=renamed_in)
+            self._safely(Path(path), renamed_in=renamed_in)
 
     # -- scans ------------------------------------------------------------------------------------------
 
@@ -91,7 +91,7 @@ class Intake:
         count = 0
         for outbox in sorted(self.folders.organs.glob("*/outbox")):
             for entry in sorted(outbox.iterdir()):
-                count += self._consider(entry)
+                count += self._safely(entry, renamed_in=False)
         return count
 
     def recover_spool(self) -> int:
@@ -105,6 +105,13 @@ class Intake:
         return count
 
     # -- the work ---------------------------------------------------------------------------------------
+
+    def _safely(self, path: Path, *, renamed_in: bool) -> int:
+        try:
+            return self._consider(path, renamed_in=renamed_in)
+        except Exception:  # a strange entry or a database hiccup must not stop intake: the next scan retries
+            log.exception("intake of %s failed; the next scan retries", path)
+            return 0
 
     def _consider(self, path: Path, *, renamed_in: bool = False) -> int:
         """Collect ``path`` if it is a complete outbox entry; re-notice it when it may become one."""
@@ -163,9 +170,10 @@ def _size_and_sha256(path: Path) -> tuple[int, str]:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return 0, ""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return 0, ""
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return 0, ""
         digest, size = hashlib.sha256(), 0
         while chunk := fh.read(1 << 20):
             digest.update(chunk)

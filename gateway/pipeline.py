@@ -80,7 +80,7 @@ def validate(transfer: TransferView, ctx: Context) -> Step:
     if not stat.S_ISREG(mode):
         problem = Problem("FILE_NOT_REGULAR", "", "only regular files are accepted (no folders, links or pipes)")
         return Step(State.REJECTED, problems=[problem], info=problem.message)
-    inspection = inspect_file(path, transfer.sender_id, ctx.limits, ctx.now)
+    inspection = inspect_file(path, transfer.sender_id, ctx.limits, ctx.now, transfer.file_name)
     envelope = envelope_of(inspection.parsed) if inspection.parsed else {}
     problems = list(inspection.problems)
     if not any(p.code == "SENDER_MISMATCH" for p in problems):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import Problem, Rejected
-from gateway.handlers.parse import Parsed, read_dossier
+from gateway.handlers.parse import Parsed, name_problems, read_dossier
 from gateway.handlers.rules import rule_problems
 from gateway.handlers.validate import schema_problems
 from gateway.limits import Limits
@@ -32,8 +32,13 @@ def envelope_of(parsed: Parsed | None) -> dict[str, Any]:
     return envelope if isinstance(envelope, dict) else {}
 
 
-def inspect_file(path: Path, sender_id: str | None, limits: Limits, now: datetime) -> Inspection:
-    """All problems of the file at ``path`` sent by ``sender_id`` (the account that wrote it)."""
+def inspect_file(
+    path: Path, sender_id: str | None, limits: Limits, now: datetime, file_name: str | None = None
+) -> Inspection:
+    """All problems of the file at ``path`` (dropped as ``file_name``) sent by ``sender_id``, the writing account."""
+    bad_name = name_problems(file_name if file_name is not None else path.name)
+    if bad_name:
+        return Inspection(None, bad_name)
     try:
         parsed = read_dossier(path, limits)
     except Rejected as rejected:

@@ -45,6 +45,32 @@ class Parsed:
     files: dict[str, FileFacts] = field(default_factory=dict)
 
 
+_BIDI_AND_INVISIBLE = {
+    "\u200e",
+    "\u200f",
+    "\u202a",
+    "\u202b",
+    "\u202c",
+    "\u202d",
+    "\u202e",
+    "\u2066",
+    "\u2067",
+    "\u2068",
+    "\u2069",
+    "\ufeff",
+}
+MAX_NAME_BYTES = 200
+
+
+def name_problems(name: str) -> list[Problem]:
+    """File names must be printable, without direction marks, and at most 200 bytes (receipts name them)."""
+    if any(ord(c) < 32 or ord(c) == 127 or c in _BIDI_AND_INVISIBLE for c in name):
+        return [Problem("FILE_NAME", "", "the file name contains control or text-direction characters")]
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        return [Problem("FILE_NAME", "", f"the file name is longer than {MAX_NAME_BYTES} bytes")]
+    return []
+
+
 def _reject(code: str, message: str, path: str = "") -> Rejected:
     return Rejected([Problem(code, path, message)])
 
