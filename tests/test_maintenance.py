@@ -1,0 +1,127 @@
+"""Expiry, retention and fsck, on an in-process gateway driven by an injectable clock (no sleeping)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from gateway import admin, samples
+from gateway.config import load_settings
+from gateway.crypto import export_public_key, generate_key
+from gateway.fsck import fsck
+from gateway.retention import expire_deliveries, purge
+from gateway.service import Gateway
+
+KV, PK = "kv-bau-zh", "pk-bau-zh"
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def gw(short_tmp: Path, clock: Clock, ledger_url: str) -> Iterator[Gateway]:
+    env = {"FLAM_GATEWAY_SETTLE_SECONDS": "0", "FLAM_GATEWAY_DATABASE_URL": ledger_url}
+    gateway = Gateway(load_settings(data_dir=short_tmp / "data", env=env), clock)
+    gateway.init()
+    admin.add_organ(gateway, KV, "control_body", "KV")
+    admin.add_organ(gateway, PK, "joint_committee", "PK")
+    fpr = generate_key(short_tmp / "pk", PK, "pk@example.invalid")
+    (short_tmp / "pk.asc").write_text(export_public_key(short_tmp / "pk", fpr))
+    admin.import_pgp_key(gateway, PK, short_tmp / "pk.asc")
+    gateway.ledger.set_route(KV, PK, True, clock())
+    yield gateway
+    gateway.close()
+
+
+def deliver(gw: Gateway, name: str, data: bytes) -> None:
+    """Drop a file and let intake and one worker take it as far as it goes."""
+    (gw.folders.outbox(KV) / name).write_bytes(data)
+    gw.intake.scan()
+    worker = gw.worker()
+    while worker.work_one():
+        pass
+
+
+def receipt_codes(gw: Gateway) -> list[int]:
+    return sorted(json.loads(p.read_text())["status_code"] for p in gw.folders.receipts(KV).iterdir())
+
+
+def test_an_uncollected_delivery_is_warned_about_then_expires(gw: Gateway, clock: Clock) -> None:
+    deliver(gw, "a.json", samples.dossier_bytes(samples.make_dossier(KV, PK, now=clock())))
+    (delivered,) = gw.ledger.transfers(state="delivered")
+    inbox_file = gw.folders.inbox(PK) / delivered.delivered_name
+    worker = gw.worker()
+
+    clock.advance(days=24)
+    assert expire_deliveries(worker, gw.settings) == (0, 0)
+    clock.advance(days=2)
+    assert expire_deliveries(worker, gw.settings) == (1, 0), "701 at warn_before_expiry_days"
+    assert expire_deliveries(worker, gw.settings) == (0, 0), "warned once"
+    assert receipt_codes(gw) == [100, 701]
+
+    clock.advance(days=4)
+    assert expire_deliveries(worker, gw.settings) == (0, 1)
+    assert not inbox_file.exists()
+    assert gw.ledger.transfer(delivered.id).state == "expired"
+    assert receipt_codes(gw) == [100, 204, 701]
+
+
+def test_purge_destroys_old_quarantine_and_ledger_rows(gw: Gateway, clock: Clock) -> None:
+    deliver(gw, "bad.json", b"{broken")
+    (rejected,) = gw.ledger.transfers(state="rejected")
+    kept = gw.folders.quarantined(KV, rejected.id, "bad.json")
+    assert kept.exists()
+
+    clock.advance(days=91)
+    report = purge(gw.worker(), gw.settings)
+    assert report.quarantined_destroyed == 1 and not kept.exists()
+    assert report.transfers_purged == 0, "ledger rows stay 12 months"
+
+    clock.advance(days=300)
+    report = purge(gw.worker(), gw.settings)
+    assert report.transfers_purged == 1 and report.events_purged > 0
+    assert gw.ledger.transfer(rejected.id) is None
+    assert gw.ledger.verify_chain()[1] == [], "the chain still verifies from its new start"
+
+
+def test_fsck_reports_differences_and_repairs_the_safe_ones(gw: Gateway, clock: Clock) -> None:
+    deliver(gw, "a.json", samples.dossier_bytes(samples.make_dossier(KV, PK, now=clock())))
+    (delivered,) = gw.ledger.transfers(state="delivered")
+    assert fsck(gw) == []
+
+    (gw.folders.inbox(PK) / delivered.delivered_name).unlink()  # picked up while nobody watched
+    (gw.folders.inbox(PK) / "stranger.pgp").write_bytes(b"?")
+    orphan = gw.folders.spooled(KV, "0" * 32, "orphan.json")
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK, now=clock())))
+    (gw.folders.tmp / "half.tmp").write_bytes(b"x")
+
+    kinds = {f.kind: f.repaired for f in fsck(gw, repair=True)}
+    assert kinds == {"picked_up_unnoticed": True, "inbox_unknown": False, "spool_unrecorded": True, "temp_file": True}
+    assert gw.ledger.transfer(delivered.id).state == "fetched"
+    assert gw.ledger.transfer("0" * 32).state == "received"
+    assert not (gw.folders.tmp / "half.tmp").exists()
+
+    with gw.ledger.engine.begin() as conn:
+        conn.execute(text("UPDATE event SET detail = 'forged' WHERE action = 'organ_added'"))
+    assert "audit_chain" in {f.kind for f in fsck(gw)}
