@@ -149,6 +149,7 @@ class Gateway:
         worker = self.worker()
         while not stop.wait(self.settings.rescan_seconds):
             tasks = (
+                self.intake.recover_spool,
                 self.intake.scan,
                 self.reconcile_pickups,
                 worker.retry_held,

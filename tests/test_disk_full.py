@@ -1,0 +1,77 @@
+"""Disk full (ENOSPC) on the data dir: nothing is lost, dossiers wait and go on when space returns.
+
+The test mounts its own small tmpfs (as root). Where mounting is impossible it is skipped with the reason;
+CI runs as root, so it runs there.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway import samples
+from gateway.harness import Sandbox
+
+KV, PK = "kv-bau-zh", "pk-bau-zh"
+
+
+@pytest.fixture
+def small_disk(short_tmp: Path) -> Iterator[Path]:
+    data = short_tmp / "data"
+    data.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(data)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    yield short_tmp
+    subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """Fill the filesystem of ``folder`` until only about ``leave`` bytes are free."""
+    filler = folder / "filler.bin"
+    with open(filler, "wb") as fh:
+        chunk = b"\0" * (1 << 20)
+        while (free := os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize) > leave:
+            try:
+                fh.write(chunk[: max(4096, min(len(chunk), free - leave))])
+                fh.flush()
+            except OSError:
+                break
+    return filler
+
+
+def test_a_full_disk_delays_dossiers_and_loses_nothing(small_disk: Path) -> None:
+    box = Sandbox(
+        root=small_disk, settings={"settle_seconds": 0.1, "rescan_seconds": 1, "listen": "", "retry_max_seconds": 1}
+    )
+    try:
+        box.cli("init")
+        box.add_organ(KV, "control_body")
+        box.add_organ(PK, "joint_committee")
+        box.allow(KV, PK)
+        sent = {}
+        for i in range(3):
+            doc = samples.make_dossier(KV, PK, attachments=[("big.pdf", samples.make_pdf(1_000_000, seed=i))])
+            sent[f"big-{i}.json"] = samples.dossier_bytes(doc)
+            box.drop(KV, f"big-{i}.json", sent[f"big-{i}.json"])
+        filler = fill(box.data_dir, leave=600_000)
+        box.start(listen="")
+
+        box.wait_for(lambda: any("No space" in (t.last_error or "") for t in box.transfers()), 60, "ENOSPC seen")
+        assert not list(box.folder(PK, "inbox").iterdir()), "nothing half-delivered"
+        assert box.process.poll() is None, "the gateway stays up"
+
+        filler.unlink()  # space returns
+        rows = box.wait_settled(3, timeout=120)
+        assert {t.state for t in rows} == {"delivered"}
+        for t in rows:
+            assert box.decrypt(PK, box.folder(PK, "inbox") / t.delivered_name).data == sent[t.file_name]
+            assert list(box.folder(KV, "receipts").glob(f"*_100_{t.id}.receipt.json"))
+        assert not [p for p in (box.data_dir / "spool").rglob("*") if p.is_file()], "no spool or temp left"
+        assert "No space left on device" in box.log.read_text(), "the admin is told"
+    finally:
+        box.close()
