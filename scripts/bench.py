@@ -10,6 +10,7 @@ Timings live here, never in tests. Every run uses the real `flam-gateway serve`,
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -93,18 +94,290 @@ def run_batch(args: argparse.Namespace) -> dict[str, Any]:
     return {"count": args.count, "pdf_bytes": args.pdf_bytes, "runs": runs, "median": summary}
 
 
+async def _upload_all(
+    port: int, key: Path, organ: str, files: list[tuple[str, bytes]], pace: float | None = None
+) -> dict[str, float]:
+    """Upload files over one asyncssh SFTP session; returns name -> monotonic time the close returned."""
+    import asyncssh
+
+    done: dict[str, float] = {}
+    connect = asyncssh.connect("127.0.0.1", port, username=organ, client_keys=[str(key)], known_hosts=None)
+    async with connect as conn, conn.start_sftp_client() as sftp:
+        start = time.monotonic()
+        for i, (name, data) in enumerate(files):
+            if pace:
+                await asyncio.sleep(max(0.0, start + i * pace - time.monotonic()))
+            async with sftp.open(f"/outbox/{name}", "wb") as fh:
+                await fh.write(data)
+            done[name] = time.monotonic()
+    return done
+
+
+def run_latency(args: argparse.Namespace) -> dict[str, Any]:
+    """A steady rate of dossiers over SFTP: time from upload-close to the file in the recipient's inbox."""
+    box = two_organs({"workers": args.workers, "settle_seconds": 0.2})
+    try:
+        port = box.start()
+        count = int(args.rate * args.seconds)
+        files, names = [], {}
+        for i in range(count):
+            doc = samples.make_dossier(SENDER, RECIPIENT, attachments=[("a.pdf", samples.make_pdf(50_000, i))])
+            files.append((f"lat-{i:05d}.json", samples.dossier_bytes(doc)))
+            names[f"{SENDER}_{doc['envelope']['message_id']}.json.pgp"] = f"lat-{i:05d}.json"
+        seen: dict[str, float] = {}
+        inbox = box.folder(RECIPIENT, "inbox")
+        observer = _watch(inbox, lambda name: seen.setdefault(names.get(name, name), time.monotonic()))
+        closed = asyncio.run(_upload_all(port or 0, box.organs[SENDER].ssh_key, SENDER, files, 1 / args.rate))
+        box.wait_settled(count, timeout=600)
+        observer.stop()
+        lat = sorted((seen[n] - closed[n]) * 1000 for n in closed if n in seen)
+        q = statistics.quantiles(lat, n=100)
+        result = {
+            "count": count,
+            "rate_per_s": args.rate,
+            "p50_ms": q[49],
+            "p95_ms": q[94],
+            "p99_ms": q[98],
+            "max_ms": lat[-1],
+            "missing": count - len(lat),
+        }
+        print(
+            f"latency at {args.rate}/s for {args.seconds} s over SFTP: p50 {q[49]:.0f} ms, p95 {q[94]:.0f} ms, "
+            f"p99 {q[98]:.0f} ms (target p99 ≤ 200 ms), max {lat[-1]:.0f} ms"
+        )
+        return result
+    finally:
+        box.close()
+
+
+def _watch(folder: Path, on_new: Any) -> Any:
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    class Seen(FileSystemEventHandler):
+        def on_moved(self, event: Any) -> None:
+            on_new(Path(os.fsdecode(event.dest_path)).name)
+
+        def on_created(self, event: Any) -> None:
+            on_new(Path(os.fsdecode(event.src_path)).name)
+
+    observer = Observer()
+    observer.schedule(Seen(), str(folder))
+    observer.start()
+    return observer
+
+
+def _openssh_put(port: int, key: Path, user: str, commands: str) -> float:
+    opts = [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-i",
+        str(key),
+    ]
+    start = time.perf_counter()
+    done = subprocess.run(
+        ["sftp", *opts, "-P", str(port), "-b", "-", f"{user}@127.0.0.1"],
+        input=commands,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    return time.perf_counter() - start
+
+
+def _sshd(root: Path, key: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """OpenSSH's own sshd with internal-sftp on a free port, for the baseline."""
+    import socket
+
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "host")], check=True)
+    (root / "authorized_keys").write_text(Path(str(key) + ".pub").read_text())
+    (root / "authorized_keys").chmod(0o600)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (root / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host'}\n"
+        f"AuthorizedKeysFile {root / 'authorized_keys'}\n"
+        f"StrictModes no\nUsePAM no\nPidFile {root / 'sshd.pid'}\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nSubsystem sftp internal-sftp\nForceCommand internal-sftp\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(root / "sshd_config")], stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    return proc, port
+
+
+def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
+    """One 1 GiB upload and 1,000 × 20 KB in one session with the OpenSSH client: gateway vs sshd."""
+    box = two_organs({"workers": args.workers})
+    try:
+        port = box.start() or 0
+        key = box.organs[SENDER].ssh_key
+        big = box.root / "big.part"
+        with open(big, "wb") as fh:
+            for _ in range(args.big_mib):
+                fh.write(os.urandom(1 << 20))
+        small_dir = box.root / "small"
+        small_dir.mkdir()
+        for i in range(args.small_count):
+            (small_dir / f"f{i:04d}.part").write_bytes(os.urandom(20_000))
+        target = box.root / "sshd-target"
+        target.mkdir()
+        sshd, sshd_port = _sshd(box.root / "sshd", key)
+        try:
+            results = {}
+            for label, p, user, folder in (
+                ("gateway", port, SENDER, "/outbox"),
+                ("sshd", sshd_port, "root", str(target)),
+            ):
+                big_s = _openssh_put(p, key, user, f"cd {folder}\nput {big}\n")
+                small_s = _openssh_put(p, key, user, f"cd {folder}\nlcd {small_dir}\nput *.part\n")
+                results[label] = {
+                    "big_mb_s": args.big_mib * 1.048576 / big_s,
+                    "small_files_s": args.small_count / small_s,
+                }
+                for path in Path(box.folder(SENDER, "outbox") if label == "gateway" else target).iterdir():
+                    path.unlink()
+        finally:
+            sshd.terminate()
+        g, o = results["gateway"], results["sshd"]
+        results["ratio_big"] = g["big_mb_s"] / o["big_mb_s"]
+        results["ratio_small"] = g["small_files_s"] / o["small_files_s"]
+        print(
+            f"sftp {args.big_mib} MiB: gateway {g['big_mb_s']:.0f} MB/s, sshd {o['big_mb_s']:.0f} MB/s, "
+            f"ratio {results['ratio_big']:.2f} (target ≥ 1.0)"
+        )
+        print(
+            f"sftp {args.small_count} × 20 KB: gateway {g['small_files_s']:.0f} files/s, "
+            f"sshd {o['small_files_s']:.0f} files/s, ratio {results['ratio_small']:.2f} (target ≥ 1.0)"
+        )
+        return results
+    finally:
+        box.close()
+
+
+def run_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak RSS of `serve` while it validates, encrypts and delivers one large package."""
+    import hashlib
+    import zipfile
+
+    box = two_organs({"workers": args.workers, "listen": ""})
+    try:
+        package = box.root / "huge.zip"
+        digest, size = hashlib.sha256(), args.package_mib << 20
+        with zipfile.ZipFile(package, "w", zipfile.ZIP_STORED) as zf:
+            with zf.open("scan.pdf", "w", force_zip64=True) as fh:
+                chunk = b"%PDF-1.7\n" + os.urandom((1 << 20) - 9)
+                for i in range(args.package_mib):
+                    block = chunk if i == 0 else os.urandom(1 << 20)
+                    fh.write(block)
+                    digest.update(block)
+            doc = samples.make_dossier(SENDER, RECIPIENT, embed=False)
+            doc["dossier"]["attachments"] = [
+                {"filename": "scan.pdf", "media_type": "application/pdf", "size": size, "sha256": digest.hexdigest()}
+            ]
+            zf.writestr("dossier.json", samples.dossier_bytes(doc))
+        box.start(listen="")
+        pid = box.process.pid  # type: ignore[union-attr]
+        start = time.perf_counter()
+        package.rename(box.folder(SENDER, "outbox") / "huge.zip")
+        rows = box.wait_settled(1, timeout=3600)
+        seconds = time.perf_counter() - start
+        status = Path(f"/proc/{pid}/status").read_text()
+        peak_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+        print(
+            f"memory: {args.package_mib} MiB package {rows[0].state} in {seconds:.1f} s; "
+            f"peak RSS of serve {peak_kib / 1024:.0f} MiB (target ≤ 100 MB)"
+        )
+        return {
+            "package_mib": args.package_mib,
+            "state": rows[0].state,
+            "seconds": seconds,
+            "peak_rss_mib": peak_kib / 1024,
+        }
+    finally:
+        box.close()
+
+
+def run_concurrency(args: argparse.Namespace) -> dict[str, Any]:
+    """Many simultaneous SFTP sessions, each uploading a few dossiers: failures and total time."""
+    box = two_organs({"workers": args.workers, "max_sessions_per_organ": args.sessions + 10})
+    try:
+        port = box.start() or 0
+        batches = [
+            [
+                (f"s{s:03d}-{i}.json", samples.dossier_bytes(samples.make_dossier(SENDER, RECIPIENT)))
+                for i in range(args.per_session)
+            ]
+            for s in range(args.sessions)
+        ]
+
+        async def everyone() -> list[Any]:
+            return await asyncio.gather(
+                *(_upload_all(port, box.organs[SENDER].ssh_key, SENDER, b) for b in batches), return_exceptions=True
+            )
+
+        start = time.perf_counter()
+        outcomes = asyncio.run(everyone())
+        uploaded = time.perf_counter() - start
+        failures = [repr(o) for o in outcomes if isinstance(o, BaseException)]
+        expected = args.sessions * args.per_session - len(failures) * args.per_session
+        rows = box.wait_settled(expected, timeout=3600)
+        total = time.perf_counter() - start
+        delivered = sum(t.state == "delivered" for t in rows)
+        print(
+            f"concurrency: {args.sessions} sessions × {args.per_session} dossiers: {len(failures)} failed sessions, "
+            f"uploads done in {uploaded:.1f} s, all {delivered} delivered in {total:.1f} s"
+        )
+        return {
+            "sessions": args.sessions,
+            "per_session": args.per_session,
+            "failures": failures,
+            "upload_s": uploaded,
+            "total_s": total,
+            "delivered": delivered,
+        }
+    finally:
+        box.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["batch", "all"])
+    parser.add_argument("what", choices=["batch", "latency", "sftp", "memory", "concurrency", "all"])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--pdf-bytes", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--rate", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--big-mib", type=int, default=1024)
+    parser.add_argument("--small-count", type=int, default=1000)
+    parser.add_argument("--package-mib", type=int, default=2048)
+    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--per-session", type=int, default=10)
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
-    if args.what in ("batch", "all"):
-        results["batch"] = run_batch(args)
+    for name, run in (
+        ("batch", run_batch),
+        ("latency", run_latency),
+        ("sftp", run_sftp),
+        ("memory", run_memory),
+        ("concurrency", run_concurrency),
+    ):
+        if args.what in (name, "all"):
+            results[name] = run(args)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"results written to {args.json}")
 
