@@ -19,6 +19,7 @@ from gateway.config import Settings
 from gateway.crypto import Keyring
 from gateway.folders import Folders
 from gateway.intake import Intake
+from gateway.ledger.audit_buffer import AuditBuffer
 from gateway.ledger.store import Ledger
 from gateway.lifecycle import State
 from gateway.retention import expire_deliveries
@@ -66,6 +67,10 @@ class Gateway:
             max_backoff=s.retry_max_seconds,
             lease=timedelta(seconds=s.gpg_timeout_seconds + 300),
         )
+
+    @cached_property
+    def audit_buffer(self) -> AuditBuffer:
+        return AuditBuffer(self.ledger)
 
     @cached_property
     def intake(self) -> Intake:
@@ -129,6 +134,7 @@ class Gateway:
             for i in range(self.settings.workers)
         ]
         threads.append(threading.Thread(target=self._maintain, args=(stop,), name="maintenance"))
+        threads.append(threading.Thread(target=self.audit_buffer.run, args=(stop,), name="audit"))
         if self.settings.listen:
             threads.append(threading.Thread(target=self._run_door, args=(stop,), name="sftp"))
         self.intake.start_watching()
@@ -204,7 +210,7 @@ class DoorHooks:
         return self.gateway.ledger.authorized_keys(organ_id)
 
     def audit(self, organ_id: str | None, action: str, detail: str, ok: bool, peer: str) -> None:
-        self.gateway.ledger.audit(self.gateway.clock(), action, detail, organ_id=organ_id, ok=ok, peer=peer)
+        self.gateway.audit_buffer.add(self.gateway.clock(), action, detail, organ_id, ok, peer)
 
     def upload_committed(self, organ_id: str, path: Path) -> None:
         self.gateway.intake.notice(path, 0.0, renamed_in=True)

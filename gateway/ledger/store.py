@@ -39,6 +39,18 @@ class StaleTransition(Exception):
 
 
 @dataclass(frozen=True)
+class AuditEvent:
+    """One access event waiting to be appended to the audit chain."""
+
+    at: datetime
+    action: str
+    detail: str
+    organ_id: str | None
+    ok: bool
+    peer: str | None
+
+
+@dataclass(frozen=True)
 class DueReceipt:
     """A receipt the ledger has recorded and whose file must (still) be written."""
 
@@ -425,6 +437,12 @@ class Ledger:
         """Append one access event (login, listing, upload, download, removal, admin change)."""
         with self.tx() as s:
             self._append(s, now, action, detail, organ_id=organ_id, ok=ok, peer=peer)
+
+    def audit_many(self, events: Sequence[AuditEvent]) -> None:
+        """Append several access events in one transaction, in order."""
+        with self.tx() as s:
+            for e in events:
+                self._append(s, e.at, e.action, e.detail, organ_id=e.organ_id, ok=e.ok, peer=e.peer)
 
     def events(
         self,

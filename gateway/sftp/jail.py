@@ -33,6 +33,7 @@ class Jail:
 
     def __init__(self, organ_root: Path) -> None:
         self.root = Path(os.path.realpath(organ_root))
+        self._areas = {area: os.path.realpath(self.root / area) for area in AREAS}
 
     def place(self, raw: bytes | str) -> Place:
         """Map a client's path; raise SFTPPermissionDenied / SFTPNoSuchFile for anything outside the jail."""
@@ -47,9 +48,9 @@ class Jail:
             raise SFTPNoSuchFile("only /outbox, /inbox and /receipts exist")
         if len(parts) > 2:
             raise SFTPNoSuchFile("there are no sub-folders")
-        area_dir = self.root / parts[0]
-        real = area_dir / parts[1] if len(parts) == 2 else area_dir
-        if os.path.commonpath([os.path.realpath(real), os.path.realpath(area_dir)]) != os.path.realpath(area_dir):
+        area_dir = self._areas[parts[0]]
+        real = Path(area_dir, parts[1]) if len(parts) == 2 else Path(area_dir)
+        if os.path.commonpath([os.path.realpath(real), area_dir]) != area_dir:
             raise SFTPPermissionDenied("outside your folders")
         if len(parts) == 2 and parts[1].startswith(".sftp-"):
             raise SFTPNoSuchFile("no such file")

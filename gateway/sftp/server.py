@@ -14,7 +14,7 @@ import secrets
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +26,18 @@ from gateway.sftp.jail import AREAS, Jail, Place
 
 UPLOAD_PREFIX = ".sftp-"
 RECENT_SECONDS = 300.0  # how long stat/setstat still answer for a committed upload the gateway took away
+# No chacha20-poly1305: OpenSSH clients then choose AES-CTR with an EtM MAC, which asyncssh runs about twice
+# as fast (measured: 210 vs 109 MB/s). GCM stays for clients that prefer it; CBC and arcfour are gone.
+CIPHERS = ("aes128-ctr", "aes256-ctr", "aes192-ctr", "aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+MACS = (
+    "umac-64-etm@openssh.com",
+    "umac-128-etm@openssh.com",
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+    "hmac-sha2-256",
+    "hmac-sha2-512",
+    "hmac-sha1",
+)
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC | asyncssh.FXF_APPEND
 
 
@@ -38,7 +50,8 @@ class DoorLimits:
 
 
 class DoorHooks(Protocol):
-    """What the door asks of the gateway (blocking calls; the door runs them in a thread)."""
+    """What the door asks of the gateway. ``authorized_keys`` may block (the door runs it in a thread);
+    ``audit`` and ``upload_committed`` are called on the event loop and must return at once."""
 
     def authorized_keys(self, organ_id: str) -> list[str] | None: ...
 
@@ -62,10 +75,6 @@ class _Door:
     limits: DoorLimits
     sessions: dict[str, int] = field(default_factory=dict)
     connections: dict[asyncssh.SSHServerConnection, float] = field(default_factory=dict)
-
-    def call(self, fn: Any, *args: Any) -> None:
-        """Run a blocking hook without stalling the event loop."""
-        asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 def sweep_stale_uploads(organs_root: Path) -> int:
@@ -121,8 +130,7 @@ class _Auth(asyncssh.SSHServer):
                 allowed.add(asyncssh.import_public_key(line).public_data)
         if key.public_data in allowed:
             return True
-        self.door.call(
-            self.door.hooks.audit,
+        self.door.hooks.audit(
             username if lines is not None else None,
             "login_failed",
             f"user {username[:64]!r} key {key.get_fingerprint()}",
@@ -138,13 +146,13 @@ class _Auth(asyncssh.SSHServer):
         if self.door.sessions.get(organ, 0) >= self.door.limits.max_sessions_per_organ or (
             total >= self.door.limits.max_sessions_total
         ):
-            self.door.call(self.door.hooks.audit, organ, "login_refused", "too many sessions", False, self.peer)
+            self.door.hooks.audit(organ, "login_refused", "too many sessions", False, self.peer)
             self.conn.close()
             return
         self.organ = organ
         self.door.sessions[organ] = self.door.sessions.get(organ, 0) + 1
         self.door.connections[self.conn] = time.monotonic()
-        self.door.call(self.door.hooks.audit, organ, "login", "publickey", True, self.peer)
+        self.door.hooks.audit(organ, "login", "publickey", True, self.peer)
 
 
 class _Sftp(asyncssh.SFTPServer):
@@ -164,7 +172,7 @@ class _Sftp(asyncssh.SFTPServer):
         self.door.connections[self.connection] = time.monotonic()
 
     def _audit(self, action: str, detail: str, ok: bool = True) -> None:
-        self.door.call(self.door.hooks.audit, self.organ, action, detail, ok, self.peer)
+        self.door.hooks.audit(self.organ, action, detail, ok, self.peer)
 
     def _refuse(self, action: str, error: Exception) -> Exception:
         self._audit("refused", f"{action}: {error}", False)
@@ -266,15 +274,19 @@ class _Sftp(asyncssh.SFTPServer):
     def fsync(self, handle: _Handle) -> None:
         os.fsync(handle.fd)
 
-    def close(self, handle: _Handle) -> None:
+    def close(self, handle: _Handle) -> Awaitable[None]:
         # asyncssh calls close() from SFTPServerHandler._process_close for the client's FXP_CLOSE, and from
-        # SFTPServerHandler._cleanup for every handle still open when the connection is gone. Only the
-        # first is a finished upload.
-        protocol_close = sys._getframe(1).f_code.co_name == "_process_close"
+        # SFTPServerHandler._cleanup for every handle still open when the connection is gone (asyncssh
+        # sftp.py, _process_close and _cleanup). Only the first is a finished upload; the caller is read
+        # here, synchronously, before the work is handed to a coroutine.
+        return self._close(handle, protocol_close=sys._getframe(1).f_code.co_name == "_process_close")
+
+    async def _close(self, handle: _Handle, *, protocol_close: bool) -> None:
         try:
             if handle.temp is None:
                 self._audit("download", f"{handle.place.virtual} {handle.count} bytes")
             elif protocol_close:
+                await asyncio.get_running_loop().run_in_executor(None, os.fsync, handle.fd)
                 self._commit(handle)
             else:
                 handle.temp.unlink(missing_ok=True)
@@ -284,7 +296,6 @@ class _Sftp(asyncssh.SFTPServer):
 
     def _commit(self, handle: _Handle) -> None:
         assert handle.temp is not None
-        os.fsync(handle.fd)
         info = os.fstat(handle.fd)
         try:
             os.link(handle.temp, handle.place.real)
@@ -295,7 +306,7 @@ class _Sftp(asyncssh.SFTPServer):
             handle.temp.unlink(missing_ok=True)
         self.recent[handle.place.virtual] = (time.monotonic(), info)
         self._audit("upload", f"{handle.place.virtual} {info.st_size} bytes")
-        self.door.call(self.door.hooks.upload_committed, self.organ, handle.place.real)
+        self.door.hooks.upload_committed(self.organ, handle.place.real)
 
     # -- changes -----------------------------------------------------------------------------------------------
 
@@ -335,7 +346,7 @@ class _Sftp(asyncssh.SFTPServer):
             raise self._refuse("rename", SFTPFailure(f"{new.virtual} exists already")) from None
         old.real.unlink()
         self._audit("rename", f"{old.virtual} -> {new.virtual}")
-        self.door.call(self.door.hooks.upload_committed, self.organ, new.real)
+        self.door.hooks.upload_committed(self.organ, new.real)
 
     def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
         self.rename(oldpath, newpath)
@@ -414,6 +425,8 @@ async def start_door(
         login_timeout=limits.login_timeout,
         keepalive_interval=60,
         keepalive_count_max=3,
+        encryption_algs=CIPHERS,
+        mac_algs=MACS,
         window=8 * 1024 * 1024,
         max_pktsize=256 * 1024,
     )
