@@ -14,6 +14,8 @@ Every move is a rename on one filesystem, so each is atomic; directories are fsy
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import re
 import secrets
@@ -58,20 +60,33 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def move_no_replace(src: Path, dst: Path) -> bool:
-    """Rename ``src`` to ``dst`` unless ``dst`` exists; True if moved (or already moved by an earlier run).
+_libc = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
 
-    Done as link + unlink so an existing ``dst`` is never replaced. A redo after a crash between the two
-    finds both names on one inode and only removes ``src``.
+
+def rename_no_replace(src: Path | str, dst: Path | str) -> None:
+    """Atomically rename ``src`` to ``dst``, failing with FileExistsError instead of replacing ``dst``.
+
+    Linux renameat2(RENAME_NOREPLACE): one step, no moment with two names, works for any kind of entry,
+    and watchers see a move (IN_MOVED_TO), which tells them the file is complete.
     """
+    if _libc.renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) != 0:
+        err = ctypes.get_errno()
+        raise (
+            OSError(err, os.strerror(err), str(src), None, str(dst))
+            if err != errno.EEXIST
+            else FileExistsError(err, os.strerror(err), str(dst))
+        )
+
+
+def move_no_replace(src: Path, dst: Path) -> bool:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists; True if moved now or by an earlier run (a redo)."""
     try:
-        os.link(src, dst)
+        rename_no_replace(src, dst)
     except FileExistsError:
-        if not src.exists() or not os.path.samefile(src, dst):
-            return False
+        return False
     except FileNotFoundError:
-        return dst.exists()
-    src.unlink(missing_ok=True)
+        return dst.exists() or dst.is_symlink()
     fsync_dir(dst.parent)
     return True
 

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import logging
+import multiprocessing
+import multiprocessing.process
 import os
+import signal
 import socket
 import threading
 from collections.abc import Callable
 from datetime import timedelta
 from functools import cached_property
-from pathlib import Path
+from multiprocessing.connection import Connection
+
+import uvloop
 
 from gateway.clock import Clock, system_clock
 from gateway.config import Settings
 from gateway.crypto import Keyring
+from gateway.errors import GatewayFault
 from gateway.folders import Folders
 from gateway.intake import Intake
 from gateway.ledger.audit_buffer import AuditBuffer
@@ -28,6 +35,8 @@ from gateway.sftp.server import DoorLimits, start_door, sweep_stale_uploads
 from gateway.worker import Worker, orphan_spool_files
 
 log = logging.getLogger(__name__)
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
 
 
 class Gateway:
@@ -38,7 +47,6 @@ class Gateway:
         self.folders = Folders(settings.data_dir)
         self.wake = threading.Event()
         self.door_port: int | None = None
-        self._door_ready = threading.Event()
 
     @cached_property
     def ledger(self) -> Ledger:
@@ -67,10 +75,6 @@ class Gateway:
             max_backoff=s.retry_max_seconds,
             lease=timedelta(seconds=s.gpg_timeout_seconds + 300),
         )
-
-    @cached_property
-    def audit_buffer(self) -> AuditBuffer:
-        return AuditBuffer(self.ledger)
 
     @cached_property
     def intake(self) -> Intake:
@@ -128,24 +132,23 @@ class Gateway:
         """Run intake, workers, maintenance and the SFTP door until ``stop`` is set."""
         self.init()
         self.recover()
+        door = self._start_door() if self.settings.listen else None  # forked before any thread starts
         threads = [threading.Thread(target=self.intake.run_due, args=(stop,), name="intake")]
         threads += [
             threading.Thread(target=self.worker(i).run, args=(stop, self.wake), name=f"worker-{i}")
             for i in range(self.settings.workers)
         ]
         threads.append(threading.Thread(target=self._maintain, args=(stop,), name="maintenance"))
-        threads.append(threading.Thread(target=self.audit_buffer.run, args=(stop,), name="audit"))
-        if self.settings.listen:
-            threads.append(threading.Thread(target=self._run_door, args=(stop,), name="sftp"))
         self.intake.start_watching()
         for thread in threads:
             thread.start()
         self.intake.scan()
-        if self.settings.listen:
-            self._door_ready.wait(timeout=30)
         if ready is not None:
             ready()
         stop.wait()
+        if door is not None:
+            door.terminate()  # SIGTERM: the door closes its sessions and flushes its audit events
+            door.join(timeout=30)
         self.wake.set()
         self.intake.stop_watching()
         for thread in threads:
@@ -169,7 +172,33 @@ class Gateway:
                     log.exception("maintenance task %s failed", getattr(task, "__name__", task))
             self.wake.set()
 
-    def _run_door(self, stop: threading.Event) -> None:
+    def _start_door(self) -> multiprocessing.process.BaseProcess:
+        """Fork the SFTP door into its own process (its event loop then never waits for the workers' GIL)."""
+        ctx = multiprocessing.get_context("fork")
+        ours, theirs = ctx.Pipe()
+        process = ctx.Process(target=self._door_main, args=(theirs,), name="flam-gateway-sftp")
+        process.start()
+        if not ours.poll(60):
+            process.kill()
+            raise GatewayFault("the SFTP door did not start within 60 s")
+        answer = ours.recv()
+        if isinstance(answer, str):
+            process.join(10)
+            raise GatewayFault(f"the SFTP door could not start: {answer}", code="SFTP_START")
+        self.door_port = answer
+        return process
+
+    def _door_main(self, pipe: Connection) -> None:
+        """The door process: its own ledger connection and audit buffer, uvloop, stops on SIGTERM."""
+        parent = os.getppid()
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive a killed gateway
+        if os.getppid() != parent:
+            os._exit(1)
+        self.ledger.engine.dispose(close=False)  # the parent's connections stay the parent's
+        ledger = Ledger(self.settings.ledger_url)
+        audit, flushing = AuditBuffer(ledger), threading.Event()
+        flusher = threading.Thread(target=audit.run, args=(flushing,), name="audit")
+        flusher.start()
         s = self.settings
         host, _, port = s.listen.rpartition(":")
         limits = DoorLimits(
@@ -178,7 +207,10 @@ class Gateway:
             max_sessions_per_organ=s.max_sessions_per_organ,
             max_sessions_total=s.max_sessions_total,
         )
-        loop = asyncio.new_event_loop()
+        loop = uvloop.new_event_loop()
+        stopped = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stopped.set)
+        loop.add_signal_handler(signal.SIGINT, stopped.set)
         try:
             door = loop.run_until_complete(
                 start_door(
@@ -186,34 +218,33 @@ class Gateway:
                     int(port),
                     organs_root=self.folders.organs,
                     host_keys=ensure_host_keys(self.folders.hostkeys),
-                    hooks=DoorHooks(self),
+                    hooks=DoorHooks(ledger, audit, self.clock),
                     limits=limits,
                 )
             )
-            self.door_port = door.port
-            log.info("SFTP door listening on %s:%s", host, door.port)
-            self._door_ready.set()
-            loop.run_until_complete(loop.run_in_executor(None, stop.wait))
-            loop.run_until_complete(door.close())
-        finally:
-            self._door_ready.set()
-            loop.close()
+        except Exception as exc:
+            flushing.set()
+            pipe.send(f"{type(exc).__name__}: {exc}")
+            raise
+        pipe.send(door.port)
+        loop.run_until_complete(stopped.wait())
+        loop.run_until_complete(door.close())
+        flushing.set()
+        flusher.join(timeout=10)
+        ledger.close()
 
 
 class DoorHooks:
-    """What the SFTP door may ask of the rest of the gateway: keys, audit, and "an upload is complete"."""
+    """What the SFTP door may ask of the rest of the gateway: the keys an organ may use, and audit."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, ledger: Ledger, audit: AuditBuffer, clock: Clock) -> None:
+        self.ledger, self.audit_buffer, self.clock = ledger, audit, clock
 
     def authorized_keys(self, organ_id: str) -> list[str] | None:
-        return self.gateway.ledger.authorized_keys(organ_id)
+        return self.ledger.authorized_keys(organ_id)
 
     def audit(self, organ_id: str | None, action: str, detail: str, ok: bool, peer: str) -> None:
-        self.gateway.audit_buffer.add(self.gateway.clock(), action, detail, organ_id, ok, peer)
-
-    def upload_committed(self, organ_id: str, path: Path) -> None:
-        self.gateway.intake.notice(path, 0.0, renamed_in=True)
+        self.audit_buffer.add(self.clock(), action, detail, organ_id, ok, peer)
 
 
 def notify_systemd(message: str) -> None:

@@ -440,9 +440,21 @@ class Ledger:
 
     def audit_many(self, events: Sequence[AuditEvent]) -> None:
         """Append several access events in one transaction, in order."""
+        rows = [
+            Event(
+                at=utc(e.at),
+                organ_id=e.organ_id,
+                action=e.action,
+                detail=e.detail,
+                ok=e.ok,
+                peer=e.peer,
+                prev_hash="",
+                hash="",
+            )
+            for e in events
+        ]
         with self.tx() as s:
-            for e in events:
-                self._append(s, e.at, e.action, e.detail, organ_id=e.organ_id, ok=e.ok, peer=e.peer)
+            self._chain(s, rows)
 
     def events(
         self,
@@ -494,10 +506,7 @@ class Ledger:
         ok: bool = True,
         peer: str | None = None,
     ) -> None:
-        if not self.is_sqlite:
-            s.exec(text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=_CHAIN_LOCK))  # type: ignore[call-overload]
-        last = s.exec(select(Event.hash).order_by(Event.id.desc()).limit(1)).first()  # type: ignore[union-attr]
-        ev = Event(
+        event = Event(
             at=utc(now),
             organ_id=organ_id,
             transfer_id=transfer_id,
@@ -505,11 +514,20 @@ class Ledger:
             detail=detail,
             ok=ok,
             peer=peer,
-            prev_hash=last or GENESIS,
+            prev_hash="",
             hash="",
         )
-        ev.hash = _event_hash(ev)
-        s.add(ev)
+        self._chain(s, [event])
+
+    def _chain(self, s: Session, events: list[Event]) -> None:
+        """Link ``events`` to the end of the audit chain (serialised: SQLite's write lock, PG's advisory lock)."""
+        if not self.is_sqlite:
+            s.exec(text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=_CHAIN_LOCK))  # type: ignore[call-overload]
+        last = s.exec(select(Event.hash).order_by(Event.id.desc()).limit(1)).first()  # type: ignore[union-attr]
+        for row in events:
+            row.prev_hash = last or GENESIS
+            row.hash = last = _event_hash(row)
+        s.add_all(events)
 
 
 def _event_hash(ev: Event) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied
 
+from gateway.folders import rename_no_replace
 from gateway.sftp.jail import AREAS, Jail, Place
 
 UPLOAD_PREFIX = ".sftp-"
@@ -30,13 +31,12 @@ RECENT_SECONDS = 300.0  # how long stat/setstat still answer for a committed upl
 # as fast (measured: 210 vs 109 MB/s). GCM stays for clients that prefer it; CBC and arcfour are gone.
 CIPHERS = ("aes128-ctr", "aes256-ctr", "aes192-ctr", "aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 MACS = (
-    "umac-64-etm@openssh.com",
-    "umac-128-etm@openssh.com",
     "hmac-sha2-256-etm@openssh.com",
     "hmac-sha2-512-etm@openssh.com",
     "hmac-sha2-256",
     "hmac-sha2-512",
     "hmac-sha1",
+    "umac-64-etm@openssh.com",
 )
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC | asyncssh.FXF_APPEND
 
@@ -51,13 +51,12 @@ class DoorLimits:
 
 class DoorHooks(Protocol):
     """What the door asks of the gateway. ``authorized_keys`` may block (the door runs it in a thread);
-    ``audit`` and ``upload_committed`` are called on the event loop and must return at once."""
+    ``audit`` is called on the event loop and must return at once. Completed uploads need no hook: they
+    are renamed into place, and the watcher sees the rename."""
 
     def authorized_keys(self, organ_id: str) -> list[str] | None: ...
 
     def audit(self, organ_id: str | None, action: str, detail: str, ok: bool, peer: str) -> None: ...
-
-    def upload_committed(self, organ_id: str, path: Path) -> None: ...
 
 
 @dataclass
@@ -286,7 +285,7 @@ class _Sftp(asyncssh.SFTPServer):
             if handle.temp is None:
                 self._audit("download", f"{handle.place.virtual} {handle.count} bytes")
             elif protocol_close:
-                await asyncio.get_running_loop().run_in_executor(None, os.fsync, handle.fd)
+                os.fsync(handle.fd)  # durable before the client hears "ok" (a thread hand-off costs more)
                 self._commit(handle)
             else:
                 handle.temp.unlink(missing_ok=True)
@@ -298,15 +297,12 @@ class _Sftp(asyncssh.SFTPServer):
         assert handle.temp is not None
         info = os.fstat(handle.fd)
         try:
-            os.link(handle.temp, handle.place.real)
+            rename_no_replace(handle.temp, handle.place.real)
         except FileExistsError:
             handle.temp.unlink(missing_ok=True)
             raise self._refuse("upload", SFTPFailure(f"{handle.place.virtual} exists already")) from None
-        finally:
-            handle.temp.unlink(missing_ok=True)
         self.recent[handle.place.virtual] = (time.monotonic(), info)
         self._audit("upload", f"{handle.place.virtual} {info.st_size} bytes")
-        self.door.hooks.upload_committed(self.organ, handle.place.real)
 
     # -- changes -----------------------------------------------------------------------------------------------
 
@@ -341,12 +337,10 @@ class _Sftp(asyncssh.SFTPServer):
             raise self._refuse("rename", exc) from None
         self.jail.regular(old)
         try:
-            os.link(old.real, new.real)
+            rename_no_replace(old.real, new.real)
         except FileExistsError:
             raise self._refuse("rename", SFTPFailure(f"{new.virtual} exists already")) from None
-        old.real.unlink()
         self._audit("rename", f"{old.virtual} -> {new.virtual}")
-        self.door.hooks.upload_committed(self.organ, new.real)
 
     def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
         self.rename(oldpath, newpath)
