@@ -186,12 +186,13 @@ class Sandbox:
         raise TimeoutError(f"timed out waiting for {what}:\n{self.log.read_text()[-4000:]}")
 
     def wait_settled(self, count: int, timeout: float = 120) -> list[Transfer]:
-        """Wait until ``count`` transfers exist and none is still being worked on."""
+        """Wait until ``count`` transfers exist, none is still being worked on, and every receipt is written."""
         open_states = {"received", "validated", "encrypted"}
 
-        def settled() -> list[Transfer] | None:
-            rows = self.transfers()
-            done = len(rows) >= count and not any(t.state in open_states for t in rows)
-            return rows if done and not self.ledger.due_receipts() else None
+        def settled() -> bool:
+            states = self.ledger.count_by_state()
+            busy = sum(n for state, n in states.items() if state in open_states)
+            return sum(states.values()) >= count and not busy and not self.ledger.due_receipts()
 
-        return self.wait_for(settled, timeout, f"{count} settled transfers")
+        self.wait_for(settled, timeout, f"{count} settled transfers")
+        return self.transfers()

@@ -85,7 +85,7 @@ class Gateway:
             self.clock,
             settle=s.settle_seconds,
             grace=s.unknown_suffix_grace_seconds,
-            on_received=self.wake.set,
+            on_received=lambda: self.wake.set(),
             on_pickup=worker.pick_up,
         )
 
@@ -132,12 +132,9 @@ class Gateway:
         """Run intake, workers, maintenance and the SFTP door until ``stop`` is set."""
         self.init()
         self.recover()
-        door = self._start_door() if self.settings.listen else None  # forked before any thread starts
+        children = [self._start_door()] if self.settings.listen else []  # forked before any thread starts
+        children += self._start_workers()
         threads = [threading.Thread(target=self.intake.run_due, args=(stop,), name="intake")]
-        threads += [
-            threading.Thread(target=self.worker(i).run, args=(stop, self.wake), name=f"worker-{i}")
-            for i in range(self.settings.workers)
-        ]
         threads.append(threading.Thread(target=self._maintain, args=(stop,), name="maintenance"))
         self.intake.start_watching()
         for thread in threads:
@@ -146,10 +143,10 @@ class Gateway:
         if ready is not None:
             ready()
         stop.wait()
-        if door is not None:
-            door.terminate()  # SIGTERM: the door closes its sessions and flushes its audit events
-            door.join(timeout=30)
-        self.wake.set()
+        for child in children:
+            child.terminate()  # SIGTERM: the door closes its sessions, workers finish their step
+        for child in children:
+            child.join(timeout=60)
         self.intake.stop_watching()
         for thread in threads:
             thread.join(timeout=30)
@@ -188,14 +185,42 @@ class Gateway:
         self.door_port = answer
         return process
 
-    def _door_main(self, pipe: Connection) -> None:
-        """The door process: its own ledger connection and audit buffer, uvloop, stops on SIGTERM."""
+    def _become_child(self) -> None:
+        """In a forked child: die with the gateway, and open our own database connections and keyring."""
         parent = os.getppid()
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive a killed gateway
         if os.getppid() != parent:
             os._exit(1)
         self.ledger.engine.dispose(close=False)  # the parent's connections stay the parent's
-        ledger = Ledger(self.settings.ledger_url)
+        for inherited in ("ledger", "keyring", "intake"):
+            self.__dict__.pop(inherited, None)
+
+    def _start_workers(self) -> list[multiprocessing.process.BaseProcess]:
+        """Fork the worker processes: validation and the ledger are Python, so processes use every core."""
+        ctx = multiprocessing.get_context("fork")
+        self.wake = ctx.Event()  # type: ignore[assignment]
+        processes = [
+            ctx.Process(target=self._worker_main, args=(i,), name=f"flam-gateway-worker-{i}")
+            for i in range(self.settings.workers)
+        ]
+        for process in processes:
+            process.start()
+        return processes
+
+    def _worker_main(self, index: int) -> None:
+        self._become_child()
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+        try:
+            self.worker(index).run(stop, self.wake)
+        finally:
+            self.close()
+
+    def _door_main(self, pipe: Connection) -> None:
+        """The door process: its own ledger connection and audit buffer, uvloop, stops on SIGTERM."""
+        self._become_child()
+        ledger = self.ledger
         audit, flushing = AuditBuffer(ledger), threading.Event()
         flusher = threading.Thread(target=audit.run, args=(flushing,), name="audit")
         flusher.start()

@@ -7,6 +7,7 @@ claims with ``SKIP LOCKED`` and serialises the audit chain with a transaction-sc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -64,6 +65,9 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._writer: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if self.is_sqlite else contextlib.nullcontext()
+        )
         if self.is_sqlite:
             self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
             event.listen(self.engine, "connect", _sqlite_connect)
@@ -77,8 +81,12 @@ class Ledger:
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
-        """One write transaction: committed on success, rolled back on any error."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+        """One write transaction: committed on success, rolled back on any error.
+
+        On SQLite the threads of one process queue on a lock here instead of in SQLite's busy handler,
+        which sleeps in steps of up to 100 ms and left the workers idle while the database was free.
+        """
+        with self._writer, Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
 
     @contextmanager
