@@ -31,6 +31,7 @@ from gateway.lifecycle import State
 
 log = logging.getLogger(__name__)
 KNOWN_SUFFIXES = (".json", ".zip")
+_BATCH = 200  # files collected and recorded in one transaction
 
 
 class Intake:
@@ -73,7 +74,7 @@ class Intake:
             self._cv.notify()
 
     def run_due(self, stop: threading.Event) -> None:
-        """Collect noticed files as they fall due, until ``stop`` is set."""
+        """Collect noticed files as they fall due, in batches, until ``stop`` is set."""
         while not stop.is_set():
             with self._cv:
                 while not self._due or self._due[0][0] > time.monotonic():
@@ -81,48 +82,58 @@ class Intake:
                     self._cv.wait(timeout=max(0.0, min(timeout, 0.5)))
                     if stop.is_set():
                         return
-                _, path, renamed_in = heapq.heappop(self._due)
-            self._safely(Path(path), renamed_in=renamed_in)
+                batch = []
+                while self._due and self._due[0][0] <= time.monotonic() and len(batch) < _BATCH:
+                    _, path, renamed_in = heapq.heappop(self._due)
+                    batch.append((Path(path), renamed_in))
+            self._take(batch)
 
     # -- scans ------------------------------------------------------------------------------------------
 
     def scan(self) -> int:
         """Consider every entry in every outbox now (start-up and periodic rescan); returns how many."""
-        count = 0
-        for outbox in sorted(self.folders.organs.glob("*/outbox")):
-            for entry in sorted(outbox.iterdir()):
-                count += self._safely(entry, renamed_in=False)
-        return count
+        entries = [(e, False) for outbox in sorted(self.folders.organs.glob("*/outbox")) for e in outbox.iterdir()]
+        return sum(self._take(entries[i : i + _BATCH]) for i in range(0, len(entries), _BATCH))
 
     def recover_spool(self) -> int:
         """Record spool files a killed run renamed in but did not record yet; returns how many."""
-        count = 0
+        found = []
         for sender_dir in self.folders.spool_in.iterdir():
             for entry in sender_dir.iterdir():
                 transfer_id, _, name = entry.name.partition(".")
                 if len(transfer_id) == 32 and self.ledger.transfer(transfer_id) is None:
-                    count += self._record(sender_dir.name, transfer_id, name, entry)
-        return count
+                    found.append((sender_dir.name, transfer_id, name, entry))
+        return self._record(found)
 
     # -- the work ---------------------------------------------------------------------------------------
 
-    def _safely(self, path: Path, *, renamed_in: bool) -> int:
+    def _take(self, entries: list[tuple[Path, bool]]) -> int:
+        """Collect the complete entries among ``entries`` into the spool and record them in one transaction."""
+        collected = []
+        for path, renamed_in in entries:
+            try:
+                if (taken := self._collect(path, renamed_in)) is not None:
+                    collected.append(taken)
+            except Exception:  # a strange entry must not stop intake: the next scan retries
+                log.exception("intake of %s failed; the next scan retries", path)
+        for folder in {spooled.parent for *_, spooled in collected}:
+            fsync_dir(folder)
         try:
-            return self._consider(path, renamed_in=renamed_in)
-        except Exception:  # a strange entry or a database hiccup must not stop intake: the next scan retries
-            log.exception("intake of %s failed; the next scan retries", path)
+            return self._record(collected)
+        except Exception:  # the database may be down: the spool files are recorded by recover_spool later
+            log.exception("could not record %d collected files; retrying from the spool", len(collected))
             return 0
 
-    def _consider(self, path: Path, *, renamed_in: bool = False) -> int:
-        """Collect ``path`` if it is a complete outbox entry; re-notice it when it may become one."""
+    def _collect(self, path: Path, renamed_in: bool) -> tuple[str, str, str, Path] | None:
+        """Rename ``path`` into the spool if it is a complete outbox entry; re-notice it when it may become one."""
         if path.parent.name != "outbox" or path.parent.parent.parent != self.folders.organs:
-            return 0
+            return None
         if is_temp_name(path.name):
-            return 0
+            return None
         try:
             info = path.lstat()
         except FileNotFoundError:
-            return 0
+            return None
         known = path.name.lower().endswith(KNOWN_SUFFIXES)
         wait = (0.0 if renamed_in else self.settle) if known else self.grace
         if not stat.S_ISREG(info.st_mode):
@@ -130,38 +141,40 @@ class Intake:
         age = time.time() - info.st_mtime
         if age < wait:
             self.notice(path, wait - age + 0.05, renamed_in=renamed_in)
-            return 0
-        return self._collect(path, path.parent.parent.name)
-
-    def _collect(self, path: Path, sender_id: str) -> int:
-        transfer_id = new_transfer_id()
+            return None
+        sender_id, transfer_id = path.parent.parent.name, new_transfer_id()
         spooled = self.folders.spooled(sender_id, transfer_id, path.name)
         spooled.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(path, spooled)  # the commit: only one collector wins
         except FileNotFoundError:
-            return 0
-        fsync_dir(spooled.parent)
-        return self._record(sender_id, transfer_id, path.name, spooled)
+            return None
+        return sender_id, transfer_id, path.name, spooled
 
-    def _record(self, sender_id: str, transfer_id: str, name: str, spooled: Path) -> int:
-        size, digest = _size_and_sha256(spooled)
+    def _record(self, collected: list[tuple[str, str, str, Path]]) -> int:
+        if not collected:
+            return 0
         now = self.clock()
-        transfer = Transfer(
-            id=transfer_id,
-            sender_id=sender_id,
-            file_name=name,
-            size=size,
-            sha256=digest,
-            state=State.RECEIVED.value,
-            created_at=now,
-            updated_at=now,
-            next_attempt_at=now,
-        )
-        self.ledger.receive(transfer)
-        log.info("received %s from %s as %s", name, sender_id, transfer_id)
+        transfers = []
+        for sender_id, transfer_id, name, spooled in collected:
+            size, digest = _size_and_sha256(spooled)
+            transfers.append(
+                Transfer(
+                    id=transfer_id,
+                    sender_id=sender_id,
+                    file_name=name,
+                    size=size,
+                    sha256=digest,
+                    state=State.RECEIVED.value,
+                    created_at=now,
+                    updated_at=now,
+                    next_attempt_at=now,
+                )
+            )
+        count = self.ledger.receive(transfers)
+        log.info("received %d file(s)", count)
         self.on_received()
-        return 1
+        return count
 
 
 def _size_and_sha256(path: Path) -> tuple[int, str]:
@@ -188,6 +201,10 @@ class _Events(FileSystemEventHandler):
         self.intake = intake
 
     def on_closed(self, event: FileSystemEvent) -> None:
+        self.intake.notice(_text(event.src_path), self.intake.settle)
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        # a file moved in from outside the watched tree arrives as a creation: it is taken once settled
         self.intake.notice(_text(event.src_path), self.intake.settle)
 
     def on_moved(self, event: FileSystemEvent) -> None:

@@ -27,7 +27,7 @@ def received(ledger: Ledger, sender: str = "kv-bau-zh", name: str = "a.json") ->
         updated_at=NOW,
         next_attempt_at=NOW,
     )
-    assert ledger.receive(transfer)
+    assert ledger.receive([transfer]) == 1
     return transfer
 
 
@@ -62,7 +62,7 @@ def test_admin_manages_organs_routes_and_keys(ledger: Ledger) -> None:
 
 def test_a_transfer_is_received_once(ledger: Ledger) -> None:
     transfer = received(ledger)
-    assert not ledger.receive(transfer), "a redo of the intake records nothing new"
+    assert ledger.receive([transfer]) == 0, "a redo of the intake records nothing new"
     assert ledger.count_by_state() == {"received": 1}
 
 

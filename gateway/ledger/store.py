@@ -8,8 +8,10 @@ claims with ``SKIP LOCKED`` and serialises the audit chain with a transaction-sc
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -65,8 +67,8 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self._writer: threading.Lock | contextlib.nullcontext[None] = (
-            threading.Lock() if self.is_sqlite else contextlib.nullcontext()
+        self._writer: _SqliteWriter | contextlib.nullcontext[None] = (
+            _SqliteWriter(url) if self.is_sqlite else contextlib.nullcontext()
         )
         if self.is_sqlite:
             self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
@@ -83,7 +85,7 @@ class Ledger:
     def tx(self) -> Iterator[Session]:
         """One write transaction: committed on success, rolled back on any error.
 
-        On SQLite the threads of one process queue on a lock here instead of in SQLite's busy handler,
+        On SQLite writers (threads and processes) queue on a lock here instead of in SQLite's busy handler,
         which sleeps in steps of up to 100 ms and left the workers idle while the database was free.
         """
         with self._writer, Session(self.engine, expire_on_commit=False) as session, session.begin():
@@ -193,21 +195,33 @@ class Ledger:
 
     # -- transfers ------------------------------------------------------------------------------------
 
-    def receive(self, transfer: Transfer) -> bool:
-        """Record a file intake committed to the spool; False if it was recorded already (a redo)."""
+    def receive(self, transfers: Sequence[Transfer]) -> int:
+        """Record files an intake committed to the spool (one transaction); returns how many were new.
+
+        A transfer recorded already (a redo after a crash) is skipped.
+        """
         with self.tx() as s:
-            if s.get(Transfer, transfer.id) is not None:
-                return False
-            s.add(transfer)
-            self._append(
-                s,
-                transfer.created_at,
-                "transition:received",
-                transfer.file_name,
-                organ_id=transfer.sender_id,
-                transfer_id=transfer.id,
-            )
-        return True
+            ids = [t.id for t in transfers]
+            known = set(s.exec(select(Transfer.id).where(Transfer.id.in_(ids))))  # type: ignore[attr-defined]
+            fresh = [t for t in transfers if t.id not in known]
+            for t in fresh:
+                s.add(t)
+            events = [
+                Event(
+                    at=utc(t.created_at),
+                    organ_id=t.sender_id,
+                    transfer_id=t.id,
+                    action="transition:received",
+                    detail=t.file_name,
+                    ok=True,
+                    prev_hash="",
+                    hash="",
+                )
+                for t in fresh
+            ]
+            s.flush()
+            self._chain(s, events)
+        return len(fresh)
 
     def transfer(self, transfer_id: str) -> Transfer | None:
         with self.read() as s:
@@ -555,6 +569,34 @@ def _event_hash(ev: Event) -> str:
 
 
 _reading = threading.local()
+
+
+class _SqliteWriter:
+    """One SQLite writer at a time, across threads (a lock) and processes (flock on a file beside the db)."""
+
+    def __init__(self, url: str) -> None:
+        database = url.split(":///", 1)[1] if ":///" in url else ""
+        self._thread_lock = threading.Lock()
+        self._path = f"{database}.writer.lock" if database and database != ":memory:" else None
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        if self._path is None:
+            return
+        try:
+            if self._fd is None or self._pid != os.getpid():  # a forked child opens its own description
+                self._fd, self._pid = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *_: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
 
 
 def _sqlite_begin(conn: Any) -> None:
