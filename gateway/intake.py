@@ -101,9 +101,10 @@ class Intake:
         for sender_dir in self.folders.spool_in.iterdir():
             for entry in sender_dir.iterdir():
                 transfer_id, _, name = entry.name.partition(".")
-                if len(transfer_id) == 32 and self.ledger.transfer(transfer_id) is None:
+                if len(transfer_id) == 32:
                     found.append((sender_dir.name, transfer_id, name, entry))
-        return self._record(found)
+        known = self.ledger.known_transfer_ids([transfer_id for _, transfer_id, _, _ in found])
+        return self._record([f for f in found if f[1] not in known])
 
     # -- the work ---------------------------------------------------------------------------------------
 

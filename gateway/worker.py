@@ -90,14 +90,20 @@ class Worker:
             log.exception("unexpected error on transfer %s", transfer.id)
             self._retry_later(transfer, exc)
             return True
-        self.ledger.release(transfer.id)
-        return True
+        return True  # the step that left the workable states ended the lease
 
     def record(self, transfer: Transfer, step: Step) -> Transfer:
         """Record ``step`` in the ledger, then do the file work that follows it."""
         source = State(transfer.state)
         moved = self.ledger.transition(
-            transfer.id, source, step.target, self.clock(), problems=step.problems, info=step.info, **step.values
+            transfer.id,
+            source,
+            step.target,
+            self.clock(),
+            problems=step.problems,
+            info=step.info,
+            release=step.target not in WORKABLE,
+            **step.values,
         )
         target = State(moved.state)
         self.tidy(moved, receipts=target is State.REJECTED or TRANSITIONS[source][target] is not None)

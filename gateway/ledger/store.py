@@ -223,6 +223,14 @@ class Ledger:
             self._chain(s, events)
         return len(fresh)
 
+    def known_transfer_ids(self, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` the ledger has a transfer for."""
+        known: set[str] = set()
+        with self.read() as s:
+            for i in range(0, len(ids), 500):
+                known.update(s.exec(select(Transfer.id).where(Transfer.id.in_(ids[i : i + 500]))))  # type: ignore[attr-defined]
+        return known
+
     def transfer(self, transfer_id: str) -> Transfer | None:
         with self.read() as s:
             return s.get(Transfer, transfer_id)
@@ -286,26 +294,27 @@ class Ledger:
         *,
         problems: Sequence[Problem] = (),
         info: str = "",
+        release: bool = False,
         **values: Any,
     ) -> Transfer:
         """Move a transfer along the lifecycle table, recording the event and any receipt it owes.
 
         Raises StaleTransition when the transfer is not in ``source`` any more, IllegalTransition when the
         pair is not in the table. Entering VALIDATED reserves the message id; a repeat turns the step into
-        a rejection with code 201.
+        a rejection with code 201. With ``release`` the worker's lease ends in the same transaction.
         """
         code = lifecycle.check(source, target)
         if target is State.REJECTED and problems:
             code = status_for(problems)
         try:
-            return self._transition(transfer_id, source, target, now, code, problems, info, values)
+            return self._transition(transfer_id, source, target, now, code, problems, info, values, release)
         except IntegrityError:
             dup = Problem(
                 "DUPLICATE_MESSAGE_ID", "/envelope/message_id", "this message_id was already accepted from this sender"
             )
             values = {k: v for k, v in values.items() if k != "form"}
             return self._transition(
-                transfer_id, source, State.REJECTED, now, 201, [dup], "duplicate message_id", values
+                transfer_id, source, State.REJECTED, now, 201, [dup], "duplicate message_id", values, True
             )
 
     def _transition(
@@ -318,6 +327,7 @@ class Ledger:
         problems: Sequence[Problem],
         info: str,
         values: dict[str, Any],
+        release: bool,
     ) -> Transfer:
         with self.tx() as s:
             transfer = s.get(Transfer, transfer_id, with_for_update=True)
@@ -325,6 +335,8 @@ class Ledger:
                 raise StaleTransition(f"{transfer_id} is not {source.value}")
             for key, value in values.items():
                 setattr(transfer, key, value)
+            if release:
+                transfer.lease_until = transfer.lease_owner = None
             transfer.state, transfer.updated_at = target.value, now
             if source is State.RECEIVED and target is State.VALIDATED and transfer.message_id:
                 with s.begin_nested():
