@@ -22,6 +22,7 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
 from gateway.clock import Clock
 from gateway.folders import Folders, fsync_dir, is_temp_name, new_transfer_id
@@ -31,6 +32,11 @@ from gateway.lifecycle import State
 
 log = logging.getLogger(__name__)
 KNOWN_SUFFIXES = (".json", ".zip")
+
+# watchdog holds back an IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO, and its queue is FIFO: every
+# collection (outbox -> the unwatched spool) stalled all later events by 0.5 s. The kernel queues both halves
+# of a rename together, so a short wait pairs them just as well; an unpaired half is seen as delete/create.
+InotifyMoveEventGrouper.delay = 0.02
 _BATCH = 200  # files collected and recorded in one transaction
 
 

@@ -1,0 +1,102 @@
+"""Faults of a production night: a hanging gpg, the gpg-agent gone, an inotify queue overflow.
+
+Nothing is lost: the dossier waits, is retried with backoff, the sender hears 500 when it takes long,
+and everything is delivered once the fault is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway import samples
+from gateway.harness import Sandbox
+
+KV, PK = "kv-bau-zh", "pk-bau-zh"
+
+
+def two_organs(root: Path, **settings: object) -> Sandbox:
+    root.mkdir()
+    box = Sandbox(root=root, settings={"settle_seconds": 0.1, "rescan_seconds": 1, "listen": "", **settings})
+    box.cli("init")
+    box.add_organ(KV, "control_body")
+    box.add_organ(PK, "joint_committee")
+    box.allow(KV, PK)
+    return box
+
+
+def hanging_gpg(folder: Path, switch: Path) -> Path:
+    """A `gpg` first on PATH that hangs on signing while ``switch`` exists (and is the real gpg otherwise)."""
+    folder.mkdir()
+    wrapper = folder / "gpg"
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ -e "{switch}" ]; then case " $* " in *" --sign "*) exec sleep 3600;; esac; fi\n'
+        f'exec {shutil.which("gpg")} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return folder
+
+
+def test_a_hanging_gpg_is_killed_and_retried_and_the_sender_told_until_it_works(short_tmp: Path) -> None:
+    switch = short_tmp / "hang"
+    box = two_organs(short_tmp / "box", gpg_timeout_seconds=2, retry_max_seconds=1)
+    box.env["PATH"] = f"{hanging_gpg(short_tmp / 'bin', switch)}:{os.environ['PATH']}"
+    try:
+        switch.touch()
+        box.start(listen="")
+        data = samples.dossier_bytes(samples.make_dossier(KV, PK))
+        box.drop(KV, "night.json", data)
+
+        told = box.wait_for(lambda: list(box.folder(KV, "receipts").glob("*_500_*.receipt.json")), 60, "500")
+        assert not list(box.folder(PK, "inbox").iterdir()), "nothing delivered while gpg hangs"
+        assert "did not finish within 2 s" in box.log.read_text(), "the admin sees why"
+        assert box.process.poll() is None, "the gateway stays up"
+
+        switch.unlink()  # gpg behaves again
+        [transfer] = box.wait_settled(1, timeout=60)
+        assert transfer.state == "delivered" and transfer.attempts >= 3
+        assert box.decrypt(PK, box.folder(PK, "inbox") / transfer.delivered_name).data == data
+        assert len(told) == 1 and len(list(box.folder(KV, "receipts").glob("*_100_*.receipt.json"))) == 1
+        assert not [p for p in (box.data_dir / "spool").rglob("*") if p.is_file()], "no spool or temp left"
+
+        gnupg = box.data_dir / "gnupg"
+        subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"], check=True)
+        box.drop(KV, "after-agent.json", samples.dossier_bytes(samples.make_dossier(KV, PK)))
+        rows = box.wait_settled(2, timeout=60)
+        assert [t.state for t in rows] == ["delivered", "delivered"], "gpg starts a new agent by itself"
+    finally:
+        box.close()
+
+
+def test_an_inotify_queue_overflow_loses_nothing(short_tmp: Path) -> None:
+    limit = Path("/proc/sys/fs/inotify/max_queued_events")
+    box = two_organs(short_tmp / "box")
+    try:
+        original = limit.read_text()
+        limit.write_text("8\n")  # applies to inotify instances created from now on: the gateway's
+    except OSError as exc:
+        box.close()
+        pytest.skip(f"cannot lower the inotify queue here (needs root): {exc}")
+    try:
+        try:
+            box.start(listen="")
+        finally:
+            limit.write_text(original)
+        outbox = box.folder(KV, "outbox")
+        staged = box.root / "staged"
+        staged.mkdir()
+        for i in range(150):
+            (staged / f"storm-{i:03d}.json").write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+        for path in sorted(staged.iterdir()):
+            path.rename(outbox / path.name)  # far more events than the queue holds
+
+        rows = box.wait_settled(150, timeout=180)
+        assert len(rows) == 150 and {t.state for t in rows} == {"delivered"}
+        assert len(list(box.folder(PK, "inbox").iterdir())) == 150, "each delivered once"
+        assert box.process.poll() is None
+    finally:
+        box.close()
