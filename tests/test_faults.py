@@ -97,6 +97,7 @@ def test_an_inotify_queue_overflow_loses_nothing(short_tmp: Path) -> None:
         rows = box.wait_settled(150, timeout=180)
         assert len(rows) == 150 and {t.state for t in rows} == {"delivered"}
         assert len(list(box.folder(PK, "inbox").iterdir())) == 150, "each delivered once"
+        assert "queue overflowed" in box.log.read_text(), "the storm really overflowed the queue"
         assert box.process.poll() is None
     finally:
         box.close()
