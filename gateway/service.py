@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import hashlib
 import logging
 import multiprocessing
@@ -132,6 +133,7 @@ class Gateway:
         """Run intake, workers, maintenance and the SFTP door until ``stop`` is set."""
         self.init()
         self.recover()
+        gc.freeze()  # the children share the parent's objects: keep the collector from copying their pages
         children = [self._start_door()] if self.settings.listen else []  # forked before any thread starts
         children += self._start_workers()
         threads = [threading.Thread(target=self.intake.run_due, args=(stop,), name="intake")]
