@@ -19,7 +19,8 @@ from gateway.errors import GatewayError
 from gateway.folders import Folders, move_no_replace
 from gateway.handlers.encrypt import Crypto
 from gateway.handlers.receipt import STATUS_INFO, receipt_bytes, receipt_document, receipt_name
-from gateway.ledger.models import Transfer
+from gateway.handlers.route import Directory
+from gateway.ledger.models import Organ, Transfer
 from gateway.ledger.store import Ledger, StaleTransition, utc
 from gateway.lifecycle import TRANSITIONS, WORKABLE, State
 from gateway.limits import Limits
@@ -48,9 +49,9 @@ class Worker:
         self.ledger, self.folders, self.crypto, self.limits, self.clock = ledger, folders, crypto, limits, clock
         self.owner, self.hold, self.lease, self.max_backoff = owner, hold, lease, max_backoff
 
-    def context(self) -> Context:
+    def context(self, directory: Directory | None = None) -> Context:
         return Context(
-            directory=self.ledger,
+            directory=directory or self.ledger,
             crypto=self.crypto,
             folders=self.folders,
             limits=self.limits,
@@ -75,9 +76,10 @@ class Worker:
         transfer = self.ledger.claim(self.owner, self.clock(), self.lease)
         if transfer is None:
             return False
+        directory = _OrgansOnce(self.ledger)
         try:
             while State(transfer.state) in WORKABLE:
-                step = advance(transfer, self.context())
+                step = advance(transfer, self.context(directory))
                 assert step is not None  # workable states always have a next step
                 transfer = self.record(transfer, step)
         except StaleTransition:
@@ -176,6 +178,22 @@ class Worker:
             if transfer.attempts + 1 == FAULT_RECEIPT_AFTER:
                 self.ledger.add_receipt(transfer.id, 500, STATUS_INFO[500], self.clock())
                 self.write_receipts(transfer.id)
+
+
+class _OrgansOnce:
+    """The ledger as a directory that reads each organ once: the steps of one pass over a dossier agree."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._organs: dict[str, Organ | None] = {}
+
+    def find_organ(self, organ_id: str) -> Organ | None:
+        if organ_id not in self._organs:
+            self._organs[organ_id] = self.ledger.find_organ(organ_id)
+        return self._organs[organ_id]
+
+    def route_allowed(self, sender_id: str, recipient_id: str) -> bool:
+        return self.ledger.route_allowed(sender_id, recipient_id)
 
 
 def orphan_spool_files(folders: Folders) -> list[Path]:

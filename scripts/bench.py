@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def batch_once(count: int, pdf_bytes: int, workers: int) -> dict[str, float]:
     box = two_organs({"workers": workers, "listen": ""})
     try:
         staged = control_reports(box.root / "staged", count, pdf_bytes)
+        cpu_before = _children_cpu()
         box.start(listen="")
         outbox = box.folder(SENDER, "outbox")
         start = time.perf_counter()
@@ -61,10 +63,26 @@ def batch_once(count: int, pdf_bytes: int, workers: int) -> dict[str, float]:
         gateway = time.perf_counter() - start
         assert all(t.state == "delivered" for t in rows), {t.state for t in rows}
         box.stop()
-        baseline = gpg_loop(box, control_reports(box.root / "loop", count, pdf_bytes))
-        return {"gateway_s": gateway, "gpg_loop_s": baseline, "ratio": gateway / baseline}
+        gateway_cpu = _children_cpu() - cpu_before
+        loop_files = control_reports(box.root / "loop", count, pdf_bytes)
+        cpu_before = _children_cpu()
+        baseline = gpg_loop(box, loop_files)
+        loop_cpu = _children_cpu() - cpu_before
+        return {
+            "gateway_s": gateway,
+            "gpg_loop_s": baseline,
+            "ratio": gateway / baseline,
+            "gateway_cpu_ms_per_dossier": gateway_cpu * 1000 / count,
+            "gpg_loop_cpu_ms_per_file": loop_cpu * 1000 / count,
+        }
     finally:
         box.close()
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of every child process this process has waited for (and their children)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def gpg_loop(box: Sandbox, files: list[Path]) -> float:
@@ -84,7 +102,9 @@ def run_batch(args: argparse.Namespace) -> dict[str, Any]:
     runs = [batch_once(args.count, args.pdf_bytes, args.workers) for _ in range(args.runs)]
     for i, r in enumerate(runs, 1):
         print(
-            f"batch run {i}: gateway {r['gateway_s']:.2f} s, gpg loop {r['gpg_loop_s']:.2f} s, ratio {r['ratio']:.2f}"
+            f"batch run {i}: gateway {r['gateway_s']:.2f} s, gpg loop {r['gpg_loop_s']:.2f} s, ratio {r['ratio']:.2f}; "
+            f"CPU per dossier: gateway {r['gateway_cpu_ms_per_dossier']:.1f} ms (whole serve tree, gpg included), "
+            f"gpg loop {r['gpg_loop_cpu_ms_per_file']:.1f} ms"
         )
     summary = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     print(
