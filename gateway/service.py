@@ -38,6 +38,7 @@ from gateway.worker import Worker, orphan_spool_files
 log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
+_WORKER_NICENESS = 5
 
 
 class Gateway:
@@ -211,6 +212,7 @@ class Gateway:
 
     def _worker_main(self, index: int) -> None:
         self._become_child()
+        os.nice(_WORKER_NICENESS)  # people waiting on an SFTP session come before the batch behind them
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
