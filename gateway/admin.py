@@ -39,6 +39,17 @@ def import_pgp_key(gw: Gateway, organ_id: str, file: Path) -> str:
     return info.fingerprint
 
 
+def remove_pgp_key(gw: Gateway, organ_id: str) -> str:
+    """Withdraw an organ's public key (lost or compromised); its dossiers are held (601) until a new one."""
+    organ = gw.ledger.organ(organ_id)
+    if organ.pgp_fingerprint is None:
+        raise AdminError("KEY_UNKNOWN", f"organ {organ_id} has no OpenPGP key")
+    gw.ledger.update_organ(organ_id, gw.clock(), "pgp_key_removed", pgp_fingerprint=None)
+    if not any(o.pgp_fingerprint == organ.pgp_fingerprint for o in gw.ledger.organs()):
+        gw.keyring.remove_key(organ.pgp_fingerprint)
+    return organ.pgp_fingerprint
+
+
 def add_ssh_key(gw: Gateway, organ_id: str, file: Path) -> str:
     """Store an OpenSSH public key an organ may log in with; returns its SHA256 fingerprint."""
     try:

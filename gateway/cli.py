@@ -162,6 +162,15 @@ def pgp_key_import(ctx: click.Context, organ_id: str, file: Path) -> None:
     out.print(f"organ {organ_id}: OpenPGP key {fpr}")
 
 
+@pgp_key.command("remove")
+@click.argument("organ_id")
+@click.pass_context
+def pgp_key_remove(ctx: click.Context, organ_id: str) -> None:
+    """Withdraw the key (lost or compromised): dossiers to the organ are held (601) until a new key is imported."""
+    fpr = admin.remove_pgp_key(_gw(ctx), organ_id)
+    out.print(f"organ {organ_id}: OpenPGP key {fpr} removed")
+
+
 @organ.group("ssh-key")
 def ssh_key() -> None:
     """The organ's SSH public keys (several allowed) for SFTP login."""

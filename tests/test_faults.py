@@ -1,4 +1,5 @@
-"""Faults of a production night: a hanging gpg, the gpg-agent gone, an inotify queue overflow.
+"""Faults of a production night: a hanging gpg, the gpg-agent gone, a recipient key withdrawn mid-batch, an
+inotify queue overflow.
 
 Nothing is lost: the dossier waits, is retried with backoff, the sender hears 500 when it takes long,
 and everything is delivered once the fault is gone.
@@ -68,6 +69,36 @@ def test_a_hanging_gpg_is_killed_and_retried_and_the_sender_told_until_it_works(
         box.drop(KV, "after-agent.json", samples.dossier_bytes(samples.make_dossier(KV, PK)))
         rows = box.wait_settled(2, timeout=60)
         assert [t.state for t in rows] == ["delivered", "delivered"], "gpg starts a new agent by itself"
+    finally:
+        box.close()
+
+
+def test_a_recipient_key_withdrawn_mid_batch_holds_the_rest_until_a_key_returns(short_tmp: Path) -> None:
+    box = two_organs(short_tmp / "box")
+    try:
+        box.start(listen="")
+        staged = box.root / "staged"
+        staged.mkdir()
+        for i in range(120):
+            doc = samples.make_dossier(KV, PK, attachments=[("a.pdf", samples.make_pdf(50_000, i))])
+            (staged / f"batch-{i:03d}.json").write_bytes(samples.dossier_bytes(doc))
+        for path in sorted(staged.iterdir()):
+            path.rename(box.folder(KV, "outbox") / path.name)
+        box.wait_for(lambda: box.ledger.count_by_state().get("delivered", 0) >= 10, 60, "the batch under way")
+
+        box.cli("organ", "pgp-key", "remove", PK)  # the committee reports its key lost
+        held = box.wait_for(lambda: box.ledger.count_by_state().get("held", 0), 60, "dossiers held")
+        states = box.ledger.count_by_state()
+        assert set(states) <= {"received", "validated", "encrypted", "held", "delivered"}, states
+        assert box.process.poll() is None
+
+        box.cli("organ", "pgp-key", "import", PK, str(box.root / "keys" / PK / "pgp.asc"))  # a key again
+        rows = box.wait_settled(120, timeout=180)
+        assert {t.state for t in rows} == {"delivered"}, "nothing rejected, nothing lost"
+        assert len(list(box.folder(PK, "inbox").iterdir())) == 120, "each delivered once"
+        receipts = box.folder(KV, "receipts")
+        assert len(list(receipts.glob("*_601_*.receipt.json"))) >= held, "the sender hears of the hold"
+        assert len(list(receipts.glob("*_100_*.receipt.json"))) == 120
     finally:
         box.close()
 
