@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from gateway.clock import Clock
@@ -48,6 +48,7 @@ class Worker:
     ) -> None:
         self.ledger, self.folders, self.crypto, self.limits, self.clock = ledger, folders, crypto, limits, clock
         self.owner, self.hold, self.lease, self.max_backoff = owner, hold, lease, max_backoff
+        self._owed: dict[str, tuple[str, datetime]] = {}  # releases the database refused: (error, retry at)
 
     def context(self, directory: Directory | None = None) -> Context:
         return Context(
@@ -63,6 +64,7 @@ class Worker:
         """Work until ``stop`` is set; sleep on ``wake`` (set by intake) when there is nothing to claim."""
         while not stop.is_set():
             try:
+                self._settle_owed()
                 busy = self.work_one()
             except Exception:  # the database may be restarting: never let a worker die
                 log.exception("worker %s: claim failed, retrying", self.owner)
@@ -171,13 +173,22 @@ class Worker:
         """Back off exponentially; nothing is lost. The admin sees it in the log, the audit trail and fsck."""
         delay = min(self.max_backoff, 2.0 ** min(transfer.attempts, 10))
         log.warning("transfer %s: %s; retry in %.0f s (attempt %d)", transfer.id, exc, delay, transfer.attempts + 1)
+        error, retry_at = f"{type(exc).__name__}: {exc}", self.clock() + timedelta(seconds=delay)
+        try:
+            self.ledger.release(transfer.id, error=error, retry_at=retry_at)
+        except Exception:  # the database is gone too: release as soon as it is back, not when the lease ends
+            self._owed[transfer.id] = (error, retry_at)
+            return
         with contextlib.suppress(Exception):
-            self.ledger.release(
-                transfer.id, error=f"{type(exc).__name__}: {exc}", retry_at=self.clock() + timedelta(seconds=delay)
-            )
             if transfer.attempts + 1 == FAULT_RECEIPT_AFTER:
                 self.ledger.add_receipt(transfer.id, 500, STATUS_INFO[500], self.clock())
                 self.write_receipts(transfer.id)
+
+    def _settle_owed(self) -> None:
+        """Release the transfers whose release the database refused (it was down); raises while it still is."""
+        for transfer_id, (error, retry_at) in list(self._owed.items()):
+            self.ledger.release(transfer_id, error=error, retry_at=retry_at)
+            del self._owed[transfer_id]
 
 
 class _OrgansOnce:

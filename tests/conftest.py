@@ -20,7 +20,7 @@ PG_URL = os.environ.get("FLAM_GATEWAY_TEST_DATABASE_URL", "postgresql+psycopg://
 def _pg_schema_url() -> Iterator[str]:
     """A fresh PostgreSQL schema for one test, dropped afterwards."""
     schema = f"t_{secrets.token_hex(6)}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)  # survives a restart
     try:
         with admin.connect() as conn:
             conn.execute(text(f"CREATE SCHEMA {schema}"))
@@ -44,6 +44,12 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     else:
         yield from _pg_schema_url()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL on a fresh schema (for a gateway whose ledger must be PostgreSQL)."""
+    yield from _pg_schema_url()
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Faults of a production night: a hanging gpg, the gpg-agent gone, a recipient key withdrawn mid-batch, an
-inotify queue overflow.
+"""Faults of a production night: a hanging gpg, the gpg-agent gone, PostgreSQL restarted under load, a
+recipient key withdrawn mid-batch, an inotify queue overflow.
 
 Nothing is lost: the dossier waits, is retried with backoff, the sender hears 500 when it takes long,
 and everything is delivered once the fault is gone.
@@ -20,9 +20,10 @@ from gateway.harness import Sandbox
 KV, PK = "kv-bau-zh", "pk-bau-zh"
 
 
-def two_organs(root: Path, **settings: object) -> Sandbox:
+def two_organs(root: Path, database_url: str = "", **settings: object) -> Sandbox:
     root.mkdir()
-    box = Sandbox(root=root, settings={"settle_seconds": 0.1, "rescan_seconds": 1, "listen": "", **settings})
+    settings = {"settle_seconds": 0.1, "rescan_seconds": 1, "listen": "", **settings}
+    box = Sandbox(root=root, database_url=database_url, settings=settings)
     box.cli("init")
     box.add_organ(KV, "control_body")
     box.add_organ(PK, "joint_committee")
@@ -73,18 +74,50 @@ def test_a_hanging_gpg_is_killed_and_retried_and_the_sender_told_until_it_works(
         box.close()
 
 
+def stage_batch(box: Sandbox, count: int) -> None:
+    """Write ``count`` control reports beside the outbox, then move them all in at once (a night's export)."""
+    staged = box.root / "staged"
+    staged.mkdir()
+    for i in range(count):
+        doc = samples.make_dossier(KV, PK, attachments=[("a.pdf", samples.make_pdf(50_000, i))])
+        (staged / f"batch-{i:03d}.json").write_bytes(samples.dossier_bytes(doc))
+    for path in sorted(staged.iterdir()):
+        path.rename(box.folder(KV, "outbox") / path.name)
+
+
+def delivered_at_least(box: Sandbox, count: int) -> bool:
+    return box.ledger.count_by_state().get("delivered", 0) >= count
+
+
+def test_a_postgresql_restart_under_load_loses_nothing(short_tmp: Path, pg_url: str) -> None:
+    clusters = sorted(Path("/etc/postgresql").glob("*/main"))
+    if os.geteuid() != 0 or not clusters or not shutil.which("pg_ctlcluster"):
+        pytest.skip("restarting PostgreSQL needs root and pg_ctlcluster (CI has both)")
+    box = two_organs(short_tmp / "box", database_url=pg_url)
+    try:
+        box.start(listen="")
+        stage_batch(box, 150)
+        box.wait_for(lambda: delivered_at_least(box, 10), 60, "the batch under way")
+
+        restart = ["pg_ctlcluster", "--skip-systemctl-redirect", clusters[-1].parent.name, "main", "restart"]
+        subprocess.run(restart, check=True, capture_output=True, timeout=120)
+
+        rows = box.wait_settled(150, timeout=240)
+        assert {t.state for t in rows} == {"delivered"}, "nothing lost, nothing rejected"
+        assert len(list(box.folder(PK, "inbox").iterdir())) == 150, "each delivered once"
+        assert len(list(box.folder(KV, "receipts").glob("*_100_*.receipt.json"))) == 150
+        assert box.process.poll() is None, "the gateway stayed up"
+        assert "OperationalError" in box.log.read_text(), "the outage really hit the gateway"
+    finally:
+        box.close()
+
+
 def test_a_recipient_key_withdrawn_mid_batch_holds_the_rest_until_a_key_returns(short_tmp: Path) -> None:
     box = two_organs(short_tmp / "box")
     try:
         box.start(listen="")
-        staged = box.root / "staged"
-        staged.mkdir()
-        for i in range(120):
-            doc = samples.make_dossier(KV, PK, attachments=[("a.pdf", samples.make_pdf(50_000, i))])
-            (staged / f"batch-{i:03d}.json").write_bytes(samples.dossier_bytes(doc))
-        for path in sorted(staged.iterdir()):
-            path.rename(box.folder(KV, "outbox") / path.name)
-        box.wait_for(lambda: box.ledger.count_by_state().get("delivered", 0) >= 10, 60, "the batch under way")
+        stage_batch(box, 120)
+        box.wait_for(lambda: delivered_at_least(box, 10), 60, "the batch under way")
 
         box.cli("organ", "pgp-key", "remove", PK)  # the committee reports its key lost
         held = box.wait_for(lambda: box.ledger.count_by_state().get("held", 0), 60, "dossiers held")
