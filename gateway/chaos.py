@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gateway import samples
 from gateway.harness import Sandbox
+from gateway.ledger.models import Transfer
 
 SENDER, RECIPIENT = "kv-bau-zh", "pk-bau-zh"
 _RECEIPT = re.compile(r"_(\d{3})_([0-9a-f]{32})\.receipt\.json$")
@@ -75,8 +76,11 @@ def check_consistent(box: Sandbox, expected: dict[str, bool], final: bool) -> li
             problems.append(f"transfer {tid} ({states.get(tid)}) has {count} receipt(s)")
     if not final:
         return problems
+    rows_by_name: dict[str, list[Transfer]] = {}
+    for t in transfers:
+        rows_by_name.setdefault(t.file_name, []).append(t)
     for name, valid in expected.items():
-        rows = [t for t in transfers if t.file_name == name]
+        rows = rows_by_name.get(name, [])
         want = "delivered" if valid else "rejected"
         if len(rows) != 1 or rows[0].state != want:
             problems.append(f"{name}: expected {want}, ledger has {[t.state for t in rows]}")
