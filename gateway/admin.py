@@ -9,8 +9,7 @@ from typing import Any
 import asyncssh
 
 from gateway.errors import AdminError
-from gateway.ledger.models import Event, Organ, Transfer
-from gateway.ledger.store import utc
+from gateway.ledger.models import Event, Organ, Transfer, utc
 from gateway.service import Gateway
 
 ORGAN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")

@@ -13,7 +13,8 @@ from datetime import timedelta
 
 from gateway.config import Settings
 from gateway.handlers.receipt import STATUS_INFO
-from gateway.ledger.store import StaleTransition, utc
+from gateway.ledger.models import utc
+from gateway.ledger.store import StaleTransition
 from gateway.lifecycle import State
 from gateway.pipeline import Step
 from gateway.worker import Worker

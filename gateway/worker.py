@@ -20,8 +20,8 @@ from gateway.folders import Folders, move_no_replace
 from gateway.handlers.encrypt import Crypto
 from gateway.handlers.receipt import STATUS_INFO, receipt_bytes, receipt_document, receipt_name
 from gateway.handlers.route import Directory
-from gateway.ledger.models import Organ, Transfer
-from gateway.ledger.store import Ledger, StaleTransition, utc
+from gateway.ledger.models import Organ, Transfer, utc
+from gateway.ledger.store import Ledger, StaleTransition
 from gateway.lifecycle import TRANSITIONS, WORKABLE, State
 from gateway.limits import Limits
 from gateway.pipeline import Context, Step, advance, spool_paths

@@ -12,7 +12,8 @@ import logging
 import threading
 from datetime import datetime
 
-from gateway.ledger.store import AuditEvent, Ledger
+from gateway.ledger.chain import AuditEvent
+from gateway.ledger.store import Ledger
 
 log = logging.getLogger(__name__)
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import Column, DateTime, Index, Text
 from sqlmodel import Field, SQLModel
 
 ORGAN_KINDS = ("control_body", "joint_committee", "tripartite_commission", "canton", "federal")
+
+
+def utc(moment: datetime) -> datetime:
+    """A database timestamp as an aware UTC datetime (SQLite hands them back naive)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _ts(**kwargs: object) -> object:

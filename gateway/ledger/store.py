@@ -1,56 +1,33 @@
-"""The only code that writes state: claims, lifecycle transitions, receipts due and the audit chain.
+"""The only code that writes state: organs, keys and routes; claims, lifecycle transitions and receipts due.
 
-SQLite (default) and PostgreSQL behave the same here. SQLite ignores ``FOR UPDATE SKIP LOCKED``, so every
-SQLite transaction starts with ``BEGIN IMMEDIATE`` (one writer at a time, no double claims); PostgreSQL
-claims with ``SKIP LOCKED`` and serialises the audit chain with a transaction-scoped advisory lock.
+SQLite (default) and PostgreSQL behave the same here: SQLite's quirks are handled in gateway.ledger.sqlite,
+the hash-chained audit trail lives in gateway.ledger.chain. PostgreSQL claims with ``SKIP LOCKED``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
-import os
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, event, func, or_, text, update
+from sqlalchemy import delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from gateway import lifecycle
 from gateway.errors import AdminError, Problem, status_for
-from gateway.ledger.models import ORGAN_KINDS, Event, MessageId, Organ, Receipt, Route, SshKey, Transfer
+from gateway.ledger.chain import AuditTrail
+from gateway.ledger.models import ORGAN_KINDS, Event, MessageId, Organ, Receipt, Route, SshKey, Transfer, utc
+from gateway.ledger.sqlite import SqliteWriter, reading, sqlite_engine
 from gateway.lifecycle import State
-
-GENESIS = "0" * 64
-_CHAIN_LOCK = 0x464C414D  # "FLAM": advisory lock id of the audit chain on PostgreSQL
-
-
-def utc(moment: datetime) -> datetime:
-    """A database timestamp as an aware UTC datetime (SQLite hands them back naive)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class StaleTransition(Exception):
     """The transfer is no longer in the state a step started from (another worker or a redo moved it)."""
-
-
-@dataclass(frozen=True)
-class AuditEvent:
-    """One access event waiting to be appended to the audit chain."""
-
-    at: datetime
-    action: str
-    detail: str
-    organ_id: str | None
-    ok: bool
-    peer: str | None
 
 
 @dataclass(frozen=True)
@@ -61,19 +38,17 @@ class DueReceipt:
     receipt: Receipt
 
 
-class Ledger:
+class Ledger(AuditTrail):
     """Transactional access to the ledger tables."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self._writer: _SqliteWriter | contextlib.nullcontext[None] = (
-            _SqliteWriter(url) if self.is_sqlite else contextlib.nullcontext()
+        self._writer: SqliteWriter | contextlib.nullcontext[None] = (
+            SqliteWriter(url) if self.is_sqlite else contextlib.nullcontext()
         )
         if self.is_sqlite:
-            self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
-            event.listen(self.engine, "connect", _sqlite_connect)
-            event.listen(self.engine, "begin", _sqlite_begin)
+            self.engine = sqlite_engine(url)
         else:
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         SQLModel.metadata.create_all(self.engine)
@@ -94,12 +69,8 @@ class Ledger:
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A read-only transaction (on SQLite a plain BEGIN: readers never wait for the writer in WAL mode)."""
-        _reading.active = True
-        try:
-            with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                yield session
-        finally:
-            _reading.active = False
+        with reading(), Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
 
     # -- organs, keys, routes -------------------------------------------------------------------------
 
@@ -455,172 +426,3 @@ class Ledger:
         with self.read() as s:
             rows = s.exec(select(Transfer.state, func.count()).group_by(Transfer.state))  # type: ignore[call-overload]
             return {state: n for state, n in rows}
-
-    # -- audit chain ----------------------------------------------------------------------------------
-
-    def audit(
-        self,
-        now: datetime,
-        action: str,
-        detail: str = "",
-        *,
-        organ_id: str | None = None,
-        ok: bool = True,
-        peer: str | None = None,
-    ) -> None:
-        """Append one access event (login, listing, upload, download, removal, admin change)."""
-        with self.tx() as s:
-            self._append(s, now, action, detail, organ_id=organ_id, ok=ok, peer=peer)
-
-    def audit_many(self, events: Sequence[AuditEvent]) -> None:
-        """Append several access events in one transaction, in order."""
-        rows = [
-            Event(
-                at=utc(e.at),
-                organ_id=e.organ_id,
-                action=e.action,
-                detail=e.detail,
-                ok=e.ok,
-                peer=e.peer,
-                prev_hash="",
-                hash="",
-            )
-            for e in events
-        ]
-        with self.tx() as s:
-            self._chain(s, rows)
-
-    def events(
-        self,
-        *,
-        organ_id: str | None = None,
-        transfer_id: str | None = None,
-        limit: int | None = None,
-        audit_only: bool = False,
-    ) -> list[Event]:
-        with self.read() as s:
-            query = select(Event).order_by(Event.id.desc() if limit else Event.id)  # type: ignore[union-attr]
-            if organ_id is not None:
-                query = query.where(Event.organ_id == organ_id)
-            if transfer_id is not None:
-                query = query.where(Event.transfer_id == transfer_id)
-            if audit_only:
-                query = query.where(Event.transfer_id.is_(None))  # type: ignore[union-attr]
-            if limit is not None:
-                query = query.limit(limit)
-            rows = list(s.exec(query))
-        return sorted(rows, key=lambda e: e.id or 0)
-
-    def verify_chain(self) -> tuple[int, list[int]]:
-        """Recompute the audit chain; returns (events checked, ids of events that do not match)."""
-        bad: list[int] = []
-        count, prev = 0, None
-        with self.read() as s:
-            for ev in s.exec(select(Event).order_by(Event.id)):  # type: ignore[arg-type]
-                count += 1
-                expected_prev = ev.prev_hash if prev is None else prev  # purge moves the chain's start
-                if ev.prev_hash != expected_prev or ev.hash != _event_hash(ev):
-                    bad.append(ev.id or 0)
-                prev = ev.hash
-        return count, bad
-
-    def purge_events(self, before: datetime) -> int:
-        with self.tx() as s:
-            return s.exec(delete(Event).where(Event.at < before)).rowcount or 0  # type: ignore[call-overload]
-
-    def _append(
-        self,
-        s: Session,
-        now: datetime,
-        action: str,
-        detail: str,
-        *,
-        organ_id: str | None = None,
-        transfer_id: str | None = None,
-        ok: bool = True,
-        peer: str | None = None,
-    ) -> None:
-        event = Event(
-            at=utc(now),
-            organ_id=organ_id,
-            transfer_id=transfer_id,
-            action=action,
-            detail=detail,
-            ok=ok,
-            peer=peer,
-            prev_hash="",
-            hash="",
-        )
-        self._chain(s, [event])
-
-    def _chain(self, s: Session, events: list[Event]) -> None:
-        """Link ``events`` to the end of the audit chain (serialised: SQLite's write lock, PG's advisory lock)."""
-        if not self.is_sqlite:
-            s.exec(text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=_CHAIN_LOCK))  # type: ignore[call-overload]
-        last = s.exec(select(Event.hash).order_by(Event.id.desc()).limit(1)).first()  # type: ignore[union-attr]
-        for row in events:
-            row.prev_hash = last or GENESIS
-            row.hash = last = _event_hash(row)
-        s.add_all(events)
-
-
-def _event_hash(ev: Event) -> str:
-    body = "|".join(
-        [
-            ev.prev_hash,
-            utc(ev.at).isoformat(timespec="microseconds"),
-            ev.organ_id or "",
-            ev.transfer_id or "",
-            ev.action,
-            ev.detail,
-            "1" if ev.ok else "0",
-            ev.peer or "",
-        ]
-    )
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
-
-
-_reading = threading.local()
-
-
-class _SqliteWriter:
-    """One SQLite writer at a time, across threads (a lock) and processes (flock on a file beside the db)."""
-
-    def __init__(self, url: str) -> None:
-        database = url.split(":///", 1)[1] if ":///" in url else ""
-        self._thread_lock = threading.Lock()
-        self._path = f"{database}.writer.lock" if database and database != ":memory:" else None
-        self._fd: int | None = None
-        self._pid = 0
-
-    def __enter__(self) -> None:
-        self._thread_lock.acquire()
-        if self._path is None:
-            return
-        try:
-            if self._fd is None or self._pid != os.getpid():  # a forked child opens its own description
-                self._fd, self._pid = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        except BaseException:
-            self._thread_lock.release()
-            raise
-
-    def __exit__(self, *_: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self._thread_lock.release()
-
-
-def _sqlite_begin(conn: Any) -> None:
-    """Writers take SQLite's write lock up front (BEGIN IMMEDIATE): no double claims, no upgrade deadlocks."""
-    conn.exec_driver_sql("BEGIN" if getattr(_reading, "active", False) else "BEGIN IMMEDIATE")
-
-
-def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
-    dbapi_conn.isolation_level = None  # let the "begin" hook issue BEGIN IMMEDIATE itself
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=60000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()

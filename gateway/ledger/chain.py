@@ -1,0 +1,163 @@
+"""The audit trail: one append-only table of events, each carrying ``sha256(previous hash | content)``.
+
+Transitions append their event in their own transaction; the SFTP door appends access events in batches.
+Appending is serialised (SQLite's single writer; a transaction-scoped advisory lock on PostgreSQL), and
+``verify_chain`` finds any altered or removed row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, text
+from sqlmodel import Session, select
+
+from gateway.ledger.models import Event, utc
+
+GENESIS = "0" * 64
+_CHAIN_LOCK = 0x464C414D  # "FLAM": advisory lock id of the audit chain on PostgreSQL
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One access event waiting to be appended to the audit chain."""
+
+    at: datetime
+    action: str
+    detail: str
+    organ_id: str | None
+    ok: bool
+    peer: str | None
+
+
+class AuditTrail:
+    """The audit-chain half of the ledger (mixed into gateway.ledger.store.Ledger, which opens transactions)."""
+
+    is_sqlite: bool
+    tx: Callable[[], AbstractContextManager[Session]]
+    read: Callable[[], AbstractContextManager[Session]]
+
+    def audit(
+        self,
+        now: datetime,
+        action: str,
+        detail: str = "",
+        *,
+        organ_id: str | None = None,
+        ok: bool = True,
+        peer: str | None = None,
+    ) -> None:
+        """Append one access event (login, listing, upload, download, removal, admin change)."""
+        with self.tx() as s:
+            self._append(s, now, action, detail, organ_id=organ_id, ok=ok, peer=peer)
+
+    def audit_many(self, events: Sequence[AuditEvent]) -> None:
+        """Append several access events in one transaction, in order."""
+        rows = [
+            Event(
+                at=utc(e.at),
+                organ_id=e.organ_id,
+                action=e.action,
+                detail=e.detail,
+                ok=e.ok,
+                peer=e.peer,
+                prev_hash="",
+                hash="",
+            )
+            for e in events
+        ]
+        with self.tx() as s:
+            self._chain(s, rows)
+
+    def events(
+        self,
+        *,
+        organ_id: str | None = None,
+        transfer_id: str | None = None,
+        limit: int | None = None,
+        audit_only: bool = False,
+    ) -> list[Event]:
+        with self.read() as s:
+            query = select(Event).order_by(Event.id.desc() if limit else Event.id)  # type: ignore[union-attr]
+            if organ_id is not None:
+                query = query.where(Event.organ_id == organ_id)
+            if transfer_id is not None:
+                query = query.where(Event.transfer_id == transfer_id)
+            if audit_only:
+                query = query.where(Event.transfer_id.is_(None))  # type: ignore[union-attr]
+            if limit is not None:
+                query = query.limit(limit)
+            rows = list(s.exec(query))
+        return sorted(rows, key=lambda e: e.id or 0)
+
+    def verify_chain(self) -> tuple[int, list[int]]:
+        """Recompute the audit chain; returns (events checked, ids of events that do not match)."""
+        bad: list[int] = []
+        count, prev = 0, None
+        with self.read() as s:
+            for ev in s.exec(select(Event).order_by(Event.id)):  # type: ignore[arg-type]
+                count += 1
+                expected_prev = ev.prev_hash if prev is None else prev  # purge moves the chain's start
+                if ev.prev_hash != expected_prev or ev.hash != _event_hash(ev):
+                    bad.append(ev.id or 0)
+                prev = ev.hash
+        return count, bad
+
+    def purge_events(self, before: datetime) -> int:
+        with self.tx() as s:
+            return s.exec(delete(Event).where(Event.at < before)).rowcount or 0  # type: ignore[call-overload]
+
+    def _append(
+        self,
+        s: Session,
+        now: datetime,
+        action: str,
+        detail: str,
+        *,
+        organ_id: str | None = None,
+        transfer_id: str | None = None,
+        ok: bool = True,
+        peer: str | None = None,
+    ) -> None:
+        event = Event(
+            at=utc(now),
+            organ_id=organ_id,
+            transfer_id=transfer_id,
+            action=action,
+            detail=detail,
+            ok=ok,
+            peer=peer,
+            prev_hash="",
+            hash="",
+        )
+        self._chain(s, [event])
+
+    def _chain(self, s: Session, events: list[Event]) -> None:
+        """Link ``events`` to the end of the audit chain (serialised: SQLite's write lock, PG's advisory lock)."""
+        if not self.is_sqlite:
+            s.exec(text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=_CHAIN_LOCK))  # type: ignore[call-overload]
+        last = s.exec(select(Event.hash).order_by(Event.id.desc()).limit(1)).first()  # type: ignore[union-attr]
+        for row in events:
+            row.prev_hash = last or GENESIS
+            row.hash = last = _event_hash(row)
+        s.add_all(events)
+
+
+def _event_hash(ev: Event) -> str:
+    body = "|".join(
+        [
+            ev.prev_hash,
+            utc(ev.at).isoformat(timespec="microseconds"),
+            ev.organ_id or "",
+            ev.transfer_id or "",
+            ev.action,
+            ev.detail,
+            "1" if ev.ok else "0",
+            ev.peer or "",
+        ]
+    )
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
