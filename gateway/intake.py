@@ -28,7 +28,6 @@ from gateway.clock import Clock
 from gateway.folders import Folders, fsync_dir, is_temp_name, new_transfer_id
 from gateway.ledger.models import Transfer
 from gateway.ledger.store import Ledger
-from gateway.lifecycle import State
 
 log = logging.getLogger(__name__)
 KNOWN_SUFFIXES = (".json", ".zip")
@@ -165,19 +164,7 @@ class Intake:
         transfers = []
         for sender_id, transfer_id, name, spooled in collected:
             size, digest = _size_and_sha256(spooled)
-            transfers.append(
-                Transfer(
-                    id=transfer_id,
-                    sender_id=sender_id,
-                    file_name=name,
-                    size=size,
-                    sha256=digest,
-                    state=State.RECEIVED.value,
-                    created_at=now,
-                    updated_at=now,
-                    next_attempt_at=now,
-                )
-            )
+            transfers.append(Transfer.arrival(transfer_id, sender_id, name, now, size=size, sha256=digest))
         count = self.ledger.receive(transfers)
         log.info("received %d file(s)", count)
         self.on_received()

@@ -18,15 +18,7 @@ NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 def received(ledger: Ledger, sender: str = "kv-bau-zh", name: str = "a.json") -> Transfer:
-    transfer = Transfer(
-        id=new_transfer_id(),
-        sender_id=sender,
-        file_name=name,
-        state=State.RECEIVED.value,
-        created_at=NOW,
-        updated_at=NOW,
-        next_attempt_at=NOW,
-    )
+    transfer = Transfer.arrival(new_transfer_id(), sender, name, NOW)
     assert ledger.receive([transfer]) == 1
     return transfer
 

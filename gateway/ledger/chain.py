@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, text
 from sqlmodel import Session, select
@@ -57,19 +58,7 @@ class AuditTrail:
 
     def audit_many(self, events: Sequence[AuditEvent]) -> None:
         """Append several access events in one transaction, in order."""
-        rows = [
-            Event(
-                at=utc(e.at),
-                organ_id=e.organ_id,
-                action=e.action,
-                detail=e.detail,
-                ok=e.ok,
-                peer=e.peer,
-                prev_hash="",
-                hash="",
-            )
-            for e in events
-        ]
+        rows = [new_event(e.at, e.action, e.detail, organ_id=e.organ_id, ok=e.ok, peer=e.peer) for e in events]
         with self.tx() as s:
             self._chain(s, rows)
 
@@ -111,30 +100,9 @@ class AuditTrail:
         with self.tx() as s:
             return s.exec(delete(Event).where(Event.at < before)).rowcount or 0  # type: ignore[call-overload]
 
-    def _append(
-        self,
-        s: Session,
-        now: datetime,
-        action: str,
-        detail: str,
-        *,
-        organ_id: str | None = None,
-        transfer_id: str | None = None,
-        ok: bool = True,
-        peer: str | None = None,
-    ) -> None:
-        event = Event(
-            at=utc(now),
-            organ_id=organ_id,
-            transfer_id=transfer_id,
-            action=action,
-            detail=detail,
-            ok=ok,
-            peer=peer,
-            prev_hash="",
-            hash="",
-        )
-        self._chain(s, [event])
+    def _append(self, s: Session, now: datetime, action: str, detail: str, **fields: Any) -> None:
+        """Append one event (``fields``: those of :func:`new_event`) within the transaction ``s``."""
+        self._chain(s, [new_event(now, action, detail, **fields)])
 
     def _chain(self, s: Session, events: list[Event]) -> None:
         """Link ``events`` to the end of the audit chain (serialised: SQLite's write lock, PG's advisory lock)."""
@@ -145,6 +113,30 @@ class AuditTrail:
             row.prev_hash = last or GENESIS
             row.hash = last = _event_hash(row)
         s.add_all(events)
+
+
+def new_event(
+    at: datetime,
+    action: str,
+    detail: str,
+    *,
+    organ_id: str | None = None,
+    transfer_id: str | None = None,
+    ok: bool = True,
+    peer: str | None = None,
+) -> Event:
+    """An event row not yet linked into the chain (``_chain`` fills in its hashes)."""
+    return Event(
+        at=utc(at),
+        organ_id=organ_id,
+        transfer_id=transfer_id,
+        action=action,
+        detail=detail,
+        ok=ok,
+        peer=peer,
+        prev_hash="",
+        hash="",
+    )
 
 
 def _event_hash(ev: Event) -> str:

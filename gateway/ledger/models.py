@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from sqlalchemy import Column, DateTime, Index, Text
 from sqlmodel import Field, SQLModel
 
+from gateway.lifecycle import State
+
 ORGAN_KINDS = ("control_body", "joint_committee", "tripartite_commission", "canton", "federal")
 
 
@@ -77,6 +79,23 @@ class Transfer(SQLModel, table=True):
     next_attempt_at: datetime = _ts()
     lease_until: datetime | None = _ts(default=None)
     lease_owner: str | None = Field(default=None, max_length=64)
+
+    @classmethod
+    def arrival(
+        cls, transfer_id: str, sender_id: str, file_name: str, now: datetime, *, size: int = 0, sha256: str = ""
+    ) -> Transfer:
+        """A file just taken from ``sender_id``'s outbox, in the first state of its life, due for work now."""
+        return cls(
+            id=transfer_id,
+            sender_id=sender_id,
+            file_name=file_name,
+            size=size,
+            sha256=sha256,
+            state=State.RECEIVED.value,
+            created_at=now,
+            updated_at=now,
+            next_attempt_at=now,
+        )
 
 
 class MessageId(SQLModel, table=True):

@@ -20,8 +20,8 @@ from sqlmodel import Session, SQLModel, create_engine, select
 
 from gateway import lifecycle
 from gateway.errors import AdminError, Problem, status_for
-from gateway.ledger.chain import AuditTrail
-from gateway.ledger.models import ORGAN_KINDS, Event, MessageId, Organ, Receipt, Route, SshKey, Transfer, utc
+from gateway.ledger.chain import AuditTrail, new_event
+from gateway.ledger.models import ORGAN_KINDS, MessageId, Organ, Receipt, Route, SshKey, Transfer, utc
 from gateway.ledger.sqlite import SqliteWriter, reading, sqlite_engine
 from gateway.lifecycle import State
 
@@ -172,35 +172,20 @@ class Ledger(AuditTrail):
         A transfer recorded already (a redo after a crash) is skipped.
         """
         with self.tx() as s:
-            ids = [t.id for t in transfers]
-            known = set(s.exec(select(Transfer.id).where(Transfer.id.in_(ids))))  # type: ignore[attr-defined]
+            known = _known_ids(s, [t.id for t in transfers])
             fresh = [t for t in transfers if t.id not in known]
-            for t in fresh:
-                s.add(t)
+            s.add_all(fresh)
             events = [
-                Event(
-                    at=utc(t.created_at),
-                    organ_id=t.sender_id,
-                    transfer_id=t.id,
-                    action="transition:received",
-                    detail=t.file_name,
-                    ok=True,
-                    prev_hash="",
-                    hash="",
-                )
+                new_event(t.created_at, "transition:received", t.file_name, organ_id=t.sender_id, transfer_id=t.id)
                 for t in fresh
             ]
-            s.flush()
             self._chain(s, events)
         return len(fresh)
 
     def known_transfer_ids(self, ids: Sequence[str]) -> set[str]:
         """Those of ``ids`` the ledger has a transfer for."""
-        known: set[str] = set()
         with self.read() as s:
-            for i in range(0, len(ids), 500):
-                known.update(s.exec(select(Transfer.id).where(Transfer.id.in_(ids[i : i + 500]))))  # type: ignore[attr-defined]
-        return known
+            return _known_ids(s, ids)
 
     def transfer(self, transfer_id: str) -> Transfer | None:
         with self.read() as s:
@@ -426,3 +411,11 @@ class Ledger(AuditTrail):
         with self.read() as s:
             rows = s.exec(select(Transfer.state, func.count()).group_by(Transfer.state))  # type: ignore[call-overload]
             return {state: n for state, n in rows}
+
+
+def _known_ids(s: Session, ids: Sequence[str]) -> set[str]:
+    """Those of ``ids`` that name a transfer (asked in chunks: databases bound the parameters of a query)."""
+    known: set[str] = set()
+    for i in range(0, len(ids), 500):
+        known.update(s.exec(select(Transfer.id).where(Transfer.id.in_(ids[i : i + 500]))))  # type: ignore[attr-defined]
+    return known
