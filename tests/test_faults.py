@@ -126,6 +126,7 @@ def test_a_recipient_key_withdrawn_mid_batch_holds_the_rest_until_a_key_returns(
         assert box.process.poll() is None
 
         box.cli("organ", "pgp-key", "import", PK, str(box.root / "keys" / PK / "pgp.asc"))  # a key again
+        box.wait_for(lambda: box.ledger.count_by_state().get("held", 0) == 0, 120, "held dossiers retried")
         rows = box.wait_settled(120, timeout=180)
         assert {t.state for t in rows} == {"delivered"}, "nothing rejected, nothing lost"
         assert len(list(box.folder(PK, "inbox").iterdir())) == 120, "each delivered once"
