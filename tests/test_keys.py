@@ -26,9 +26,7 @@ def gpg(home: Path, *args: str) -> str:
     return done.stdout
 
 
-def new_key(
-    home: Path, uid: str, *extra: str, usage: str = "sign", subkey: bool = True, expire: str = "never"
-) -> str:
+def new_key(home: Path, uid: str, *extra: str, usage: str = "sign", subkey: bool = True, expire: str = "never") -> str:
     gpg(home, *extra, "--quick-gen-key", uid, "ed25519", usage, expire)
     fpr = gpg(home, "--list-keys", "--with-colons", uid).split("fpr:::::::::")[1].split(":")[0]
     if subkey:
