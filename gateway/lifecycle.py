@@ -46,6 +46,10 @@ TERMINAL: frozenset[State] = frozenset(s for s, targets in TRANSITIONS.items() i
 # States a worker picks up and moves on (the rest wait for a person: pick-up, expiry, hold time).
 WORKABLE: frozenset[State] = frozenset({State.RECEIVED, State.VALIDATED, State.ENCRYPTED})
 
+# Steps that change nothing outside the ledger and owe no receipt: a worker records them in the same
+# transaction as the step after them (a crash in between only means the step is done again).
+RECORDED_WITH_NEXT: frozenset[tuple[State, State]] = frozenset({(State.RECEIVED, State.VALIDATED)})
+
 
 def check(source: State | str, target: State | str) -> int | None:
     """Return the receipt status due for ``source -> target``; raise if the pair is not in the table.

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from gateway.handlers.receipt import STATUS_INFO, receipt_bytes, receipt_documen
 from gateway.handlers.route import Directory
 from gateway.ledger.models import Organ, Transfer, utc
 from gateway.ledger.store import Ledger, StaleTransition
-from gateway.lifecycle import TRANSITIONS, WORKABLE, State
+from gateway.lifecycle import RECORDED_WITH_NEXT, TRANSITIONS, WORKABLE, State
 from gateway.limits import Limits
 from gateway.pipeline import Context, Step, advance, spool_paths
 
@@ -80,10 +81,16 @@ class Worker:
             return False
         directory = _OrgansOnce(self.ledger)
         try:
+            passed: list[tuple[State, Step]] = []  # steps done and not yet recorded (RECORDED_WITH_NEXT)
             while State(transfer.state) in WORKABLE:
                 step = advance(transfer, self.context(directory))
                 assert step is not None  # workable states always have a next step
-                transfer = self.record(transfer, step)
+                if (State(transfer.state), step.target) in RECORDED_WITH_NEXT:
+                    passed.append((State(transfer.state), step))
+                    transfer = transfer.model_copy(update={**step.values, "state": step.target.value})
+                    continue
+                transfer = self.record(transfer, step, passed)
+                passed = []
         except StaleTransition:
             log.info("transfer %s moved on elsewhere", transfer.id)
             return True
@@ -96,21 +103,24 @@ class Worker:
             return True
         return True  # the step that left the workable states ended the lease
 
-    def record(self, transfer: Transfer, step: Step) -> Transfer:
-        """Record ``step`` in the ledger, then do the file work that follows it."""
-        source = State(transfer.state)
+    def record(self, transfer: Transfer, step: Step, passed: Sequence[tuple[State, Step]] = ()) -> Transfer:
+        """Record ``step`` (after the ``passed`` ones, from the state each started in), then do its file work."""
+        last = State(transfer.state)
+        values = {k: v for _, done in passed for k, v in done.values.items()} | step.values
         moved = self.ledger.transition(
             transfer.id,
-            source,
+            passed[0][0] if passed else last,
             step.target,
             self.clock(),
             problems=step.problems,
             info=step.info,
             release=step.target not in WORKABLE,
-            **step.values,
+            via=[done.target for _, done in passed],
+            **values,
         )
         target = State(moved.state)
-        self.tidy(moved, receipts=target is State.REJECTED or TRANSITIONS[source][target] is not None)
+        owed = target is State.REJECTED or TRANSITIONS.get(last, {}).get(target) is not None
+        self.tidy(moved, receipts=owed)
         return moved
 
     def retry_held(self) -> None:

@@ -121,6 +121,21 @@ def test_a_repeated_message_id_is_rejected_with_201(ledger: Ledger) -> None:
     ), "message ids are unique per sender"
 
 
+def test_a_step_recorded_with_the_next_one_keeps_both_events_and_its_checks(ledger: Ledger) -> None:
+    first, second = received(ledger, name="a.json"), received(ledger, name="b.json")
+    moved = ledger.transition(first.id, State.RECEIVED, State.ENCRYPTED, NOW, via=[State.VALIDATED], message_id="m-1")
+    assert moved.state == "encrypted"
+    actions = [e.action for e in ledger.events(transfer_id=first.id)]
+    assert actions == ["transition:received", "transition:validated", "transition:encrypted"]
+    again = ledger.transition(second.id, State.RECEIVED, State.ENCRYPTED, NOW, via=[State.VALIDATED], message_id="m-1")
+    assert (again.state, again.status_code) == ("rejected", 201), "the message id is still reserved on the way"
+    with pytest.raises(IllegalTransition):
+        ledger.transition(second.id, State.RECEIVED, State.DELIVERED, NOW, via=[State.ENCRYPTED])
+    with pytest.raises(ValueError, match="owes a receipt"):
+        ledger.transition(first.id, State.ENCRYPTED, State.FETCHED, NOW, via=[State.DELIVERED])
+    assert ledger.verify_chain()[1] == []
+
+
 def test_a_rejection_lists_every_problem(ledger: Ledger) -> None:
     transfer = received(ledger)
     problems = [

@@ -7,6 +7,7 @@ the hash-chained audit trail lives in gateway.ledger.chain. PostgreSQL claims wi
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -251,33 +252,40 @@ class Ledger(AuditTrail):
         problems: Sequence[Problem] = (),
         info: str = "",
         release: bool = False,
+        via: Sequence[State] = (),
         **values: Any,
     ) -> Transfer:
         """Move a transfer along the lifecycle table, recording the event and any receipt it owes.
 
-        Raises StaleTransition when the transfer is not in ``source`` any more, IllegalTransition when the
+        ``via`` names states passed on the way (steps that changed nothing outside the ledger, recorded with
+        the one after them): each hop is checked against the table and gets its own event in one transaction.
+        Raises StaleTransition when the transfer is not in ``source`` any more, IllegalTransition when a
         pair is not in the table. Entering VALIDATED reserves the message id; a repeat turns the step into
         a rejection with code 201. With ``release`` the worker's lease ends in the same transaction.
         """
-        code = lifecycle.check(source, target)
+        path = [source, *via, target]
+        hops = list(itertools.pairwise(path))
+        codes = [lifecycle.check(a, b) for a, b in hops]
+        if any(c is not None for c in codes[:-1]):
+            raise ValueError(f"a step passed via {via} owes a receipt: record it on its own")
+        code = codes[-1]
         if target is State.REJECTED and problems:
             code = status_for(problems)
         try:
-            return self._transition(transfer_id, source, target, now, code, problems, info, values, release)
+            return self._transition(transfer_id, hops, now, code, problems, info, values, release)
         except IntegrityError:
             dup = Problem(
                 "DUPLICATE_MESSAGE_ID", "/envelope/message_id", "this message_id was already accepted from this sender"
             )
             values = {k: v for k, v in values.items() if k != "form"}
             return self._transition(
-                transfer_id, source, State.REJECTED, now, 201, [dup], "duplicate message_id", values, True
+                transfer_id, [(source, State.REJECTED)], now, 201, [dup], "duplicate message_id", values, True
             )
 
     def _transition(
         self,
         transfer_id: str,
-        source: State,
-        target: State,
+        hops: list[tuple[State, State]],
         now: datetime,
         code: int | None,
         problems: Sequence[Problem],
@@ -285,6 +293,7 @@ class Ledger(AuditTrail):
         values: dict[str, Any],
         release: bool,
     ) -> Transfer:
+        source, target = hops[0][0], hops[-1][1]
         with self.tx() as s:
             transfer = s.get(Transfer, transfer_id, with_for_update=True)
             if transfer is None or transfer.state != source.value:
@@ -294,7 +303,7 @@ class Ledger(AuditTrail):
             if release:
                 transfer.lease_until = transfer.lease_owner = None
             transfer.state, transfer.updated_at = target.value, now
-            if source is State.RECEIVED and target is State.VALIDATED and transfer.message_id:
+            if (State.RECEIVED, State.VALIDATED) in hops and transfer.message_id:
                 with s.begin_nested():
                     s.add(
                         MessageId(sender_id=transfer.sender_id, message_id=transfer.message_id, transfer_id=transfer.id)
@@ -315,15 +324,18 @@ class Ledger(AuditTrail):
                     )
             s.add(transfer)
             detail = info or (f"status {code}" if code else "")
-            self._append(
-                s,
-                now,
-                f"transition:{target.value}",
-                detail,
-                organ_id=transfer.sender_id,
-                transfer_id=transfer_id,
-                ok=target is not State.REJECTED,
-            )
+            events = [
+                new_event(
+                    now,
+                    f"transition:{hop_target.value}",
+                    detail if hop_target is target else "",
+                    organ_id=transfer.sender_id,
+                    transfer_id=transfer_id,
+                    ok=hop_target is not State.REJECTED,
+                )
+                for _, hop_target in hops
+            ]
+            self._chain(s, events)
         return transfer
 
     def add_receipt(self, transfer_id: str, code: int, info: str, now: datetime) -> bool:
