@@ -113,7 +113,7 @@ class Gateway:
         for index in range(self.settings.workers):
             self.ledger.release_leases(f"{self.node}:{index}")
         self.folders.sweep_tmp()
-        sweep_stale_uploads(self.folders.organs)
+        sweep_stale_uploads(self.folders.uploads)
         self.intake.recover_spool()
         for path in orphan_spool_files(self.folders):
             transfer = self.ledger.transfer(path.name.partition(".")[0])
@@ -246,6 +246,7 @@ class Gateway:
                     host.strip("[]") or "0.0.0.0",
                     int(port),
                     organs_root=self.folders.organs,
+                    uploads=self.folders.uploads,
                     host_keys=ensure_host_keys(self.folders.hostkeys),
                     hooks=DoorHooks(ledger, audit, self.clock),
                     limits=limits,

@@ -52,8 +52,6 @@ class Jail:
         real = Path(area_dir, parts[1]) if len(parts) == 2 else Path(area_dir)
         if os.path.commonpath([os.path.realpath(real), area_dir]) != area_dir:
             raise SFTPPermissionDenied("outside your folders")
-        if len(parts) == 2 and parts[1].startswith(".sftp-"):
-            raise SFTPNoSuchFile("no such file")
         return Place("/" + "/".join(parts), parts[0], parts[1] if len(parts) == 2 else "", real)
 
     def file(self, raw: bytes | str, *, areas: tuple[str, ...] = AREAS) -> Place:

@@ -1,8 +1,9 @@
 """The SFTP door: asyncssh with public-key logins, a real-path jail per organ and atomic uploads.
 
 The door only moves bytes and tells the rest of the gateway through :class:`DoorHooks`; it never
-validates or encrypts. An upload is written to a hidden ``.sftp-*.upload`` file in the outbox and
-renamed to its name only when the client closes it in the protocol; a dropped connection discards it.
+validates or encrypts. An upload is written to a private file outside the organ's folders and renamed
+into the outbox only when the client closes it in the protocol; a dropped connection discards it. The
+watcher thus sees one rename per upload, not the create and the stream of writes behind it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermi
 from gateway.folders import rename_no_replace, start_writeback
 from gateway.sftp.jail import AREAS, Jail, Place
 
-UPLOAD_PREFIX = ".sftp-"
 _WRITEBACK_BYTES = 8 << 20  # start writing a large upload to disk every 8 MiB: its closing fsync stays short
 RECENT_SECONDS = 300.0  # how long stat/setstat still answer for a committed upload the gateway took away
 # No chacha20-poly1305: OpenSSH clients then choose AES-CTR with an EtM MAC, which asyncssh runs about twice
@@ -72,16 +72,17 @@ class _Handle:
 @dataclass
 class _Door:
     organs_root: Path
+    uploads: Path  # private, on the organs' filesystem: uploads are written here, then renamed into place
     hooks: DoorHooks
     limits: DoorLimits
     sessions: dict[str, int] = field(default_factory=dict)
     connections: dict[asyncssh.SSHServerConnection, float] = field(default_factory=dict)
 
 
-def sweep_stale_uploads(organs_root: Path) -> int:
-    """Remove hidden upload files a killed gateway left in outboxes; returns how many."""
+def sweep_stale_uploads(uploads: Path) -> int:
+    """Remove the unfinished uploads a killed gateway left behind; returns how many."""
     count = 0
-    for path in organs_root.glob(f"*/outbox/{UPLOAD_PREFIX}*.upload"):
+    for path in uploads.glob("*.upload"):
         path.unlink(missing_ok=True)
         count += 1
     return count
@@ -240,7 +241,7 @@ class _Sftp(asyncssh.SFTPServer):
                 raise self._refuse("write", exc) from None
             if place.real.exists() or place.real.is_symlink():
                 raise self._refuse("write", SFTPFailure(f"{place.virtual} exists already; uploads never overwrite"))
-            temp = place.real.parent / f"{UPLOAD_PREFIX}{secrets.token_hex(8)}.upload"
+            temp = self.door.uploads / f"{secrets.token_hex(8)}.upload"
             fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
             return _Handle(fd, place, temp)
         place = self.jail.file(path)
@@ -407,12 +408,13 @@ async def start_door(
     port: int,
     *,
     organs_root: Path,
+    uploads: Path,
     host_keys: list[Path],
     hooks: DoorHooks,
     limits: DoorLimits = DoorLimits(),
 ) -> Door:
     """Listen for SFTP on ``host:port`` (port 0: any free port)."""
-    door = _Door(Path(organs_root), hooks, limits)
+    door = _Door(Path(organs_root), Path(uploads), hooks, limits)
     server = await asyncssh.create_server(
         lambda: _Auth(door),
         host,
