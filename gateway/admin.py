@@ -6,8 +6,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-
 from gateway.errors import AdminError
 from gateway.ledger.models import Event, Organ, Transfer, utc
 from gateway.service import Gateway
@@ -51,6 +49,8 @@ def remove_pgp_key(gw: Gateway, organ_id: str) -> str:
 
 def add_ssh_key(gw: Gateway, organ_id: str, file: Path) -> str:
     """Store an OpenSSH public key an organ may log in with; returns its SHA256 fingerprint."""
+    import asyncssh  # imported where used: `serve` loads it in the SFTP door process only
+
     try:
         key = asyncssh.import_public_key(_read_text(file))
     except (asyncssh.KeyImportError, ValueError) as exc:

@@ -162,13 +162,13 @@ class Folders:
         fsync_dir(dst.parent)
 
     def sweep_tmp(self) -> int:
-        """Remove temp files a killed run left behind; returns how many."""
+        """Remove temp files and unfinished SFTP uploads a killed run left behind; returns how many."""
         count = 0
         for path in self.tmp.glob("*"):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 count += 1
-        for path in self.spool_out.glob("*.tmp"):
+        for path in [*self.spool_out.glob("*.tmp"), *self.uploads.glob("*.upload")]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 count += 1

@@ -32,7 +32,6 @@ from gateway.ledger.store import Ledger
 from gateway.lifecycle import State
 from gateway.retention import expire_deliveries
 from gateway.sftp.hostkeys import ensure_host_keys
-from gateway.sftp.server import DoorLimits, start_door, sweep_stale_uploads
 from gateway.worker import Worker, orphan_spool_files
 
 log = logging.getLogger(__name__)
@@ -113,7 +112,6 @@ class Gateway:
         for index in range(self.settings.workers):
             self.ledger.release_leases(f"{self.node}:{index}")
         self.folders.sweep_tmp()
-        sweep_stale_uploads(self.folders.uploads)
         self.intake.recover_spool()
         for path in orphan_spool_files(self.folders):
             transfer = self.ledger.transfer(path.name.partition(".")[0])
@@ -222,7 +220,12 @@ class Gateway:
             self.close()
 
     def _door_main(self, pipe: Connection) -> None:
-        """The door process: its own ledger connection and audit buffer, uvloop, stops on SIGTERM."""
+        """The door process: its own ledger connection and audit buffer, uvloop, stops on SIGTERM.
+
+        asyncssh is imported here, after the fork: the parent and the workers never load it (~15 MiB each).
+        """
+        from gateway.sftp.server import DoorLimits, start_door
+
         self._become_child()
         ledger = self.ledger
         audit, flushing = AuditBuffer(ledger), threading.Event()

@@ -293,7 +293,7 @@ def run_memory(args: argparse.Namespace) -> dict[str, Any]:
     import hashlib
     import zipfile
 
-    box = two_organs({"workers": args.workers, "listen": ""})
+    box = two_organs({"workers": args.workers})  # serve as it runs in production: the SFTP door too
     try:
         package = box.root / "huge.zip"
         digest, size = hashlib.sha256(), args.package_mib << 20
@@ -309,7 +309,7 @@ def run_memory(args: argparse.Namespace) -> dict[str, Any]:
                 {"filename": "scan.pdf", "media_type": "application/pdf", "size": size, "sha256": digest.hexdigest()}
             ]
             zf.writestr("dossier.json", samples.dossier_bytes(doc))
-        box.start(listen="")
+        box.start()
         pid = box.process.pid  # type: ignore[union-attr]
         sampler = _TreeMemory(pid)
         sampler.start()
@@ -322,7 +322,7 @@ def run_memory(args: argparse.Namespace) -> dict[str, Any]:
         peak_one = max([*hwm.values(), sampler.peak_one_kib])
         print(
             f"memory: {args.package_mib} MiB package {rows[0].state} in {seconds:.1f} s; peak of the whole serve "
-            f"tree (parent, door, workers, gpg; PSS, sampled every 50 ms) {sampler.peak_pss_kib / 1024:.0f} MiB, "
+            f"tree (parent, SFTP door, workers, gpg; PSS, sampled every 50 ms) {sampler.peak_pss_kib / 1024:.0f} MiB, "
             f"largest single process {peak_one / 1024:.0f} MiB (target ≤ 100 MB)"
         )
         return {

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import asyncssh
-
 HOST_KEYS = (("ssh_host_ed25519_key", "ssh-ed25519", {}), ("ssh_host_rsa_key", "ssh-rsa", {"key_size": 3072}))
 
 
@@ -17,6 +15,8 @@ def ensure_host_keys(directory: Path) -> list[Path]:
     for name, algorithm, options in HOST_KEYS:
         path = directory / name
         if not path.exists():
+            import asyncssh  # only the door and this one-off need it: other processes stay without it
+
             key = asyncssh.generate_private_key(algorithm, **options)
             tmp = path.with_suffix(".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -30,6 +30,8 @@ def ensure_host_keys(directory: Path) -> list[Path]:
 
 def host_key_fingerprints(directory: Path) -> list[tuple[str, str]]:
     """(algorithm, SHA256 fingerprint) of each host key, as `ssh-keygen -l` prints them."""
+    import asyncssh
+
     result = []
     for path in ensure_host_keys(directory):
         key = asyncssh.read_private_key(str(path))

@@ -79,15 +79,6 @@ class _Door:
     connections: dict[asyncssh.SSHServerConnection, float] = field(default_factory=dict)
 
 
-def sweep_stale_uploads(uploads: Path) -> int:
-    """Remove the unfinished uploads a killed gateway left behind; returns how many."""
-    count = 0
-    for path in uploads.glob("*.upload"):
-        path.unlink(missing_ok=True)
-        count += 1
-    return count
-
-
 class _Auth(asyncssh.SSHServer):
     """One connection: public-key login against the ledger, session caps, audit."""
 
