@@ -5,7 +5,6 @@
 <data>/spool/in/<sender>/<transfer>.<name>     a collected dossier, private, wiped when done
 <data>/spool/out/<transfer>.pgp                its encryption, renamed into the recipient's inbox
 <data>/spool/tmp/                              temp files, renamed into place (same filesystem)
-<data>/spool/uploads/<random>.upload           SFTP uploads being written, renamed into the outbox on close
 <data>/quarantine/<sender>/<transfer>.<name>   rejected originals, for the admin only
 <data>/gnupg, <data>/hostkeys                  the gateway's own keys
 ```
@@ -26,6 +25,7 @@ from pathlib import Path
 ORGAN_SUBDIRS = ("outbox", "inbox", "receipts")
 TEMP_PREFIXES = (".", "~")
 TEMP_SUFFIXES = (".part", ".partial", ".filepart", ".tmp")
+UPLOAD_PREFIX = ".sftp-"  # SFTP uploads are written beside their name, hidden, until the client's close
 _NAME_MAX = 255
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -113,14 +113,12 @@ class Folders:
         self.spool_in = self.root / "spool" / "in"
         self.spool_out = self.root / "spool" / "out"
         self.tmp = self.root / "spool" / "tmp"
-        self.uploads = self.root / "spool" / "uploads"
         self.quarantine = self.root / "quarantine"
         self.gnupg = self.root / "gnupg"
         self.hostkeys = self.root / "hostkeys"
 
     def create(self) -> None:
-        made = (self.organs, self.spool_in, self.spool_out, self.tmp, self.uploads, self.quarantine, self.hostkeys)
-        for path in made:
+        for path in (self.organs, self.spool_in, self.spool_out, self.tmp, self.quarantine, self.hostkeys):
             path.mkdir(parents=True, exist_ok=True)
         for private in (self.root / "spool", self.quarantine, self.hostkeys):
             private.chmod(0o700)
@@ -161,6 +159,10 @@ class Folders:
         os.replace(tmp, dst)
         fsync_dir(dst.parent)
 
+    def upload_temps(self) -> list[Path]:
+        """The hidden files of SFTP uploads in progress (or left by a killed run)."""
+        return list(self.organs.glob(f"*/outbox/{UPLOAD_PREFIX}*.upload"))
+
     def sweep_tmp(self) -> int:
         """Remove temp files and unfinished SFTP uploads a killed run left behind; returns how many."""
         count = 0
@@ -168,7 +170,7 @@ class Folders:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 count += 1
-        for path in [*self.spool_out.glob("*.tmp"), *self.uploads.glob("*.upload")]:
+        for path in [*self.spool_out.glob("*.tmp"), *self.upload_temps()]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 count += 1

@@ -249,7 +249,6 @@ class Gateway:
                     host.strip("[]") or "0.0.0.0",
                     int(port),
                     organs_root=self.folders.organs,
-                    uploads=self.folders.uploads,
                     host_keys=ensure_host_keys(self.folders.hostkeys),
                     hooks=DoorHooks(ledger, audit, self.clock),
                     limits=limits,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from asyncssh import SFTPNoSuchFile, SFTPPermissionDenied
 
+from gateway.folders import UPLOAD_PREFIX
+
 AREAS = ("outbox", "inbox", "receipts")
 
 
@@ -52,6 +54,8 @@ class Jail:
         real = Path(area_dir, parts[1]) if len(parts) == 2 else Path(area_dir)
         if os.path.commonpath([os.path.realpath(real), area_dir]) != area_dir:
             raise SFTPPermissionDenied("outside your folders")
+        if len(parts) == 2 and parts[1].startswith(UPLOAD_PREFIX):
+            raise SFTPNoSuchFile("no such file")
         return Place("/" + "/".join(parts), parts[0], parts[1] if len(parts) == 2 else "", real)
 
     def file(self, raw: bytes | str, *, areas: tuple[str, ...] = AREAS) -> Place:

@@ -1,9 +1,8 @@
 """The SFTP door: asyncssh with public-key logins, a real-path jail per organ and atomic uploads.
 
 The door only moves bytes and tells the rest of the gateway through :class:`DoorHooks`; it never
-validates or encrypts. An upload is written to a private file outside the organ's folders and renamed
-into the outbox only when the client closes it in the protocol; a dropped connection discards it. The
-watcher thus sees one rename per upload, not the create and the stream of writes behind it.
+validates or encrypts. An upload is written to a hidden ``.sftp-*.upload`` file in the outbox and
+renamed to its name only when the client closes it in the protocol; a dropped connection discards it.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from typing import Any, Protocol
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied
 
-from gateway.folders import rename_no_replace, start_writeback
+from gateway.folders import UPLOAD_PREFIX, rename_no_replace, start_writeback
 from gateway.sftp.jail import AREAS, Jail, Place
 
 _WRITEBACK_BYTES = 8 << 20  # start writing a large upload to disk every 8 MiB: its closing fsync stays short
@@ -72,7 +71,6 @@ class _Handle:
 @dataclass
 class _Door:
     organs_root: Path
-    uploads: Path  # private, on the organs' filesystem: uploads are written here, then renamed into place
     hooks: DoorHooks
     limits: DoorLimits
     sessions: dict[str, int] = field(default_factory=dict)
@@ -232,7 +230,7 @@ class _Sftp(asyncssh.SFTPServer):
                 raise self._refuse("write", exc) from None
             if place.real.exists() or place.real.is_symlink():
                 raise self._refuse("write", SFTPFailure(f"{place.virtual} exists already; uploads never overwrite"))
-            temp = self.door.uploads / f"{secrets.token_hex(8)}.upload"
+            temp = place.real.parent / f"{UPLOAD_PREFIX}{secrets.token_hex(8)}.upload"
             fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
             return _Handle(fd, place, temp)
         place = self.jail.file(path)
@@ -399,13 +397,12 @@ async def start_door(
     port: int,
     *,
     organs_root: Path,
-    uploads: Path,
     host_keys: list[Path],
     hooks: DoorHooks,
     limits: DoorLimits = DoorLimits(),
 ) -> Door:
     """Listen for SFTP on ``host:port`` (port 0: any free port)."""
-    door = _Door(Path(organs_root), Path(uploads), hooks, limits)
+    door = _Door(Path(organs_root), hooks, limits)
     server = await asyncssh.create_server(
         lambda: _Auth(door),
         host,
