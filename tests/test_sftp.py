@@ -20,7 +20,9 @@ KV, PK, CANTON = "kv-bau-zh", "pk-bau-zh", "canton-zh"
 
 @pytest.fixture(scope="module")
 def box() -> Iterator[Sandbox]:
-    sandbox = Sandbox(settings={"settle_seconds": 0.2, "rescan_seconds": 1, "max_sessions_per_organ": 3})
+    # The settle time is for local writers that close and reopen; an SFTP upload is complete when the client
+    # closes it, so no test here may wait for it (every wait below is shorter than 120 s).
+    sandbox = Sandbox(settings={"settle_seconds": 120, "rescan_seconds": 1, "max_sessions_per_organ": 3})
     sandbox.cli("init")
     for organ, kind in ((KV, "control_body"), (PK, "joint_committee"), (CANTON, "canton")):
         sandbox.add_organ(organ, kind)
@@ -126,6 +128,14 @@ def test_stat_and_setstat_right_after_upload_succeed_although_the_gateway_took_t
         transfer_of(box, "quick.json", "delivered")
         assert sftp.stat("/outbox/quick.json").st_size == len(data)
         sftp.utime("/outbox/quick.json", (1_700_000_000, 1_700_000_000))
+
+
+def test_an_upload_is_taken_when_the_client_closes_it_without_waiting_to_settle(box: Sandbox) -> None:
+    data = samples.dossier_bytes(samples.make_dossier(KV, PK))
+    with paramiko_sftp(box, KV) as sftp, sftp.open("/outbox/closed.json", "wb") as fh:
+        fh.write(data)
+    transfer = box.wait_for(lambda: next((t for t in box.transfers() if t.file_name == "closed.json"), None), 30)
+    assert transfer is not None, "taken at the protocol close, not after the 120 s settle time"
 
 
 def test_a_connection_dropped_mid_upload_leaves_nothing(box: Sandbox) -> None:
