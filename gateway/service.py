@@ -197,25 +197,38 @@ class Gateway:
             self.__dict__.pop(inherited, None)
 
     def _start_workers(self) -> list[multiprocessing.process.BaseProcess]:
-        """Fork the worker processes: validation and the ledger are Python, so processes use every core."""
+        """Fork one worker process per core (validation and the ledger are Python, so processes use every
+        core) and spread the ``workers`` loops over them as threads: a loop waits on gpg, fsync and the
+        ledger's write lock for a good part of each dossier, and another loop of the same process runs then."""
         ctx = multiprocessing.get_context("fork")
         self.wake = ctx.Event()  # type: ignore[assignment]
+        count = self.settings.workers
+        processes_wanted = min(count, os.cpu_count() or 1)
+        per_process = [list(range(p, count, processes_wanted)) for p in range(processes_wanted)]
         processes = [
-            ctx.Process(target=self._worker_main, args=(i,), name=f"flam-gateway-worker-{i}")
-            for i in range(self.settings.workers)
+            ctx.Process(target=self._worker_main, args=(loops,), name=f"flam-gateway-worker-{p}")
+            for p, loops in enumerate(per_process)
         ]
         for process in processes:
             process.start()
         return processes
 
-    def _worker_main(self, index: int) -> None:
+    def _worker_main(self, loops: list[int]) -> None:
         self._become_child()
         os.nice(_WORKER_NICENESS)  # people waiting on an SFTP session come before the batch behind them
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+        workers = [self.worker(index) for index in loops]  # built here: ledger and keyring once, before threads
+        threads = [
+            threading.Thread(target=w.run, args=(stop, self.wake), name=f"worker-{i}")
+            for i, w in zip(loops, workers, strict=True)
+        ]
         try:
-            self.worker(index).run(stop, self.wake)
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         finally:
             self.close()
 

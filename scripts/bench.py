@@ -436,7 +436,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--pdf-bytes", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--workers", type=int, default=4, help="worker loops (the gateway's default is 4)")
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--big-mib", type=int, default=1024)
