@@ -15,6 +15,8 @@ from typing import Any
 from gateway.errors import AdminError
 from gateway.limits import Limits
 
+OPENPGP_ENGINES = ("gpg", "sequoia")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -32,6 +34,7 @@ class Settings:
     quarantine_days: float = 90.0  # rejected originals are destroyed after this
     retention_days: float = 365.0  # ledger and audit rows are purged after this (EntsV Art. 13a)
     gpg_timeout_seconds: float = 600.0
+    openpgp: str = "gpg"  # who signs and encrypts deliveries: "gpg" (a gpg process per file) or "sequoia" (in-process)
     retry_max_seconds: float = 300.0  # longest wait between retries after a gateway fault (disk full, gpg, database)
     listen: str = "127.0.0.1:2222"  # SFTP door; empty string: no SFTP door
     login_timeout_seconds: float = 30.0
@@ -43,6 +46,10 @@ class Settings:
     max_zip_entries: int = Limits.max_zip_entries
     max_zip_ratio: int = Limits.max_zip_ratio
     max_zip_expanded_bytes: int = Limits.max_zip_expanded_bytes
+
+    def __post_init__(self) -> None:
+        if self.openpgp not in OPENPGP_ENGINES:
+            raise AdminError("CONFIG_INVALID", f"setting 'openpgp': {self.openpgp!r} is not one of {OPENPGP_ENGINES}")
 
     def __repr__(self) -> str:
         url = self.database_url

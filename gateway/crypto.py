@@ -22,7 +22,7 @@ import gnupg
 from gateway.errors import AdminError, GatewayFault, Problem
 
 MAX_HOME_CHARS = 80  # gpg-agent's socket lives in the home; Unix sockets allow ~107 bytes of path
-_KEY_CACHE_SECONDS = 30.0
+KEY_CACHE_SECONDS = 30.0  # how long a key's listing (and a Sequoia certificate) is reused
 _RECIPIENT_PATH = "/envelope/recipient_id"
 
 
@@ -119,6 +119,29 @@ class Keyring:
             raise GatewayFault(f"gpg could not generate a key: {result.stderr[-500:]}")
         return str(result.fingerprint)
 
+    def export_gateway_secret(self) -> bytes:
+        """The gateway's secret key (binary), for the in-process OpenPGP port (gateway.sequoia)."""
+        done = subprocess.run(
+            [
+                self.gpg_binary,
+                "--homedir",
+                str(self.home),
+                "--batch",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+                "--export-secret-keys",
+                self.gateway_fingerprint,
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0 or not done.stdout:
+            raise GatewayFault(f"cannot export the gateway key: {done.stderr.decode('utf-8', 'replace')[-300:]}")
+        return done.stdout
+
     def export_public(self, fingerprint: str) -> str:
         armored = self.gpg.export_keys(fingerprint)
         if not armored:
@@ -159,7 +182,7 @@ class Keyring:
     def _key(self, fingerprint: str) -> dict[str, Any] | None:
         with self._lock:
             cached = self._cache.get(fingerprint)
-            if cached and time.monotonic() - cached[0] < _KEY_CACHE_SECONDS:
+            if cached and time.monotonic() - cached[0] < KEY_CACHE_SECONDS:
                 return cached[1]
         keys = self.gpg.list_keys(keys=[fingerprint])
         key = next((k for k in keys if k["fingerprint"] == fingerprint), None)

@@ -26,6 +26,7 @@ from gateway.config import Settings
 from gateway.crypto import Keyring
 from gateway.errors import GatewayFault
 from gateway.folders import Folders
+from gateway.handlers.encrypt import Crypto
 from gateway.intake import Intake
 from gateway.ledger.audit_buffer import AuditBuffer
 from gateway.ledger.store import Ledger
@@ -58,6 +59,15 @@ class Gateway:
         return Keyring(self.folders.gnupg, timeout=self.settings.gpg_timeout_seconds)
 
     @cached_property
+    def crypto(self) -> Crypto:
+        """Who signs and encrypts deliveries: gpg (default) or Sequoia in-process; keys live in the keyring."""
+        if self.settings.openpgp == "sequoia":
+            from gateway.sequoia import SequoiaCrypto  # loaded only when chosen
+
+            return SequoiaCrypto(self.keyring)
+        return self.keyring
+
+    @cached_property
     def node(self) -> str:
         """This node's stable name (host + data dir): leases it held before a crash are its own to free."""
         digest = hashlib.sha256(str(self.folders.root).encode()).hexdigest()[:8]
@@ -68,7 +78,7 @@ class Gateway:
         return Worker(
             self.ledger,
             self.folders,
-            self.keyring,
+            self.crypto,
             s.limits,
             self.clock,
             owner=f"{self.node}:{index}",
@@ -193,7 +203,7 @@ class Gateway:
         if os.getppid() != parent:
             os._exit(1)
         self.ledger.engine.dispose(close=False)  # the parent's connections stay the parent's
-        for inherited in ("ledger", "keyring", "intake"):
+        for inherited in ("ledger", "keyring", "crypto", "intake"):
             self.__dict__.pop(inherited, None)
 
     def _start_workers(self) -> list[multiprocessing.process.BaseProcess]:

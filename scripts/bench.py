@@ -48,9 +48,9 @@ def control_reports(folder: Path, count: int, pdf_bytes: int) -> list[Path]:
     return files
 
 
-def batch_once(count: int, pdf_bytes: int, workers: int) -> dict[str, float]:
+def batch_once(count: int, pdf_bytes: int, workers: int, openpgp: str) -> dict[str, float]:
     """Drop ``count`` control reports at once; wall time until all are delivered and receipted."""
-    box = two_organs({"workers": workers, "listen": ""})
+    box = two_organs({"workers": workers, "listen": "", "openpgp": openpgp})
     try:
         staged = control_reports(box.root / "staged", count, pdf_bytes)
         cpu_before = _children_cpu()
@@ -99,7 +99,7 @@ def gpg_loop(box: Sandbox, files: list[Path]) -> float:
 
 
 def run_batch(args: argparse.Namespace) -> dict[str, Any]:
-    runs = [batch_once(args.count, args.pdf_bytes, args.workers) for _ in range(args.runs)]
+    runs = [batch_once(args.count, args.pdf_bytes, args.workers, args.openpgp) for _ in range(args.runs)]
     for i, r in enumerate(runs, 1):
         print(
             f"batch run {i}: gateway {r['gateway_s']:.2f} s, gpg loop {r['gpg_loop_s']:.2f} s, ratio {r['ratio']:.2f}; "
@@ -108,7 +108,7 @@ def run_batch(args: argparse.Namespace) -> dict[str, Any]:
         )
     summary = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     print(
-        f"batch median of {len(runs)}: {args.count} dossiers in {summary['gateway_s']:.2f} s "
+        f"batch median of {len(runs)} (openpgp {args.openpgp}): {args.count} dossiers in {summary['gateway_s']:.2f} s "
         f"({args.count / summary['gateway_s']:.0f}/s); gpg loop {summary['gpg_loop_s']:.2f} s; "
         f"ratio {summary['ratio']:.2f} (target ≤ 0.5)"
     )
@@ -293,7 +293,7 @@ def run_memory(args: argparse.Namespace) -> dict[str, Any]:
     import hashlib
     import zipfile
 
-    box = two_organs({"workers": args.workers})  # serve as it runs in production: the SFTP door too
+    box = two_organs({"workers": args.workers, "openpgp": args.openpgp})  # as in production: the SFTP door too
     try:
         package = box.root / "huge.zip"
         digest, size = hashlib.sha256(), args.package_mib << 20
@@ -437,6 +437,7 @@ def main() -> None:
     parser.add_argument("--pdf-bytes", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--workers", type=int, default=4, help="worker loops (the gateway's default is 4)")
+    parser.add_argument("--openpgp", choices=("gpg", "sequoia"), default="gpg", help="the gateway's OpenPGP engine")
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--big-mib", type=int, default=1024)

@@ -1,0 +1,57 @@
+"""In-process OpenPGP with pysequoia: sign and encrypt a dossier without starting a gpg process for it.
+
+Opt-in (setting ``openpgp = "sequoia"``). Keys stay in the gateway's GnuPG home, managed and checked by
+:class:`gateway.crypto.Keyring`; this port only signs with the gateway key and encrypts to the recipient,
+streaming file to file (a 2 GiB package does not enter memory). Deliveries decrypt and verify with plain gpg.
+Its signatures carry Sequoia's binary salt notation, which python-gnupg configured for UTF-8 cannot parse
+(see the README); that is why gpg stays the default.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pysequoia
+
+from gateway.crypto import KEY_CACHE_SECONDS, Keyring
+from gateway.errors import GatewayFault, Problem
+
+
+class SequoiaCrypto:
+    """The OpenPGP port of the pipeline, signing and encrypting in-process."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+        self._local = threading.local()  # per thread: a signer and certificates are not shared across threads
+
+    def check_recipient(self, fingerprint: str | None, now: datetime) -> Problem | None:
+        return self.keyring.check_recipient(fingerprint, now)
+
+    def sign_encrypt(self, src: Path, dst: Path, recipient_fpr: str, *, armor: bool = False) -> None:
+        """Sign ``src`` with the gateway key and encrypt it to ``recipient_fpr`` into ``dst`` (streamed)."""
+        try:
+            recipient = self._cert(recipient_fpr)
+            pysequoia.encrypt_file(str(src), str(dst), [recipient], self._signer(), armor=armor)
+        except (RuntimeError, ValueError, OSError) as exc:
+            dst.unlink(missing_ok=True)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GatewayFault(f"OpenPGP (Sequoia) could not sign and encrypt: {reason}") from exc
+
+    def _signer(self) -> pysequoia.PySigner:
+        signer = getattr(self._local, "signer", None)
+        if signer is None:
+            secret = pysequoia.Cert.from_bytes(self.keyring.export_gateway_secret())
+            signer = self._local.signer = secret.secrets.signer()
+        return signer
+
+    def _cert(self, fingerprint: str) -> pysequoia.Cert:
+        """The recipient's certificate from the keyring, re-read after the keyring's cache time."""
+        certs: dict[str, tuple[float, pysequoia.Cert]] = self._local.__dict__.setdefault("certs", {})
+        cached = certs.get(fingerprint)
+        if cached is None or time.monotonic() - cached[0] >= KEY_CACHE_SECONDS:
+            cert = pysequoia.Cert.from_bytes(self.keyring.export_public(fingerprint).encode("ascii"))
+            certs[fingerprint] = cached = (time.monotonic(), cert)
+        return cached[1]

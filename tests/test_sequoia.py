@@ -1,0 +1,81 @@
+"""Opt-in in-process OpenPGP (`openpgp = "sequoia"`): what the recipient gets still decrypts and verifies
+with plain gpg, binary and armored, for a JSON dossier and a zip package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway import samples
+from gateway.harness import Sandbox
+
+KV, PK, CANTON = "kv-bau-zh", "pk-bau-zh", "canton-zh"
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[Sandbox]:
+    sandbox = Sandbox(settings={"settle_seconds": 0.2, "rescan_seconds": 1, "listen": "", "openpgp": "sequoia"})
+    sandbox.cli("init")
+    sandbox.add_organ(KV, "control_body")
+    sandbox.add_organ(PK, "joint_committee")
+    sandbox.cli("organ", "add", CANTON, "--kind", "canton", "--name", "Canton ZH", "--armor")
+    sandbox.add_organ_keys(CANTON)
+    sandbox.allow(KV, PK)
+    sandbox.allow(KV, CANTON)
+    sandbox.start(listen="")
+    yield sandbox
+    sandbox.close()
+
+
+def delivered(box: Sandbox, name: str):
+    def done():
+        rows = [t for t in box.transfers() if t.file_name == name and t.state == "delivered"]
+        return rows[0] if rows and not box.ledger.due_receipts(rows[0].id) else None
+
+    return box.wait_for(done, 60, f"{name} delivered")
+
+
+def plain_gpg_decrypt(home: Path, path: Path) -> tuple[bytes, str | None]:
+    """What a recipient with nothing but `gpg` does: decrypt, and read who made the good signature."""
+    done = subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--status-fd", "2", "--decrypt", str(path)],
+        capture_output=True,
+        check=True,
+    )
+    status = [line.split() for line in done.stderr.decode("utf-8", "replace").splitlines()]
+    valid = [words[2] for words in status if words[:2] == ["[GNUPG:]", "VALIDSIG"]]
+    return done.stdout, valid[0] if valid else None
+
+
+def test_sequoia_deliveries_decrypt_and_verify_with_plain_gpg(box: Sandbox, tmp_path: Path) -> None:
+    report = samples.dossier_bytes(
+        samples.make_dossier(KV, PK, attachments=[("bericht.pdf", samples.make_pdf(40_000))])
+    )
+    pdfs = {"kontrollbericht.pdf": samples.make_pdf(300_000, seed=1)}
+    doc = samples.make_dossier(KV, CANTON, attachments=list(pdfs.items()), embed=False)
+    package = samples.write_package(tmp_path / "pkg.zip", doc, pdfs)
+    box.drop(KV, "report.json", report)
+    box.drop(KV, "package.zip", package.read_bytes())
+
+    for name, recipient, data, suffix in (
+        ("report.json", PK, report, ".json.pgp"),
+        ("package.zip", CANTON, package.read_bytes(), ".zip.asc"),
+    ):
+        transfer = delivered(box, name)
+        assert transfer.delivered_name.endswith(suffix)
+        plain, signer = plain_gpg_decrypt(
+            box.organs[recipient].gnupg, box.folder(recipient, "inbox") / transfer.delivered_name
+        )
+        assert plain == data, "the recipient gets the exact bytes dropped"
+        assert signer == box.gateway_fingerprint(), "signed by the gateway key, verified by plain gpg"
+    assert not any((box.data_dir / "spool").rglob("*.*")), "no plaintext or encryption left in the spool"
+
+
+def test_an_unknown_openpgp_engine_is_refused_clearly(box: Sandbox) -> None:
+    env = {**box.env, "FLAM_GATEWAY_OPENPGP": "pgpy"}
+    done = subprocess.run([sys.executable, "-m", "gateway", "organ", "list"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "CONFIG_INVALID" in done.stderr and "'openpgp'" in done.stderr
