@@ -193,23 +193,26 @@ class Ledger(AuditTrail):
             return s.get(Transfer, transfer_id)
 
     def claim(self, owner: str, now: datetime, lease: timedelta) -> Transfer | None:
-        """Lease the oldest workable transfer to ``owner``; None when there is nothing to do."""
+        """Lease the oldest workable transfer to ``owner``; None when there is nothing to do.
+
+        One ``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING``: on PostgreSQL the inner select skips rows
+        another node has locked; on SQLite the transaction already holds the write lock.
+        """
+        table = Transfer.__table__  # type: ignore[attr-defined]
+        oldest = (
+            select(table.c.id)
+            .where(table.c.state.in_([st.value for st in lifecycle.WORKABLE]))
+            .where(table.c.next_attempt_at <= now)
+            .where(or_(table.c.lease_until.is_(None), table.c.lease_until < now))
+            .order_by(table.c.next_attempt_at, table.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        leased = update(table).where(table.c.id == oldest).values(lease_until=now + lease, lease_owner=owner)
         with self.tx() as s:
-            query = (
-                select(Transfer)
-                .where(Transfer.state.in_([st.value for st in lifecycle.WORKABLE]))  # type: ignore[attr-defined]
-                .where(Transfer.next_attempt_at <= now)
-                .where(or_(Transfer.lease_until.is_(None), Transfer.lease_until < now))  # type: ignore[union-attr]
-                .order_by(Transfer.next_attempt_at, Transfer.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
-            transfer = s.exec(query).first()
-            if transfer is None:
-                return None
-            transfer.lease_until, transfer.lease_owner = now + lease, owner
-            s.add(transfer)
-        return transfer
+            row = s.connection().execute(leased.returning(*table.c)).mappings().first()
+        return Transfer.model_validate(dict(row)) if row is not None else None
 
     def release(self, transfer_id: str, *, error: str | None = None, retry_at: datetime | None = None) -> None:
         """End a lease; with ``error``, count a failed attempt and wait until ``retry_at``."""
@@ -377,11 +380,13 @@ class Ledger(AuditTrail):
             return [DueReceipt(t, r) for t, r in s.exec(query.order_by(Receipt.event_time))]
 
     def mark_written(self, transfer_id: str, status_code: int) -> None:
+        written = (
+            update(Receipt)
+            .where(Receipt.transfer_id == transfer_id, Receipt.status_code == status_code)  # type: ignore[arg-type]
+            .values(written=True)
+        )
         with self.tx() as s:
-            receipt = s.get(Receipt, (transfer_id, status_code))
-            if receipt is not None:
-                receipt.written = True
-                s.add(receipt)
+            s.exec(written)  # type: ignore[call-overload]
 
     def transfers(
         self,
