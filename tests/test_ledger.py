@@ -83,6 +83,9 @@ def test_an_expired_lease_or_a_released_one_can_be_claimed_again(ledger: Ledger)
     assert ledger.claim("node-b:0", NOW + timedelta(minutes=6), timedelta(minutes=5)).id == transfer.id
     assert ledger.release_leases("node-b:0") == 1
     assert ledger.claim("node-a:0", NOW, timedelta(minutes=5)) is not None
+    ledger.release(transfer.id, error="gpg hung", retry_at=NOW + timedelta(minutes=1))
+    assert ledger.claim("node-a:0", NOW, timedelta(minutes=5)) is None, "not before its retry time"
+    assert ledger.claim("node-a:0", NOW + timedelta(minutes=2), timedelta(minutes=5)).attempts == 1
     ledger.transition(transfer.id, State.RECEIVED, State.REJECTED, NOW, release=True)
     assert ledger.transfer(transfer.id).lease_owner is None, "the last step ends the lease in its transaction"
 

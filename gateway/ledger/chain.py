@@ -14,13 +14,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, text
+from sqlalchemy import delete, insert, text
 from sqlmodel import Session, select
 
 from gateway.ledger.models import Event, utc
 
 GENESIS = "0" * 64
 _CHAIN_LOCK = 0x464C414D  # "FLAM": advisory lock id of the audit chain on PostgreSQL
+_EVENTS = Event.__table__  # type: ignore[attr-defined]
+_EVENT_COLUMNS = [c.name for c in _EVENTS.columns if c.name != "id"]
+_TAKE_CHAIN_LOCK = text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=_CHAIN_LOCK)
+_LAST_HASH = select(_EVENTS.c.hash).order_by(_EVENTS.c.id.desc()).limit(1)
+_INSERT_EVENT = insert(_EVENTS)
 
 
 @dataclass(frozen=True)
@@ -106,13 +111,18 @@ class AuditTrail:
 
     def _chain(self, s: Session, events: list[Event]) -> None:
         """Link ``events`` to the end of the audit chain (serialised: SQLite's write lock, PG's advisory lock)."""
+        if not events:
+            return
+        conn = s.connection()
         if not self.is_sqlite:
-            s.exec(text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=_CHAIN_LOCK))  # type: ignore[call-overload]
-        last = s.exec(select(Event.hash).order_by(Event.id.desc()).limit(1)).first()  # type: ignore[union-attr]
-        for row in events:
-            row.prev_hash = last or GENESIS
-            row.hash = last = _event_hash(row)
-        s.add_all(events)
+            conn.execute(_TAKE_CHAIN_LOCK)
+        last = conn.execute(_LAST_HASH).scalar()
+        rows = []
+        for event in events:
+            event.prev_hash = last or GENESIS
+            event.hash = last = _event_hash(event)
+            rows.append({column: getattr(event, column) for column in _EVENT_COLUMNS})
+        conn.execute(_INSERT_EVENT, rows)
 
 
 def new_event(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, update
+from sqlalchemy import bindparam, delete, func, insert, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, create_engine, select
 
@@ -25,6 +25,38 @@ from gateway.ledger.chain import AuditTrail, new_event
 from gateway.ledger.models import ORGAN_KINDS, MessageId, Organ, Receipt, Route, SshKey, Transfer, utc
 from gateway.ledger.sqlite import SqliteWriter, reading, sqlite_engine
 from gateway.lifecycle import State
+
+# The hot path's statements, built once (building a statement costs more than SQLite running it).
+_TRANSFERS = Transfer.__table__  # type: ignore[attr-defined]
+_RECEIPTS = Receipt.__table__  # type: ignore[attr-defined]
+_LOCK_TRANSFER = select(_TRANSFERS).where(_TRANSFERS.c.id == bindparam("tid")).with_for_update()
+_CHANGE_TRANSFER = update(_TRANSFERS).where(_TRANSFERS.c.id == bindparam("tid"))  # SET: the other parameters
+_RESERVE_MESSAGE_ID = insert(MessageId.__table__)  # type: ignore[attr-defined]
+_RECEIPT_OWED = select(_RECEIPTS.c.status_code).where(
+    _RECEIPTS.c.transfer_id == bindparam("tid"), _RECEIPTS.c.status_code == bindparam("code")
+)
+_OWE_RECEIPT = insert(_RECEIPTS)
+_RECEIPT_WRITTEN = (
+    update(_RECEIPTS)
+    .where(_RECEIPTS.c.transfer_id == bindparam("tid"), _RECEIPTS.c.status_code == bindparam("code"))
+    .values(written=True)
+)
+_OLDEST_WORKABLE = (
+    select(_TRANSFERS.c.id)
+    .where(_TRANSFERS.c.state.in_([st.value for st in lifecycle.WORKABLE]))
+    .where(_TRANSFERS.c.next_attempt_at <= bindparam("now"))
+    .where(or_(_TRANSFERS.c.lease_until.is_(None), _TRANSFERS.c.lease_until < bindparam("now")))
+    .order_by(_TRANSFERS.c.next_attempt_at, _TRANSFERS.c.id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
+_CLAIM = (
+    update(_TRANSFERS)
+    .where(_TRANSFERS.c.id == _OLDEST_WORKABLE)
+    .values(lease_until=bindparam("until"), lease_owner=bindparam("owner"))
+    .returning(*_TRANSFERS.c)
+)
 
 
 class StaleTransition(Exception):
@@ -198,20 +230,8 @@ class Ledger(AuditTrail):
         One ``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING``: on PostgreSQL the inner select skips rows
         another node has locked; on SQLite the transaction already holds the write lock.
         """
-        table = Transfer.__table__  # type: ignore[attr-defined]
-        oldest = (
-            select(table.c.id)
-            .where(table.c.state.in_([st.value for st in lifecycle.WORKABLE]))
-            .where(table.c.next_attempt_at <= now)
-            .where(or_(table.c.lease_until.is_(None), table.c.lease_until < now))
-            .order_by(table.c.next_attempt_at, table.c.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        leased = update(table).where(table.c.id == oldest).values(lease_until=now + lease, lease_owner=owner)
         with self.tx() as s:
-            row = s.connection().execute(leased.returning(*table.c)).mappings().first()
+            row = s.connection().execute(_CLAIM, {"now": now, "until": now + lease, "owner": owner}).mappings().first()
         return Transfer.model_validate(dict(row)) if row is not None else None
 
     def release(self, transfer_id: str, *, error: str | None = None, retry_at: datetime | None = None) -> None:
@@ -298,48 +318,41 @@ class Ledger(AuditTrail):
     ) -> Transfer:
         source, target = hops[0][0], hops[-1][1]
         with self.tx() as s:
-            transfer = s.get(Transfer, transfer_id, with_for_update=True)
-            if transfer is None or transfer.state != source.value:
+            conn = s.connection()
+            row = conn.execute(_LOCK_TRANSFER, {"tid": transfer_id}).mappings().first()
+            if row is None or row["state"] != source.value:
                 raise StaleTransition(f"{transfer_id} is not {source.value}")
-            for key, value in values.items():
-                setattr(transfer, key, value)
+            changes = {**values, "state": target.value, "updated_at": now}
             if release:
-                transfer.lease_until = transfer.lease_owner = None
-            transfer.state, transfer.updated_at = target.value, now
-            if (State.RECEIVED, State.VALIDATED) in hops and transfer.message_id:
-                with s.begin_nested():
-                    s.add(
-                        MessageId(sender_id=transfer.sender_id, message_id=transfer.message_id, transfer_id=transfer.id)
-                    )
+                changes.update(lease_until=None, lease_owner=None)
             if code is not None:
-                transfer.status_code = code
-                errors = json.dumps([p.as_dict() for p in problems], ensure_ascii=False)
-                receipt = s.get(Receipt, (transfer_id, code))
-                if receipt is None:
-                    s.add(
-                        Receipt(
-                            transfer_id=transfer_id,
-                            status_code=code,
-                            status_info=info or target.value,
-                            errors=errors,
-                            event_time=now,
-                        )
+                changes["status_code"] = code
+            conn.execute(_CHANGE_TRANSFER, {"tid": transfer_id, **changes})
+            message_id = changes.get("message_id", row["message_id"])
+            if (State.RECEIVED, State.VALIDATED) in hops and message_id:
+                with s.begin_nested():
+                    conn.execute(
+                        _RESERVE_MESSAGE_ID,
+                        {"sender_id": row["sender_id"], "message_id": message_id, "transfer_id": transfer_id},
                     )
-            s.add(transfer)
+            if code is not None and conn.execute(_RECEIPT_OWED, {"tid": transfer_id, "code": code}).first() is None:
+                errors = json.dumps([p.as_dict() for p in problems], ensure_ascii=False)
+                receipt = {"status_info": info or target.value, "errors": errors, "event_time": now, "written": False}
+                conn.execute(_OWE_RECEIPT, {"transfer_id": transfer_id, "status_code": code, **receipt})
             detail = info or (f"status {code}" if code else "")
             events = [
                 new_event(
                     now,
                     f"transition:{hop_target.value}",
                     detail if hop_target is target else "",
-                    organ_id=transfer.sender_id,
+                    organ_id=row["sender_id"],
                     transfer_id=transfer_id,
                     ok=hop_target is not State.REJECTED,
                 )
                 for _, hop_target in hops
             ]
             self._chain(s, events)
-        return transfer
+        return Transfer.model_validate({**row, **changes})
 
     def add_receipt(self, transfer_id: str, code: int, info: str, now: datetime) -> bool:
         """Owe a receipt that is no transition (701: will expire soon); False if it is owed already."""
@@ -380,13 +393,8 @@ class Ledger(AuditTrail):
             return [DueReceipt(t, r) for t, r in s.exec(query.order_by(Receipt.event_time))]
 
     def mark_written(self, transfer_id: str, status_code: int) -> None:
-        written = (
-            update(Receipt)
-            .where(Receipt.transfer_id == transfer_id, Receipt.status_code == status_code)  # type: ignore[arg-type]
-            .values(written=True)
-        )
         with self.tx() as s:
-            s.exec(written)  # type: ignore[call-overload]
+            s.connection().execute(_RECEIPT_WRITTEN, {"tid": transfer_id, "code": status_code})
 
     def transfers(
         self,
