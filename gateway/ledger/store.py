@@ -36,6 +36,13 @@ _RECEIPT_OWED = select(_RECEIPTS.c.status_code).where(
     _RECEIPTS.c.transfer_id == bindparam("tid"), _RECEIPTS.c.status_code == bindparam("code")
 )
 _OWE_RECEIPT = insert(_RECEIPTS)
+_DUE = select(Transfer, Receipt).join(Receipt).where(Receipt.written == False).order_by(Receipt.event_time)  # noqa: E712
+_DUE_FOR = _DUE.where(Receipt.transfer_id == bindparam("tid"))
+_ORGAN = select(Organ.__table__).where(Organ.__table__.c.id == bindparam("oid"))  # type: ignore[attr-defined]
+_ROUTE = select(Route.__table__.c.sender_id).where(  # type: ignore[attr-defined]
+    Route.__table__.c.sender_id == bindparam("sender"),  # type: ignore[attr-defined]
+    Route.__table__.c.recipient_id == bindparam("recipient"),  # type: ignore[attr-defined]
+)
 _RECEIPT_WRITTEN = (
     update(_RECEIPTS)
     .where(_RECEIPTS.c.transfer_id == bindparam("tid"), _RECEIPTS.c.status_code == bindparam("code"))
@@ -127,7 +134,8 @@ class Ledger(AuditTrail):
 
     def find_organ(self, organ_id: str) -> Organ | None:
         with self.read() as s:
-            return s.get(Organ, organ_id)
+            row = s.connection().execute(_ORGAN, {"oid": organ_id}).mappings().first()
+        return Organ.model_validate(dict(row)) if row is not None else None
 
     def organs(self) -> list[Organ]:
         with self.read() as s:
@@ -195,7 +203,7 @@ class Ledger(AuditTrail):
 
     def route_allowed(self, sender_id: str, recipient_id: str) -> bool:
         with self.read() as s:
-            return s.get(Route, (sender_id, recipient_id)) is not None
+            return s.connection().execute(_ROUTE, {"sender": sender_id, "recipient": recipient_id}).first() is not None
 
     # -- transfers ------------------------------------------------------------------------------------
 
@@ -387,10 +395,8 @@ class Ledger(AuditTrail):
     def due_receipts(self, transfer_id: str | None = None) -> list[DueReceipt]:
         """Receipts recorded but not yet written to the sender's folder (all, or one transfer's)."""
         with self.read() as s:
-            query = select(Transfer, Receipt).join(Receipt).where(Receipt.written == False)  # noqa: E712
-            if transfer_id is not None:
-                query = query.where(Receipt.transfer_id == transfer_id)
-            return [DueReceipt(t, r) for t, r in s.exec(query.order_by(Receipt.event_time))]
+            rows = s.exec(_DUE) if transfer_id is None else s.exec(_DUE_FOR, params={"tid": transfer_id})
+            return [DueReceipt(t, r) for t, r in rows]
 
     def mark_written(self, transfer_id: str, status_code: int) -> None:
         with self.tx() as s:
