@@ -109,7 +109,8 @@ def test_the_recipient_picking_up_gives_the_sender_110(box: Sandbox) -> None:
     (box.folder(CANTON, "inbox") / transfer.delivered_name).unlink()
 
     box.wait_for(lambda: box.ledger.transfer(transfer.id).state == "fetched", 30, "pick-up")
-    receipt = box.wait_for(lambda: receipt_for(box, transfer.id, 110, organ=PK), 10, "110 receipt")
+    box.wait_for(lambda: not box.ledger.due_receipts(transfer.id), 10, "110 receipt written")  # just after the state
+    receipt = receipt_for(box, transfer.id, 110, organ=PK)
     assert receipt["recipient_id"] == CANTON
 
 

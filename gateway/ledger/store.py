@@ -15,55 +15,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, or_, update
+from sqlalchemy import delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from gateway import lifecycle
 from gateway.errors import AdminError, Problem, status_for
+from gateway.ledger import statements as sql
 from gateway.ledger.chain import AuditTrail, new_event
-from gateway.ledger.models import ORGAN_KINDS, MessageId, Organ, Receipt, Route, SshKey, Transfer, utc
+from gateway.ledger.models import ORGAN_KINDS, Organ, Receipt, Route, SshKey, Transfer, utc
 from gateway.ledger.sqlite import SqliteWriter, reading, sqlite_engine
 from gateway.lifecycle import State
-
-# The hot path's statements, built once (building a statement costs more than SQLite running it).
-_TRANSFERS = Transfer.__table__  # type: ignore[attr-defined]
-_RECEIPTS = Receipt.__table__  # type: ignore[attr-defined]
-_LOCK_TRANSFER = select(_TRANSFERS).where(_TRANSFERS.c.id == bindparam("tid")).with_for_update()
-_CHANGE_TRANSFER = update(_TRANSFERS).where(_TRANSFERS.c.id == bindparam("tid"))  # SET: the other parameters
-_RESERVE_MESSAGE_ID = insert(MessageId.__table__)  # type: ignore[attr-defined]
-_RECEIPT_OWED = select(_RECEIPTS.c.status_code).where(
-    _RECEIPTS.c.transfer_id == bindparam("tid"), _RECEIPTS.c.status_code == bindparam("code")
-)
-_OWE_RECEIPT = insert(_RECEIPTS)
-_DUE = select(Transfer, Receipt).join(Receipt).where(Receipt.written == False).order_by(Receipt.event_time)  # noqa: E712
-_DUE_FOR = _DUE.where(Receipt.transfer_id == bindparam("tid"))
-_ORGAN = select(Organ.__table__).where(Organ.__table__.c.id == bindparam("oid"))  # type: ignore[attr-defined]
-_ROUTE = select(Route.__table__.c.sender_id).where(  # type: ignore[attr-defined]
-    Route.__table__.c.sender_id == bindparam("sender"),  # type: ignore[attr-defined]
-    Route.__table__.c.recipient_id == bindparam("recipient"),  # type: ignore[attr-defined]
-)
-_RECEIPT_WRITTEN = (
-    update(_RECEIPTS)
-    .where(_RECEIPTS.c.transfer_id == bindparam("tid"), _RECEIPTS.c.status_code == bindparam("code"))
-    .values(written=True)
-)
-_OLDEST_WORKABLE = (
-    select(_TRANSFERS.c.id)
-    .where(_TRANSFERS.c.state.in_([st.value for st in lifecycle.WORKABLE]))
-    .where(_TRANSFERS.c.next_attempt_at <= bindparam("now"))
-    .where(or_(_TRANSFERS.c.lease_until.is_(None), _TRANSFERS.c.lease_until < bindparam("now")))
-    .order_by(_TRANSFERS.c.next_attempt_at, _TRANSFERS.c.id)
-    .limit(1)
-    .with_for_update(skip_locked=True)
-    .scalar_subquery()
-)
-_CLAIM = (
-    update(_TRANSFERS)
-    .where(_TRANSFERS.c.id == _OLDEST_WORKABLE)
-    .values(lease_until=bindparam("until"), lease_owner=bindparam("owner"))
-    .returning(*_TRANSFERS.c)
-)
 
 
 class StaleTransition(Exception):
@@ -134,7 +96,7 @@ class Ledger(AuditTrail):
 
     def find_organ(self, organ_id: str) -> Organ | None:
         with self.read() as s:
-            row = s.connection().execute(_ORGAN, {"oid": organ_id}).mappings().first()
+            row = s.connection().execute(sql.ORGAN, {"oid": organ_id}).mappings().first()
         return Organ.model_validate(dict(row)) if row is not None else None
 
     def organs(self) -> list[Organ]:
@@ -203,7 +165,9 @@ class Ledger(AuditTrail):
 
     def route_allowed(self, sender_id: str, recipient_id: str) -> bool:
         with self.read() as s:
-            return s.connection().execute(_ROUTE, {"sender": sender_id, "recipient": recipient_id}).first() is not None
+            return (
+                s.connection().execute(sql.ROUTE, {"sender": sender_id, "recipient": recipient_id}).first() is not None
+            )
 
     # -- transfers ------------------------------------------------------------------------------------
 
@@ -239,7 +203,9 @@ class Ledger(AuditTrail):
         another node has locked; on SQLite the transaction already holds the write lock.
         """
         with self.tx() as s:
-            row = s.connection().execute(_CLAIM, {"now": now, "until": now + lease, "owner": owner}).mappings().first()
+            row = (
+                s.connection().execute(sql.CLAIM, {"now": now, "until": now + lease, "owner": owner}).mappings().first()
+            )
         return Transfer.model_validate(dict(row)) if row is not None else None
 
     def release(self, transfer_id: str, *, error: str | None = None, retry_at: datetime | None = None) -> None:
@@ -327,7 +293,7 @@ class Ledger(AuditTrail):
         source, target = hops[0][0], hops[-1][1]
         with self.tx() as s:
             conn = s.connection()
-            row = conn.execute(_LOCK_TRANSFER, {"tid": transfer_id}).mappings().first()
+            row = conn.execute(sql.LOCK_TRANSFER, {"tid": transfer_id}).mappings().first()
             if row is None or row["state"] != source.value:
                 raise StaleTransition(f"{transfer_id} is not {source.value}")
             changes = {**values, "state": target.value, "updated_at": now}
@@ -335,18 +301,18 @@ class Ledger(AuditTrail):
                 changes.update(lease_until=None, lease_owner=None)
             if code is not None:
                 changes["status_code"] = code
-            conn.execute(_CHANGE_TRANSFER, {"tid": transfer_id, **changes})
+            conn.execute(sql.CHANGE_TRANSFER, {"tid": transfer_id, **changes})
             message_id = changes.get("message_id", row["message_id"])
             if (State.RECEIVED, State.VALIDATED) in hops and message_id:
                 with s.begin_nested():
                     conn.execute(
-                        _RESERVE_MESSAGE_ID,
+                        sql.RESERVE_MESSAGE_ID,
                         {"sender_id": row["sender_id"], "message_id": message_id, "transfer_id": transfer_id},
                     )
-            if code is not None and conn.execute(_RECEIPT_OWED, {"tid": transfer_id, "code": code}).first() is None:
+            if code is not None and conn.execute(sql.RECEIPT_OWED, {"tid": transfer_id, "code": code}).first() is None:
                 errors = json.dumps([p.as_dict() for p in problems], ensure_ascii=False)
                 receipt = {"status_info": info or target.value, "errors": errors, "event_time": now, "written": False}
-                conn.execute(_OWE_RECEIPT, {"transfer_id": transfer_id, "status_code": code, **receipt})
+                conn.execute(sql.OWE_RECEIPT, {"transfer_id": transfer_id, "status_code": code, **receipt})
             detail = info or (f"status {code}" if code else "")
             events = [
                 new_event(
@@ -395,12 +361,12 @@ class Ledger(AuditTrail):
     def due_receipts(self, transfer_id: str | None = None) -> list[DueReceipt]:
         """Receipts recorded but not yet written to the sender's folder (all, or one transfer's)."""
         with self.read() as s:
-            rows = s.exec(_DUE) if transfer_id is None else s.exec(_DUE_FOR, params={"tid": transfer_id})
+            rows = s.exec(sql.DUE) if transfer_id is None else s.exec(sql.DUE_FOR, params={"tid": transfer_id})
             return [DueReceipt(t, r) for t, r in rows]
 
     def mark_written(self, transfer_id: str, status_code: int) -> None:
         with self.tx() as s:
-            s.connection().execute(_RECEIPT_WRITTEN, {"tid": transfer_id, "code": status_code})
+            s.connection().execute(sql.RECEIPT_WRITTEN, {"tid": transfer_id, "code": status_code})
 
     def transfers(
         self,
