@@ -17,7 +17,7 @@ from pathlib import Path
 import pysequoia
 
 from gateway.crypto import KEY_CACHE_SECONDS, Keyring
-from gateway.errors import GatewayFault, Problem
+from gateway.errors import AdminError, GatewayFault, Problem
 
 
 class SequoiaCrypto:
@@ -35,6 +35,9 @@ class SequoiaCrypto:
         try:
             recipient = self._cert(recipient_fpr)
             pysequoia.encrypt_file(str(src), str(dst), [recipient], self._signer(), armor=armor)
+        except AdminError as exc:  # the key left the keyring after it was checked: retried like a gpg failure
+            dst.unlink(missing_ok=True)
+            raise GatewayFault(f"OpenPGP (Sequoia) could not sign and encrypt: {exc.message}") from exc
         except (RuntimeError, ValueError, OSError) as exc:
             dst.unlink(missing_ok=True)
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

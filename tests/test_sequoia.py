@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from gateway import samples
+from gateway.crypto import Keyring
+from gateway.errors import GatewayFault
 from gateway.harness import Sandbox
+from gateway.sequoia import SequoiaCrypto
 
 KV, PK, CANTON = "kv-bau-zh", "pk-bau-zh", "canton-zh"
 
@@ -79,3 +82,13 @@ def test_an_unknown_openpgp_engine_is_refused_clearly(box: Sandbox) -> None:
     env = {**box.env, "FLAM_GATEWAY_OPENPGP": "pgpy"}
     done = subprocess.run([sys.executable, "-m", "gateway", "organ", "list"], env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "CONFIG_INVALID" in done.stderr and "'openpgp'" in done.stderr
+
+
+def test_a_missing_recipient_key_fails_cleanly_without_partial_output(short_tmp: Path) -> None:
+    with Keyring(short_tmp / "g") as ring:
+        ring.ensure_gateway_key()
+        src, dst = short_tmp / "in.json", short_tmp / "out.pgp"
+        src.write_bytes(b"{}" * 100_000)
+        with pytest.raises(GatewayFault) as exc:
+            SequoiaCrypto(ring).sign_encrypt(src, dst, "AB" * 20)
+        assert exc.value.code == "GATEWAY_FAULT" and not dst.exists()
