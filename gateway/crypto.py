@@ -119,24 +119,15 @@ class Keyring:
             raise GatewayFault(f"gpg could not generate a key: {result.stderr[-500:]}")
         return str(result.fingerprint)
 
+    def _gpg(self, *args: str) -> list[str]:
+        """A gpg command line on this home: batch mode, and the empty passphrase of the gateway key."""
+        home = ["--homedir", str(self.home), "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
+        return [self.gpg_binary, *home, *args]
+
     def export_gateway_secret(self) -> bytes:
         """The gateway's secret key (binary), for the in-process OpenPGP port (gateway.sequoia)."""
         done = subprocess.run(
-            [
-                self.gpg_binary,
-                "--homedir",
-                str(self.home),
-                "--batch",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase",
-                "",
-                "--export-secret-keys",
-                self.gateway_fingerprint,
-            ],
-            capture_output=True,
-            timeout=60,
-            check=False,
+            self._gpg("--export-secret-keys", self.gateway_fingerprint), capture_output=True, timeout=60, check=False
         )
         if done.returncode != 0 or not done.stdout:
             raise GatewayFault(f"cannot export the gateway key: {done.stderr.decode('utf-8', 'replace')[-300:]}")
@@ -230,18 +221,10 @@ class Keyring:
 
     def sign_encrypt(self, src: Path, dst: Path, recipient_fpr: str, *, armor: bool = False) -> None:
         """Sign ``src`` with the gateway key and encrypt it to ``recipient_fpr`` into ``dst`` (streamed by gpg)."""
-        args = [
-            self.gpg_binary,
-            "--homedir",
-            str(self.home),
-            "--batch",
+        args = self._gpg(
             "--yes",
             "--no-tty",
             "--quiet",
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase",
-            "",
             "--trust-model",
             "always",
             "--compress-algo",
@@ -254,7 +237,7 @@ class Keyring:
             "--encrypt",
             "--output",
             str(dst),
-        ]
+        )
         if armor:
             args.append("--armor")
         try:

@@ -159,18 +159,15 @@ class Folders:
         os.replace(tmp, dst)
         fsync_dir(dst.parent)
 
-    def upload_temps(self) -> list[Path]:
-        """The hidden files of SFTP uploads in progress (or left by a killed run)."""
-        return list(self.organs.glob(f"*/outbox/{UPLOAD_PREFIX}*.upload"))
+    def temp_files(self) -> list[Path]:
+        """Temp files and hidden SFTP uploads: in progress now, or left behind by a killed run."""
+        uploads = self.organs.glob(f"*/outbox/{UPLOAD_PREFIX}*.upload")
+        return [*self.tmp.glob("*"), *self.spool_out.glob("*.tmp"), *uploads]
 
     def sweep_tmp(self) -> int:
         """Remove temp files and unfinished SFTP uploads a killed run left behind; returns how many."""
         count = 0
-        for path in self.tmp.glob("*"):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                count += 1
-        for path in [*self.spool_out.glob("*.tmp"), *self.upload_temps()]:
+        for path in self.temp_files():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 count += 1

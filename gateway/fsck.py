@@ -39,9 +39,7 @@ def fsck(gw: Gateway, repair: bool = False) -> list[Finding]:
     def found(kind: str, path: Path | str, transfer_id: str | None, fixable: bool, detail: str) -> None:
         findings.append(Finding(kind, str(path), transfer_id, repair and fixable, detail))
 
-    temps = [*gw.folders.tmp.glob("*"), *gw.folders.spool_out.glob("*.tmp")]
-    temps += gw.folders.upload_temps()
-    for path in temps:
+    for path in gw.folders.temp_files():
         found("temp_file", path, None, True, "left by an interrupted run")
     for sender_dir in gw.folders.spool_in.iterdir():
         for path in sender_dir.iterdir():

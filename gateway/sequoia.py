@@ -35,10 +35,7 @@ class SequoiaCrypto:
         try:
             recipient = self._cert(recipient_fpr)
             pysequoia.encrypt_file(str(src), str(dst), [recipient], self._signer(), armor=armor)
-        except AdminError as exc:  # the key left the keyring after it was checked: retried like a gpg failure
-            dst.unlink(missing_ok=True)
-            raise GatewayFault(f"OpenPGP (Sequoia) could not sign and encrypt: {exc.message}") from exc
-        except (RuntimeError, ValueError, OSError) as exc:
+        except (AdminError, RuntimeError, ValueError, OSError) as exc:  # AdminError: key gone since its check
             dst.unlink(missing_ok=True)
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise GatewayFault(f"OpenPGP (Sequoia) could not sign and encrypt: {reason}") from exc

@@ -119,8 +119,7 @@ class Worker:
             **values,
         )
         target = State(moved.state)
-        owed = target is State.REJECTED or TRANSITIONS.get(last, {}).get(target) is not None
-        self.tidy(moved, receipts=owed)
+        self.tidy(moved, receipts=target is State.REJECTED or TRANSITIONS[last][target] is not None)
         return moved
 
     def retry_held(self) -> None:

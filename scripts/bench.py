@@ -18,11 +18,13 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from gateway import samples
+from gateway.config import OPENPGP_ENGINES, Settings
 from gateway.harness import Sandbox
 
 SENDER, RECIPIENT = "kv-bau-zh", "pk-bau-zh"
@@ -361,8 +363,6 @@ class _TreeMemory:
     """Samples the proportional set size of a process tree (shared pages of forked children counted once)."""
 
     def __init__(self, pid: int) -> None:
-        import threading
-
         self.pid, self.peak_pss_kib, self.peak_one_kib = pid, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -436,8 +436,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--pdf-bytes", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=4, help="worker loops (the gateway's default is 4)")
-    parser.add_argument("--openpgp", choices=("gpg", "sequoia"), default="gpg", help="the gateway's OpenPGP engine")
+    defaults = Settings()
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="worker loops (default: the gateway's)")
+    parser.add_argument("--openpgp", choices=OPENPGP_ENGINES, default=defaults.openpgp, help="the OpenPGP engine")
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--big-mib", type=int, default=1024)

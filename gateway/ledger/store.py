@@ -88,8 +88,7 @@ class Ledger(AuditTrail):
         return organ
 
     def organ(self, organ_id: str) -> Organ:
-        with self.read() as s:
-            organ = s.get(Organ, organ_id)
+        organ = self.find_organ(organ_id)
         if organ is None:
             raise AdminError("ORGAN_UNKNOWN", f"no organ {organ_id!r} (see `flam-gateway organ list`)")
         return organ
@@ -309,10 +308,8 @@ class Ledger(AuditTrail):
                         sql.RESERVE_MESSAGE_ID,
                         {"sender_id": row["sender_id"], "message_id": message_id, "transfer_id": transfer_id},
                     )
-            if code is not None and conn.execute(sql.RECEIPT_OWED, {"tid": transfer_id, "code": code}).first() is None:
-                errors = json.dumps([p.as_dict() for p in problems], ensure_ascii=False)
-                receipt = {"status_info": info or target.value, "errors": errors, "event_time": now, "written": False}
-                conn.execute(sql.OWE_RECEIPT, {"transfer_id": transfer_id, "status_code": code, **receipt})
+            if code is not None:
+                _owe_receipt(s, transfer_id, code, info or target.value, now, problems)
             detail = info or (f"status {code}" if code else "")
             events = [
                 new_event(
@@ -331,10 +328,9 @@ class Ledger(AuditTrail):
     def add_receipt(self, transfer_id: str, code: int, info: str, now: datetime) -> bool:
         """Owe a receipt that is no transition (701: will expire soon); False if it is owed already."""
         with self.tx() as s:
-            if s.get(Receipt, (transfer_id, code)) is not None:
+            if not _owe_receipt(s, transfer_id, code, info, now):
                 return False
             transfer = s.get(Transfer, transfer_id)
-            s.add(Receipt(transfer_id=transfer_id, status_code=code, status_info=info, event_time=now))
             self._append(
                 s,
                 now,
@@ -408,6 +404,19 @@ class Ledger(AuditTrail):
         with self.read() as s:
             rows = s.exec(select(Transfer.state, func.count()).group_by(Transfer.state))  # type: ignore[call-overload]
             return {state: n for state, n in rows}
+
+
+def _owe_receipt(
+    s: Session, transfer_id: str, code: int, info: str, now: datetime, problems: Sequence[Problem] = ()
+) -> bool:
+    """Record the receipt ``code`` as due for the transfer unless it is already; True if recorded now."""
+    conn = s.connection()
+    if conn.execute(sql.RECEIPT_OWED, {"tid": transfer_id, "code": code}).first() is not None:
+        return False
+    errors = json.dumps([p.as_dict() for p in problems], ensure_ascii=False)
+    receipt = {"status_info": info, "errors": errors, "event_time": now, "written": False}
+    conn.execute(sql.OWE_RECEIPT, {"transfer_id": transfer_id, "status_code": code, **receipt})
+    return True
 
 
 def _known_ids(s: Session, ids: Sequence[str]) -> set[str]:
