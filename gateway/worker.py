@@ -22,8 +22,8 @@ from gateway.handlers.encrypt import Crypto
 from gateway.handlers.receipt import STATUS_INFO, receipt_bytes, receipt_document, receipt_name
 from gateway.handlers.route import Directory
 from gateway.ledger.models import Organ, Transfer, utc
-from gateway.ledger.store import Ledger, StaleTransition
-from gateway.lifecycle import RECORDED_WITH_NEXT, TRANSITIONS, WORKABLE, State
+from gateway.ledger.store import DueReceipt, Ledger, StaleTransition
+from gateway.lifecycle import RECORDED_WITH_NEXT, WORKABLE, State
 from gateway.limits import Limits
 from gateway.pipeline import Context, Step, advance, spool_paths
 
@@ -50,6 +50,7 @@ class Worker:
         self.ledger, self.folders, self.crypto, self.limits, self.clock = ledger, folders, crypto, limits, clock
         self.owner, self.hold, self.lease, self.max_backoff = owner, hold, lease, max_backoff
         self._owed: dict[str, tuple[str, datetime]] = {}  # releases the database refused: (error, retry at)
+        self._written: list[tuple[str, int]] = []  # receipts written, marked so with the next claim
 
     def context(self, directory: Directory | None = None) -> Context:
         return Context(
@@ -73,10 +74,13 @@ class Worker:
             if not busy:
                 wake.wait(timeout=1.0)
                 wake.clear()
+        with contextlib.suppress(Exception):  # else the next start writes these receipts once more
+            self.flush_written()
 
     def work_one(self) -> bool:
         """Claim one transfer and take it as far as it goes now; False when there was nothing to claim."""
-        transfer = self.ledger.claim(self.owner, self.clock(), self.lease)
+        transfer = self.ledger.claim(self.owner, self.clock(), self.lease, written=self._written)
+        self._written = []
         if transfer is None:
             return False
         directory = _OrgansOnce(self.ledger)
@@ -104,12 +108,15 @@ class Worker:
         return True  # the step that left the workable states ended the lease
 
     def record(self, transfer: Transfer, step: Step, passed: Sequence[tuple[State, Step]] = ()) -> Transfer:
-        """Record ``step`` (after the ``passed`` ones, from the state each started in), then do its file work."""
-        last = State(transfer.state)
+        """Record ``step`` (after the ``passed`` ones, from the state each started in), then do its file work.
+
+        The receipt the step owes is written at once and marked written with the worker's next claim (or by
+        :meth:`flush_written`): a crash in between writes the same receipt file again, never loses it.
+        """
         values = {k: v for _, done in passed for k, v in done.values.items()} | step.values
         moved = self.ledger.transition(
             transfer.id,
-            passed[0][0] if passed else last,
+            passed[0][0] if passed else State(transfer.state),
             step.target,
             self.clock(),
             problems=step.problems,
@@ -118,9 +125,16 @@ class Worker:
             via=[done.target for _, done in passed],
             **values,
         )
-        target = State(moved.state)
-        self.tidy(moved, receipts=target is State.REJECTED or TRANSITIONS[last][target] is not None)
-        return moved
+        self.tidy(moved.transfer, receipts=False)
+        if moved.due is not None:
+            self._write_receipt(moved.due)
+            self._written.append((moved.transfer.id, moved.due.receipt.status_code))
+        return moved.transfer
+
+    def flush_written(self) -> None:
+        """Mark the receipts written since the last claim (for callers that do not claim)."""
+        self.ledger.mark_written(self._written)
+        self._written = []
 
     def retry_held(self) -> None:
         """Give held transfers another look: key usable again, or hold time over (311)."""
@@ -130,6 +144,7 @@ class Worker:
                 step = advance(held, self.context())
                 if step is not None:
                     self.record(held, step)
+        self.flush_written()
 
     def pick_up(self, recipient_id: str, name: str) -> None:
         """The recipient removed a delivery from its inbox: FETCHED, and the sender gets 110."""
@@ -138,6 +153,7 @@ class Worker:
             return
         with contextlib.suppress(StaleTransition):
             self.record(transfer, Step(State.FETCHED, info="picked up by the recipient"))
+        self.flush_written()
 
     def tidy(self, transfer: Transfer, receipts: bool = True) -> None:
         """Idempotent file work owed by the transfer's state: quarantine, wipe the spool, write receipts."""
@@ -156,27 +172,30 @@ class Worker:
 
     def write_receipts(self, transfer_id: str | None = None) -> int:
         """Write every receipt the ledger owes (one transfer's, or all); returns how many were written."""
-        count = 0
-        for due in self.ledger.due_receipts(transfer_id):
-            t, r = due.transfer, due.receipt
-            document = receipt_document(
-                message_id=t.message_id,
-                dossier_id=t.dossier_id,
-                sender_id=t.sender_id,
-                recipient_id=t.recipient_id,
-                status_code=r.status_code,
-                status_info=r.status_info,
-                event_time=utc(r.event_time),
-                file_name=t.file_name,
-                errors=json.loads(r.errors),
-            )
-            folder = self.folders.receipts(t.sender_id)
-            if folder.is_dir():
-                name = receipt_name(t.id, t.message_id, t.file_name, r.status_code)
-                self.folders.write_atomic(folder / name, receipt_bytes(document))
-            self.ledger.mark_written(t.id, r.status_code)
-            count += 1
-        return count
+        due = self.ledger.due_receipts(transfer_id)
+        for receipt in due:
+            self._write_receipt(receipt)
+            self.ledger.mark_written([(receipt.transfer.id, receipt.receipt.status_code)])
+        return len(due)
+
+    def _write_receipt(self, due: DueReceipt) -> None:
+        """Write one receipt file into the sender's receipts folder (atomically; the same file when redone)."""
+        t, r = due.transfer, due.receipt
+        document = receipt_document(
+            message_id=t.message_id,
+            dossier_id=t.dossier_id,
+            sender_id=t.sender_id,
+            recipient_id=t.recipient_id,
+            status_code=r.status_code,
+            status_info=r.status_info,
+            event_time=utc(r.event_time),
+            file_name=t.file_name,
+            errors=json.loads(r.errors),
+        )
+        folder = self.folders.receipts(t.sender_id)
+        if folder.is_dir():
+            name = receipt_name(t.id, t.message_id, t.file_name, r.status_code)
+            self.folders.write_atomic(folder / name, receipt_bytes(document))
 
     def _retry_later(self, transfer: Transfer, exc: BaseException) -> None:
         """Back off exponentially; nothing is lost. The admin sees it in the log, the audit trail and fsck."""

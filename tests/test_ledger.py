@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from gateway.errors import AdminError, IllegalTransition, Problem
 from gateway.folders import new_transfer_id
-from gateway.ledger.models import Transfer
+from gateway.ledger.models import Transfer, utc
 from gateway.ledger.store import Ledger, StaleTransition
 from gateway.lifecycle import State
 
@@ -103,12 +103,19 @@ def test_the_transition_table_is_enforced(ledger: Ledger) -> None:
 def test_a_delivery_owes_a_receipt_until_it_is_written(ledger: Ledger) -> None:
     transfer = received(ledger)
     ledger.transition(transfer.id, State.RECEIVED, State.VALIDATED, NOW, message_id="m-1")
-    ledger.transition(transfer.id, State.VALIDATED, State.ENCRYPTED, NOW)
-    ledger.transition(transfer.id, State.ENCRYPTED, State.DELIVERED, NOW, delivered_name="x.json.pgp")
+    assert ledger.transition(transfer.id, State.VALIDATED, State.ENCRYPTED, NOW).receipt is None
+    moved = ledger.transition(transfer.id, State.ENCRYPTED, State.DELIVERED, NOW, delivered_name="x.json.pgp")
     due = ledger.due_receipts()
     assert [(d.transfer.id, d.receipt.status_code) for d in due] == [(transfer.id, 100)]
-    ledger.mark_written(transfer.id, 100)
-    assert ledger.due_receipts() == []
+    owed, held = moved.receipt, due[0].receipt
+    assert (owed.status_code, owed.status_info, owed.errors, utc(owed.event_time)) == (
+        held.status_code,
+        held.status_info,
+        held.errors,
+        utc(held.event_time),
+    ), "the transition hands back the receipt it owes, as the ledger holds it"
+    ledger.claim("node-a:0", NOW, timedelta(minutes=5), written=[(transfer.id, 100)])
+    assert ledger.due_receipts() == [], "the worker's next claim marks the receipt written"
     assert ledger.transfer(transfer.id).status_code == 100
 
 
@@ -116,22 +123,24 @@ def test_a_repeated_message_id_is_rejected_with_201(ledger: Ledger) -> None:
     first, second = received(ledger, name="a.json"), received(ledger, name="b.json")
     ledger.transition(first.id, State.RECEIVED, State.VALIDATED, NOW, message_id="m-1")
     moved = ledger.transition(second.id, State.RECEIVED, State.VALIDATED, NOW, message_id="m-1")
-    assert (moved.state, moved.status_code) == ("rejected", 201)
+    assert (moved.transfer.state, moved.transfer.status_code) == ("rejected", 201)
     assert '"DUPLICATE_MESSAGE_ID"' in ledger.due_receipts(second.id)[0].receipt.errors
     other_sender = received(ledger, sender="pk-bau-zh")
-    assert ledger.transition(other_sender.id, State.RECEIVED, State.VALIDATED, NOW, message_id="m-1").state == (
-        "validated"
-    ), "message ids are unique per sender"
+    assert ledger.transition(
+        other_sender.id, State.RECEIVED, State.VALIDATED, NOW, message_id="m-1"
+    ).transfer.state == ("validated"), "message ids are unique per sender"
 
 
 def test_a_step_recorded_with_the_next_one_keeps_both_events_and_its_checks(ledger: Ledger) -> None:
     first, second = received(ledger, name="a.json"), received(ledger, name="b.json")
     moved = ledger.transition(first.id, State.RECEIVED, State.ENCRYPTED, NOW, via=[State.VALIDATED], message_id="m-1")
-    assert moved.state == "encrypted"
+    assert moved.transfer.state == "encrypted"
     actions = [e.action for e in ledger.events(transfer_id=first.id)]
     assert actions == ["transition:received", "transition:validated", "transition:encrypted"]
     again = ledger.transition(second.id, State.RECEIVED, State.ENCRYPTED, NOW, via=[State.VALIDATED], message_id="m-1")
-    assert (again.state, again.status_code) == ("rejected", 201), "the message id is still reserved on the way"
+    assert (again.transfer.state, again.transfer.status_code) == ("rejected", 201), (
+        "the message id is still reserved on the way"
+    )
     with pytest.raises(IllegalTransition):
         ledger.transition(second.id, State.RECEIVED, State.DELIVERED, NOW, via=[State.ENCRYPTED])
     with pytest.raises(ValueError, match="owes a receipt"):
@@ -146,7 +155,7 @@ def test_a_rejection_lists_every_problem(ledger: Ledger) -> None:
         Problem("DOSSIER_SCHEMA", "/envelope/test", "must be a boolean"),
     ]
     moved = ledger.transition(transfer.id, State.RECEIVED, State.REJECTED, NOW, problems=problems)
-    assert moved.status_code == 210, "the schema violation is the more fundamental reason"
+    assert moved.transfer.status_code == 210, "the schema violation is the more fundamental reason"
     assert ledger.due_receipts(transfer.id)[0].receipt.errors.count('"code"') == 2
 
 

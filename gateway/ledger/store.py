@@ -40,6 +40,18 @@ class DueReceipt:
     receipt: Receipt
 
 
+@dataclass(frozen=True)
+class Moved:
+    """A recorded transition: the transfer as it is now, and the receipt the step owes (if any)."""
+
+    transfer: Transfer
+    receipt: Receipt | None
+
+    @property
+    def due(self) -> DueReceipt | None:
+        return DueReceipt(self.transfer, self.receipt) if self.receipt is not None else None
+
+
 class Ledger(AuditTrail):
     """Transactional access to the ledger tables."""
 
@@ -195,16 +207,21 @@ class Ledger(AuditTrail):
         with self.read() as s:
             return s.get(Transfer, transfer_id)
 
-    def claim(self, owner: str, now: datetime, lease: timedelta) -> Transfer | None:
+    def claim(
+        self, owner: str, now: datetime, lease: timedelta, written: Sequence[tuple[str, int]] = ()
+    ) -> Transfer | None:
         """Lease the oldest workable transfer to ``owner``; None when there is nothing to do.
 
         One ``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING``: on PostgreSQL the inner select skips rows
-        another node has locked; on SQLite the transaction already holds the write lock.
+        another node has locked; on SQLite the transaction already holds the write lock. ``written`` marks
+        receipts (transfer id, status code) whose files the worker wrote since its last claim, in the same
+        transaction.
         """
         with self.tx() as s:
-            row = (
-                s.connection().execute(sql.CLAIM, {"now": now, "until": now + lease, "owner": owner}).mappings().first()
-            )
+            conn = s.connection()
+            if written:
+                conn.execute(sql.RECEIPT_WRITTEN, [{"tid": tid, "code": code} for tid, code in written])
+            row = conn.execute(sql.CLAIM, {"now": now, "until": now + lease, "owner": owner}).mappings().first()
         return Transfer.model_validate(dict(row)) if row is not None else None
 
     def release(self, transfer_id: str, *, error: str | None = None, retry_at: datetime | None = None) -> None:
@@ -250,7 +267,7 @@ class Ledger(AuditTrail):
         release: bool = False,
         via: Sequence[State] = (),
         **values: Any,
-    ) -> Transfer:
+    ) -> Moved:
         """Move a transfer along the lifecycle table, recording the event and any receipt it owes.
 
         ``via`` names states passed on the way (steps that changed nothing outside the ledger, recorded with
@@ -288,7 +305,7 @@ class Ledger(AuditTrail):
         info: str,
         values: dict[str, Any],
         release: bool,
-    ) -> Transfer:
+    ) -> Moved:
         source, target = hops[0][0], hops[-1][1]
         with self.tx() as s:
             conn = s.connection()
@@ -308,8 +325,9 @@ class Ledger(AuditTrail):
                         sql.RESERVE_MESSAGE_ID,
                         {"sender_id": row["sender_id"], "message_id": message_id, "transfer_id": transfer_id},
                     )
-            if code is not None:
-                _owe_receipt(s, transfer_id, code, info or target.value, now, problems)
+            receipt = (
+                _owe_receipt(s, transfer_id, code, info or target.value, now, problems) if code is not None else None
+            )
             detail = info or (f"status {code}" if code else "")
             events = [
                 new_event(
@@ -323,12 +341,12 @@ class Ledger(AuditTrail):
                 for _, hop_target in hops
             ]
             self._chain(s, events)
-        return Transfer.model_validate({**row, **changes})
+        return Moved(Transfer.model_validate({**row, **changes}), receipt)
 
     def add_receipt(self, transfer_id: str, code: int, info: str, now: datetime) -> bool:
         """Owe a receipt that is no transition (701: will expire soon); False if it is owed already."""
         with self.tx() as s:
-            if not _owe_receipt(s, transfer_id, code, info, now):
+            if _owe_receipt(s, transfer_id, code, info, now) is None:
                 return False
             transfer = s.get(Transfer, transfer_id)
             self._append(
@@ -360,9 +378,11 @@ class Ledger(AuditTrail):
             rows = s.exec(sql.DUE) if transfer_id is None else s.exec(sql.DUE_FOR, params={"tid": transfer_id})
             return [DueReceipt(t, r) for t, r in rows]
 
-    def mark_written(self, transfer_id: str, status_code: int) -> None:
-        with self.tx() as s:
-            s.connection().execute(sql.RECEIPT_WRITTEN, {"tid": transfer_id, "code": status_code})
+    def mark_written(self, written: Sequence[tuple[str, int]]) -> None:
+        """Mark receipts (transfer id, status code) whose files are written."""
+        if written:
+            with self.tx() as s:
+                s.connection().execute(sql.RECEIPT_WRITTEN, [{"tid": tid, "code": code} for tid, code in written])
 
     def transfers(
         self,
@@ -408,15 +428,16 @@ class Ledger(AuditTrail):
 
 def _owe_receipt(
     s: Session, transfer_id: str, code: int, info: str, now: datetime, problems: Sequence[Problem] = ()
-) -> bool:
-    """Record the receipt ``code`` as due for the transfer unless it is already; True if recorded now."""
+) -> Receipt | None:
+    """Record the receipt ``code`` as due for the transfer unless it is already; the receipt if recorded now."""
     conn = s.connection()
     if conn.execute(sql.RECEIPT_OWED, {"tid": transfer_id, "code": code}).first() is not None:
-        return False
+        return None
     errors = json.dumps([p.as_dict() for p in problems], ensure_ascii=False)
-    receipt = {"status_info": info, "errors": errors, "event_time": now, "written": False}
-    conn.execute(sql.OWE_RECEIPT, {"transfer_id": transfer_id, "status_code": code, **receipt})
-    return True
+    receipt = {"transfer_id": transfer_id, "status_code": code, "status_info": info, "errors": errors}
+    receipt |= {"event_time": now, "written": False}
+    conn.execute(sql.OWE_RECEIPT, receipt)
+    return Receipt.model_validate(receipt)
 
 
 def _known_ids(s: Session, ids: Sequence[str]) -> set[str]:
