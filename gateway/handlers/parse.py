@@ -132,6 +132,8 @@ def parse_json(raw: bytes, limits: Limits, where: str = "") -> dict[str, Any]:
 
 def _check_depth(text: str, limit: int, where: str) -> None:
     """Reject nesting deeper than ``limit`` before json recurses into it (brackets in strings are skipped)."""
+    if text.count("[") + text.count("{") <= limit:
+        return  # cannot nest deeper than it has openings (the common case: no scan through the attachments)
     depth = 0
     for token in _TOKENS.finditer(text):
         char = token.group()
