@@ -21,7 +21,7 @@ from gateway.folders import Folders, move_no_replace
 from gateway.handlers.encrypt import Crypto
 from gateway.handlers.receipt import STATUS_INFO, receipt_bytes, receipt_document, receipt_name
 from gateway.handlers.route import Directory
-from gateway.ledger.models import Organ, Transfer, utc
+from gateway.ledger.models import OrganData, TransferData, utc
 from gateway.ledger.store import DueReceipt, Ledger, StaleTransition
 from gateway.lifecycle import RECORDED_WITH_NEXT, WORKABLE, State
 from gateway.limits import Limits
@@ -107,7 +107,7 @@ class Worker:
             return True
         return True  # the step that left the workable states ended the lease
 
-    def record(self, transfer: Transfer, step: Step, passed: Sequence[tuple[State, Step]] = ()) -> Transfer:
+    def record(self, transfer: TransferData, step: Step, passed: Sequence[tuple[State, Step]] = ()) -> TransferData:
         """Record ``step`` (after the ``passed`` ones, from the state each started in), then do its file work.
 
         The receipt the step owes is written at once and marked written with the worker's next claim (or by
@@ -155,7 +155,7 @@ class Worker:
             self.record(transfer, Step(State.FETCHED, info="picked up by the recipient"))
         self.flush_written()
 
-    def tidy(self, transfer: Transfer, receipts: bool = True) -> None:
+    def tidy(self, transfer: TransferData, receipts: bool = True) -> None:
         """Idempotent file work owed by the transfer's state: quarantine, wipe the spool, write receipts."""
         plain, encrypted = spool_paths(transfer, self.folders)
         state = State(transfer.state)
@@ -197,7 +197,7 @@ class Worker:
             name = receipt_name(t.id, t.message_id, t.file_name, r.status_code)
             self.folders.write_atomic(folder / name, receipt_bytes(document))
 
-    def _retry_later(self, transfer: Transfer, exc: BaseException) -> None:
+    def _retry_later(self, transfer: TransferData, exc: BaseException) -> None:
         """Back off exponentially; nothing is lost. The admin sees it in the log, the audit trail and fsck."""
         delay = min(self.max_backoff, 2.0 ** min(transfer.attempts, 10))
         log.warning("transfer %s: %s; retry in %.0f s (attempt %d)", transfer.id, exc, delay, transfer.attempts + 1)
@@ -224,9 +224,9 @@ class _OrgansOnce:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self._organs: dict[str, Organ | None] = {}
+        self._organs: dict[str, OrganData | None] = {}
 
-    def find_organ(self, organ_id: str) -> Organ | None:
+    def find_organ(self, organ_id: str) -> OrganData | None:
         if organ_id not in self._organs:
             self._organs[organ_id] = self.ledger.find_organ(organ_id)
         return self._organs[organ_id]

@@ -8,7 +8,7 @@ Appending is serialised (SQLite's single writer; a transaction-scoped advisory l
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +22,6 @@ from gateway.ledger.models import Event, utc
 GENESIS = "0" * 64
 _CHAIN_LOCK = 0x464C414D  # "FLAM": advisory lock id of the audit chain on PostgreSQL
 _EVENTS = Event.__table__  # type: ignore[attr-defined]
-_EVENT_COLUMNS = [c.name for c in _EVENTS.columns if c.name != "id"]
 _TAKE_CHAIN_LOCK = text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=_CHAIN_LOCK)
 _LAST_HASH = select(_EVENTS.c.hash).order_by(_EVENTS.c.id.desc()).limit(1)
 _INSERT_EVENT = insert(_EVENTS)
@@ -96,7 +95,7 @@ class AuditTrail:
             for ev in s.exec(select(Event).order_by(Event.id)):  # type: ignore[arg-type]
                 count += 1
                 expected_prev = ev.prev_hash if prev is None else prev  # purge moves the chain's start
-                if ev.prev_hash != expected_prev or ev.hash != _event_hash(ev):
+                if ev.prev_hash != expected_prev or ev.hash != _event_hash(ev.model_dump()):
                     bad.append(ev.id or 0)
                 prev = ev.hash
         return count, bad
@@ -109,7 +108,7 @@ class AuditTrail:
         """Append one event (``fields``: those of :func:`new_event`) within the transaction ``s``."""
         self._chain(s, [new_event(now, action, detail, **fields)])
 
-    def _chain(self, s: Session, events: list[Event]) -> None:
+    def _chain(self, s: Session, events: list[dict[str, Any]]) -> None:
         """Link ``events`` to the end of the audit chain (serialised: SQLite's write lock, PG's advisory lock)."""
         if not events:
             return
@@ -117,12 +116,10 @@ class AuditTrail:
         if not self.is_sqlite:
             conn.execute(_TAKE_CHAIN_LOCK)
         last = conn.execute(_LAST_HASH).scalar()
-        rows = []
         for event in events:
-            event.prev_hash = last or GENESIS
-            event.hash = last = _event_hash(event)
-            rows.append({column: getattr(event, column) for column in _EVENT_COLUMNS})
-        conn.execute(_INSERT_EVENT, rows)
+            event["prev_hash"] = last or GENESIS
+            event["hash"] = last = _event_hash(event)
+        conn.execute(_INSERT_EVENT, events)
 
 
 def new_event(
@@ -134,32 +131,32 @@ def new_event(
     transfer_id: str | None = None,
     ok: bool = True,
     peer: str | None = None,
-) -> Event:
-    """An event row not yet linked into the chain (``_chain`` fills in its hashes)."""
-    return Event(
-        at=utc(at),
-        organ_id=organ_id,
-        transfer_id=transfer_id,
-        action=action,
-        detail=detail,
-        ok=ok,
-        peer=peer,
-        prev_hash="",
-        hash="",
-    )
+) -> dict[str, Any]:
+    """An event's columns, not yet linked into the chain (``_chain`` fills in its hashes)."""
+    return {
+        "at": utc(at),
+        "organ_id": organ_id,
+        "transfer_id": transfer_id,
+        "action": action,
+        "detail": detail,
+        "ok": ok,
+        "peer": peer,
+        "prev_hash": "",
+        "hash": "",
+    }
 
 
-def _event_hash(ev: Event) -> str:
+def _event_hash(ev: Mapping[str, Any]) -> str:
     body = "|".join(
         [
-            ev.prev_hash,
-            utc(ev.at).isoformat(timespec="microseconds"),
-            ev.organ_id or "",
-            ev.transfer_id or "",
-            ev.action,
-            ev.detail,
-            "1" if ev.ok else "0",
-            ev.peer or "",
+            ev["prev_hash"],
+            utc(ev["at"]).isoformat(timespec="microseconds"),
+            ev["organ_id"] or "",
+            ev["transfer_id"] or "",
+            ev["action"],
+            ev["detail"],
+            "1" if ev["ok"] else "0",
+            ev["peer"] or "",
         ]
     )
     return hashlib.sha256(body.encode("utf-8")).hexdigest()

@@ -21,8 +21,12 @@ def _ts(**kwargs: object) -> object:
     return Field(sa_type=DateTime(timezone=True), **kwargs)  # type: ignore[arg-type]
 
 
-class Organ(SQLModel, table=True):
-    """An execution body with its own folders; the SSH user name is its id."""
+class OrganData(SQLModel):
+    """An execution body with its own folders; the SSH user name is its id.
+
+    The ``…Data`` classes hold a table's columns as plain data: the ledger's hot path hands these out, as they
+    are built about ten times faster than the table classes below (which track changes for the ORM).
+    """
 
     id: str = Field(primary_key=True, max_length=63)
     kind: str = Field(max_length=32)
@@ -31,6 +35,10 @@ class Organ(SQLModel, table=True):
     pgp_fingerprint: str | None = Field(default=None, max_length=64)
     armor: bool = False  # deliveries as ASCII-armoured .asc instead of binary .pgp
     created_at: datetime = _ts()
+
+
+class Organ(OrganData, table=True):
+    """An organ as a table row."""
 
 
 class SshKey(SQLModel, table=True):
@@ -50,13 +58,8 @@ class Route(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
-class Transfer(SQLModel, table=True):
+class TransferData(SQLModel):
     """One file that entered an outbox, from intake to its end (see gateway.lifecycle)."""
-
-    __table_args__ = (
-        Index("ix_transfer_work", "state", "next_attempt_at"),
-        Index("ix_transfer_sender_msg", "sender_id", "message_id"),
-    )
 
     id: str = Field(primary_key=True, max_length=32)  # time-ordered hex id, also the spool name
     sender_id: str = Field(index=True, max_length=63)  # the account that wrote the file, never the file's claim
@@ -79,6 +82,15 @@ class Transfer(SQLModel, table=True):
     next_attempt_at: datetime = _ts()
     lease_until: datetime | None = _ts(default=None)
     lease_owner: str | None = Field(default=None, max_length=64)
+
+
+class Transfer(TransferData, table=True):
+    """A transfer as a table row."""
+
+    __table_args__ = (
+        Index("ix_transfer_work", "state", "next_attempt_at"),
+        Index("ix_transfer_sender_msg", "sender_id", "message_id"),
+    )
 
     @classmethod
     def arrival(
@@ -106,7 +118,7 @@ class MessageId(SQLModel, table=True):
     transfer_id: str = Field(max_length=32)
 
 
-class Receipt(SQLModel, table=True):
+class ReceiptData(SQLModel):
     """A receipt due to the sender; ``written`` turns true once the file is in its receipts folder."""
 
     transfer_id: str = Field(primary_key=True, foreign_key="transfer.id", max_length=32)
@@ -115,6 +127,10 @@ class Receipt(SQLModel, table=True):
     errors: str = Field(default="[]", sa_column=Column(Text, nullable=False))  # JSON list of problems
     event_time: datetime = _ts()
     written: bool = False
+
+
+class Receipt(ReceiptData, table=True):
+    """A receipt as a table row."""
 
 
 class Event(SQLModel, table=True):

@@ -23,7 +23,18 @@ from gateway import lifecycle
 from gateway.errors import AdminError, Problem, status_for
 from gateway.ledger import statements as sql
 from gateway.ledger.chain import AuditTrail, new_event
-from gateway.ledger.models import ORGAN_KINDS, Organ, Receipt, Route, SshKey, Transfer, utc
+from gateway.ledger.models import (
+    ORGAN_KINDS,
+    Organ,
+    OrganData,
+    Receipt,
+    ReceiptData,
+    Route,
+    SshKey,
+    Transfer,
+    TransferData,
+    utc,
+)
 from gateway.ledger.sqlite import SqliteWriter, reading, sqlite_engine
 from gateway.lifecycle import State
 
@@ -36,16 +47,16 @@ class StaleTransition(Exception):
 class DueReceipt:
     """A receipt the ledger has recorded and whose file must (still) be written."""
 
-    transfer: Transfer
-    receipt: Receipt
+    transfer: TransferData
+    receipt: ReceiptData
 
 
 @dataclass(frozen=True)
 class Moved:
     """A recorded transition: the transfer as it is now, and the receipt the step owes (if any)."""
 
-    transfer: Transfer
-    receipt: Receipt | None
+    transfer: TransferData
+    receipt: ReceiptData | None
 
     @property
     def due(self) -> DueReceipt | None:
@@ -99,16 +110,16 @@ class Ledger(AuditTrail):
             self._append(s, now, "organ_added", f"{organ_id} kind={kind}", organ_id=organ_id)
         return organ
 
-    def organ(self, organ_id: str) -> Organ:
+    def organ(self, organ_id: str) -> OrganData:
         organ = self.find_organ(organ_id)
         if organ is None:
             raise AdminError("ORGAN_UNKNOWN", f"no organ {organ_id!r} (see `flam-gateway organ list`)")
         return organ
 
-    def find_organ(self, organ_id: str) -> Organ | None:
+    def find_organ(self, organ_id: str) -> OrganData | None:
         with self.read() as s:
             row = s.connection().execute(sql.ORGAN, {"oid": organ_id}).mappings().first()
-        return Organ.model_validate(dict(row)) if row is not None else None
+        return OrganData.model_validate(dict(row)) if row is not None else None
 
     def organs(self) -> list[Organ]:
         with self.read() as s:
@@ -209,7 +220,7 @@ class Ledger(AuditTrail):
 
     def claim(
         self, owner: str, now: datetime, lease: timedelta, written: Sequence[tuple[str, int]] = ()
-    ) -> Transfer | None:
+    ) -> TransferData | None:
         """Lease the oldest workable transfer to ``owner``; None when there is nothing to do.
 
         One ``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING``: on PostgreSQL the inner select skips rows
@@ -222,7 +233,7 @@ class Ledger(AuditTrail):
             if written:
                 conn.execute(sql.RECEIPT_WRITTEN, [{"tid": tid, "code": code} for tid, code in written])
             row = conn.execute(sql.CLAIM, {"now": now, "until": now + lease, "owner": owner}).mappings().first()
-        return Transfer.model_validate(dict(row)) if row is not None else None
+        return TransferData.model_validate(dict(row)) if row is not None else None
 
     def release(self, transfer_id: str, *, error: str | None = None, retry_at: datetime | None = None) -> None:
         """End a lease; with ``error``, count a failed attempt and wait until ``retry_at``."""
@@ -341,7 +352,7 @@ class Ledger(AuditTrail):
                 for _, hop_target in hops
             ]
             self._chain(s, events)
-        return Moved(Transfer.model_validate({**row, **changes}), receipt)
+        return Moved(TransferData.model_validate({**row, **changes}), receipt)
 
     def add_receipt(self, transfer_id: str, code: int, info: str, now: datetime) -> bool:
         """Owe a receipt that is no transition (701: will expire soon); False if it is owed already."""
@@ -428,7 +439,7 @@ class Ledger(AuditTrail):
 
 def _owe_receipt(
     s: Session, transfer_id: str, code: int, info: str, now: datetime, problems: Sequence[Problem] = ()
-) -> Receipt | None:
+) -> ReceiptData | None:
     """Record the receipt ``code`` as due for the transfer unless it is already; the receipt if recorded now."""
     conn = s.connection()
     if conn.execute(sql.RECEIPT_OWED, {"tid": transfer_id, "code": code}).first() is not None:
@@ -437,7 +448,7 @@ def _owe_receipt(
     receipt = {"transfer_id": transfer_id, "status_code": code, "status_info": info, "errors": errors}
     receipt |= {"event_time": now, "written": False}
     conn.execute(sql.OWE_RECEIPT, receipt)
-    return Receipt.model_validate(receipt)
+    return ReceiptData.model_validate(receipt)
 
 
 def _known_ids(s: Session, ids: Sequence[str]) -> set[str]:
