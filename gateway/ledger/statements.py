@@ -4,7 +4,8 @@ running it). Parameters are bound by name at execution: ``tid`` a transfer id, `
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, insert, or_, update
+from sqlalchemy import bindparam, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
 from gateway import lifecycle
@@ -12,13 +13,23 @@ from gateway.ledger.models import MessageId, Organ, Receipt, Route, Transfer
 
 TRANSFERS = Transfer.__table__  # type: ignore[attr-defined]
 RECEIPTS = Receipt.__table__  # type: ignore[attr-defined]
-LOCK_TRANSFER = select(TRANSFERS).where(TRANSFERS.c.id == bindparam("tid")).with_for_update()
-CHANGE_TRANSFER = update(TRANSFERS).where(TRANSFERS.c.id == bindparam("tid"))  # SET: the other parameters
-RESERVE_MESSAGE_ID = insert(MessageId.__table__)  # type: ignore[attr-defined]
-RECEIPT_OWED = select(RECEIPTS.c.status_code).where(
-    RECEIPTS.c.transfer_id == bindparam("tid"), RECEIPTS.c.status_code == bindparam("code")
+# A step: SET the other parameters, only if the transfer is still in the state the step started from.
+MOVE_TRANSFER = (
+    update(TRANSFERS)
+    .where(TRANSFERS.c.id == bindparam("tid"), TRANSFERS.c.state == bindparam("source"))
+    .returning(*TRANSFERS.c)
 )
-OWE_RECEIPT = insert(RECEIPTS)
+# INSERT … ON CONFLICT DO NOTHING RETURNING (by dialect name): no row back means the key is taken (the row
+# count is no use here: psycopg reports -1).
+_DIALECTS = {"sqlite": sqlite, "postgresql": postgresql}
+_MESSAGE_IDS = MessageId.__table__  # type: ignore[attr-defined]
+RESERVE_MESSAGE_ID = {
+    n: d.insert(_MESSAGE_IDS).on_conflict_do_nothing().returning(_MESSAGE_IDS.c.transfer_id)
+    for n, d in _DIALECTS.items()
+}
+OWE_RECEIPT = {
+    n: d.insert(RECEIPTS).on_conflict_do_nothing().returning(RECEIPTS.c.transfer_id) for n, d in _DIALECTS.items()
+}
 DUE = select(Transfer, Receipt).join(Receipt).where(Receipt.written == False).order_by(Receipt.event_time)  # noqa: E712
 DUE_FOR = DUE.where(Receipt.transfer_id == bindparam("tid"))
 ORGAN = select(Organ.__table__).where(Organ.__table__.c.id == bindparam("oid"))  # type: ignore[attr-defined]

@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, or_, update
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from gateway import lifecycle
@@ -41,6 +40,10 @@ from gateway.lifecycle import State
 
 class StaleTransition(Exception):
     """The transfer is no longer in the state a step started from (another worker or a redo moved it)."""
+
+
+class _DuplicateMessageId(Exception):
+    """The message id a step would reserve is taken by another transfer of the same sender."""
 
 
 @dataclass(frozen=True)
@@ -297,7 +300,7 @@ class Ledger(AuditTrail):
             code = status_for(problems)
         try:
             return self._transition(transfer_id, hops, now, code, problems, info, values, release)
-        except IntegrityError:
+        except _DuplicateMessageId:
             dup = Problem(
                 "DUPLICATE_MESSAGE_ID", "/envelope/message_id", "this message_id was already accepted from this sender"
             )
@@ -318,24 +321,25 @@ class Ledger(AuditTrail):
         release: bool,
     ) -> Moved:
         source, target = hops[0][0], hops[-1][1]
+        changes = {**values, "state": target.value, "updated_at": now}
+        if release:
+            changes.update(lease_until=None, lease_owner=None)
+        if code is not None:
+            changes["status_code"] = code
         with self.tx() as s:
             conn = s.connection()
-            row = conn.execute(sql.LOCK_TRANSFER, {"tid": transfer_id}).mappings().first()
-            if row is None or row["state"] != source.value:
+            moved = conn.execute(sql.MOVE_TRANSFER, {"tid": transfer_id, "source": source.value, **changes})
+            row = moved.mappings().first()
+            if row is None:
                 raise StaleTransition(f"{transfer_id} is not {source.value}")
-            changes = {**values, "state": target.value, "updated_at": now}
-            if release:
-                changes.update(lease_until=None, lease_owner=None)
-            if code is not None:
-                changes["status_code"] = code
-            conn.execute(sql.CHANGE_TRANSFER, {"tid": transfer_id, **changes})
-            message_id = changes.get("message_id", row["message_id"])
-            if (State.RECEIVED, State.VALIDATED) in hops and message_id:
-                with s.begin_nested():
-                    conn.execute(
-                        sql.RESERVE_MESSAGE_ID,
-                        {"sender_id": row["sender_id"], "message_id": message_id, "transfer_id": transfer_id},
-                    )
+            if (State.RECEIVED, State.VALIDATED) in hops and row["message_id"]:
+                reservation = {
+                    "sender_id": row["sender_id"],
+                    "message_id": row["message_id"],
+                    "transfer_id": transfer_id,
+                }
+                if conn.execute(sql.RESERVE_MESSAGE_ID[conn.dialect.name], reservation).first() is None:
+                    raise _DuplicateMessageId  # rolls the step back; transition() records a 201 instead
             receipt = (
                 _owe_receipt(s, transfer_id, code, info or target.value, now, problems) if code is not None else None
             )
@@ -352,7 +356,7 @@ class Ledger(AuditTrail):
                 for _, hop_target in hops
             ]
             self._chain(s, events)
-        return Moved(TransferData.model_validate({**row, **changes}), receipt)
+        return Moved(TransferData.model_validate(dict(row)), receipt)
 
     def add_receipt(self, transfer_id: str, code: int, info: str, now: datetime) -> bool:
         """Owe a receipt that is no transition (701: will expire soon); False if it is owed already."""
@@ -442,12 +446,11 @@ def _owe_receipt(
 ) -> ReceiptData | None:
     """Record the receipt ``code`` as due for the transfer unless it is already; the receipt if recorded now."""
     conn = s.connection()
-    if conn.execute(sql.RECEIPT_OWED, {"tid": transfer_id, "code": code}).first() is not None:
-        return None
     errors = json.dumps([p.as_dict() for p in problems], ensure_ascii=False)
     receipt = {"transfer_id": transfer_id, "status_code": code, "status_info": info, "errors": errors}
     receipt |= {"event_time": now, "written": False}
-    conn.execute(sql.OWE_RECEIPT, receipt)
+    if conn.execute(sql.OWE_RECEIPT[conn.dialect.name], receipt).first() is None:
+        return None
     return ReceiptData.model_validate(receipt)
 
 
