@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, text
+from sqlalchemy import Connection, delete, insert, text
 from sqlmodel import Session, select
 
 from gateway.ledger.models import Event, utc
@@ -64,7 +64,7 @@ class AuditTrail:
         """Append several access events in one transaction, in order."""
         rows = [new_event(e.at, e.action, e.detail, organ_id=e.organ_id, ok=e.ok, peer=e.peer) for e in events]
         with self.tx() as s:
-            self._chain(s, rows)
+            self._chain(s.connection(), rows)
 
     def events(
         self,
@@ -106,13 +106,12 @@ class AuditTrail:
 
     def _append(self, s: Session, now: datetime, action: str, detail: str, **fields: Any) -> None:
         """Append one event (``fields``: those of :func:`new_event`) within the transaction ``s``."""
-        self._chain(s, [new_event(now, action, detail, **fields)])
+        self._chain(s.connection(), [new_event(now, action, detail, **fields)])
 
-    def _chain(self, s: Session, events: list[dict[str, Any]]) -> None:
+    def _chain(self, conn: Connection, events: list[dict[str, Any]]) -> None:
         """Link ``events`` to the end of the audit chain (serialised: SQLite's write lock, PG's advisory lock)."""
         if not events:
             return
-        conn = s.connection()
         if not self.is_sqlite:
             conn.execute(_TAKE_CHAIN_LOCK)
         last = conn.execute(_LAST_HASH).scalar()

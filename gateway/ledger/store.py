@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, update
+from sqlalchemy import Connection, delete, func, or_, update
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from gateway import lifecycle
@@ -100,6 +100,18 @@ class Ledger(AuditTrail):
         with reading(), Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
 
+    @contextmanager
+    def core_tx(self) -> Iterator[Connection]:
+        """:meth:`tx` on a bare connection, for the workers' hot path (an ORM session costs ~30 us more)."""
+        with self._writer, self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def core_read(self) -> Iterator[Connection]:
+        """:meth:`read` on a bare connection."""
+        with reading(), self.engine.begin() as conn:
+            yield conn
+
     # -- organs, keys, routes -------------------------------------------------------------------------
 
     def add_organ(self, organ_id: str, kind: str, name: str, now: datetime) -> Organ:
@@ -120,8 +132,8 @@ class Ledger(AuditTrail):
         return organ
 
     def find_organ(self, organ_id: str) -> OrganData | None:
-        with self.read() as s:
-            row = s.connection().execute(sql.ORGAN, {"oid": organ_id}).mappings().first()
+        with self.core_read() as conn:
+            row = conn.execute(sql.ORGAN, {"oid": organ_id}).mappings().first()
         return OrganData.model_validate(dict(row)) if row is not None else None
 
     def organs(self) -> list[Organ]:
@@ -189,10 +201,8 @@ class Ledger(AuditTrail):
             return list(s.exec(select(Route).order_by(Route.sender_id, Route.recipient_id)))
 
     def route_allowed(self, sender_id: str, recipient_id: str) -> bool:
-        with self.read() as s:
-            return (
-                s.connection().execute(sql.ROUTE, {"sender": sender_id, "recipient": recipient_id}).first() is not None
-            )
+        with self.core_read() as conn:
+            return conn.execute(sql.ROUTE, {"sender": sender_id, "recipient": recipient_id}).first() is not None
 
     # -- transfers ------------------------------------------------------------------------------------
 
@@ -209,7 +219,7 @@ class Ledger(AuditTrail):
                 new_event(t.created_at, "transition:received", t.file_name, organ_id=t.sender_id, transfer_id=t.id)
                 for t in fresh
             ]
-            self._chain(s, events)
+            self._chain(s.connection(), events)
         return len(fresh)
 
     def known_transfer_ids(self, ids: Sequence[str]) -> set[str]:
@@ -231,8 +241,7 @@ class Ledger(AuditTrail):
         receipts (transfer id, status code) whose files the worker wrote since its last claim, in the same
         transaction.
         """
-        with self.tx() as s:
-            conn = s.connection()
+        with self.core_tx() as conn:
             if written:
                 conn.execute(sql.RECEIPT_WRITTEN, [{"tid": tid, "code": code} for tid, code in written])
             row = conn.execute(sql.CLAIM, {"now": now, "until": now + lease, "owner": owner}).mappings().first()
@@ -326,8 +335,7 @@ class Ledger(AuditTrail):
             changes.update(lease_until=None, lease_owner=None)
         if code is not None:
             changes["status_code"] = code
-        with self.tx() as s:
-            conn = s.connection()
+        with self.core_tx() as conn:
             moved = conn.execute(sql.MOVE_TRANSFER, {"tid": transfer_id, "source": source.value, **changes})
             row = moved.mappings().first()
             if row is None:
@@ -341,7 +349,7 @@ class Ledger(AuditTrail):
                 if conn.execute(sql.RESERVE_MESSAGE_ID[conn.dialect.name], reservation).first() is None:
                     raise _DuplicateMessageId  # rolls the step back; transition() records a 201 instead
             receipt = (
-                _owe_receipt(s, transfer_id, code, info or target.value, now, problems) if code is not None else None
+                _owe_receipt(conn, transfer_id, code, info or target.value, now, problems) if code is not None else None
             )
             detail = info or (f"status {code}" if code else "")
             events = [
@@ -355,13 +363,13 @@ class Ledger(AuditTrail):
                 )
                 for _, hop_target in hops
             ]
-            self._chain(s, events)
+            self._chain(conn, events)
         return Moved(TransferData.model_validate(dict(row)), receipt)
 
     def add_receipt(self, transfer_id: str, code: int, info: str, now: datetime) -> bool:
         """Owe a receipt that is no transition (701: will expire soon); False if it is owed already."""
         with self.tx() as s:
-            if _owe_receipt(s, transfer_id, code, info, now) is None:
+            if _owe_receipt(s.connection(), transfer_id, code, info, now) is None:
                 return False
             transfer = s.get(Transfer, transfer_id)
             self._append(
@@ -396,8 +404,8 @@ class Ledger(AuditTrail):
     def mark_written(self, written: Sequence[tuple[str, int]]) -> None:
         """Mark receipts (transfer id, status code) whose files are written."""
         if written:
-            with self.tx() as s:
-                s.connection().execute(sql.RECEIPT_WRITTEN, [{"tid": tid, "code": code} for tid, code in written])
+            with self.core_tx() as conn:
+                conn.execute(sql.RECEIPT_WRITTEN, [{"tid": tid, "code": code} for tid, code in written])
 
     def transfers(
         self,
@@ -442,10 +450,9 @@ class Ledger(AuditTrail):
 
 
 def _owe_receipt(
-    s: Session, transfer_id: str, code: int, info: str, now: datetime, problems: Sequence[Problem] = ()
+    conn: Connection, transfer_id: str, code: int, info: str, now: datetime, problems: Sequence[Problem] = ()
 ) -> ReceiptData | None:
     """Record the receipt ``code`` as due for the transfer unless it is already; the receipt if recorded now."""
-    conn = s.connection()
     errors = json.dumps([p.as_dict() for p in problems], ensure_ascii=False)
     receipt = {"transfer_id": transfer_id, "status_code": code, "status_info": info, "errors": errors}
     receipt |= {"event_time": now, "written": False}
