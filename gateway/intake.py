@@ -26,7 +26,7 @@ from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGroupe
 
 from gateway.clock import Clock
 from gateway.folders import Folders, fsync_dir, is_temp_name, new_transfer_id
-from gateway.ledger.models import Transfer
+from gateway.ledger.models import TransferData
 from gateway.ledger.store import Ledger
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class Intake:
         transfers = []
         for sender_id, transfer_id, name, spooled in collected:
             size, digest = _size_and_sha256(spooled)
-            transfers.append(Transfer.arrival(transfer_id, sender_id, name, now, size=size, sha256=digest))
+            transfers.append(TransferData.arrival(transfer_id, sender_id, name, now, size=size, sha256=digest))
         count = self.ledger.receive(transfers)
         log.info("received %d file(s)", count)
         self.on_received()

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from gateway.errors import AdminError, IllegalTransition, Problem
 from gateway.folders import new_transfer_id
-from gateway.ledger.models import Transfer, utc
+from gateway.ledger.models import Transfer, TransferData, utc
 from gateway.ledger.store import Ledger, StaleTransition
 from gateway.lifecycle import State
 
@@ -18,7 +18,7 @@ NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 def received(ledger: Ledger, sender: str = "kv-bau-zh", name: str = "a.json") -> Transfer:
-    transfer = Transfer.arrival(new_transfer_id(), sender, name, NOW)
+    transfer = TransferData.arrival(new_transfer_id(), sender, name, NOW)
     assert ledger.receive([transfer]) == 1
     return transfer
 

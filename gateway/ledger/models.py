@@ -83,19 +83,10 @@ class TransferData(SQLModel):
     lease_until: datetime | None = _ts(default=None)
     lease_owner: str | None = Field(default=None, max_length=64)
 
-
-class Transfer(TransferData, table=True):
-    """A transfer as a table row."""
-
-    __table_args__ = (
-        Index("ix_transfer_work", "state", "next_attempt_at"),
-        Index("ix_transfer_sender_msg", "sender_id", "message_id"),
-    )
-
     @classmethod
     def arrival(
         cls, transfer_id: str, sender_id: str, file_name: str, now: datetime, *, size: int = 0, sha256: str = ""
-    ) -> Transfer:
+    ) -> TransferData:
         """A file just taken from ``sender_id``'s outbox, in the first state of its life, due for work now."""
         return cls(
             id=transfer_id,
@@ -108,6 +99,15 @@ class Transfer(TransferData, table=True):
             updated_at=now,
             next_attempt_at=now,
         )
+
+
+class Transfer(TransferData, table=True):
+    """A transfer as a table row."""
+
+    __table_args__ = (
+        Index("ix_transfer_work", "state", "next_attempt_at"),
+        Index("ix_transfer_sender_msg", "sender_id", "message_id"),
+    )
 
 
 class MessageId(SQLModel, table=True):

@@ -4,7 +4,7 @@ running it). Parameters are bound by name at execution: ``tid`` a transfer id, `
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, or_, update
+from sqlalchemy import bindparam, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
@@ -13,6 +13,7 @@ from gateway.ledger.models import MessageId, Organ, Receipt, Route, Transfer
 
 TRANSFERS = Transfer.__table__  # type: ignore[attr-defined]
 RECEIPTS = Receipt.__table__  # type: ignore[attr-defined]
+INSERT_TRANSFER = insert(TRANSFERS)
 # A step: SET the other parameters, only if the transfer is still in the state the step started from.
 MOVE_TRANSFER = (
     update(TRANSFERS)

@@ -206,7 +206,7 @@ class Ledger(AuditTrail):
 
     # -- transfers ------------------------------------------------------------------------------------
 
-    def receive(self, transfers: Sequence[Transfer]) -> int:
+    def receive(self, transfers: Sequence[TransferData]) -> int:
         """Record files an intake committed to the spool (one transaction); returns how many were new.
 
         A transfer recorded already (a redo after a crash) is skipped.
@@ -214,7 +214,8 @@ class Ledger(AuditTrail):
         with self.tx() as s:
             known = _known_ids(s, [t.id for t in transfers])
             fresh = [t for t in transfers if t.id not in known]
-            s.add_all(fresh)
+            if fresh:
+                s.connection().execute(sql.INSERT_TRANSFER, [t.model_dump() for t in fresh])
             events = [
                 new_event(t.created_at, "transition:received", t.file_name, organ_id=t.sender_id, transfer_id=t.id)
                 for t in fresh
