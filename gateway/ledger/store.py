@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, or_, update
+from sqlalchemy import Connection, delete, func, or_, text, update
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from gateway import lifecycle
@@ -80,6 +80,14 @@ class Ledger(AuditTrail):
         else:
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         SQLModel.metadata.create_all(self.engine)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring a ledger made by an earlier version up to date: indexes that tables created then lack."""
+        with self.engine.begin() as conn:
+            conn.execute(text("DROP INDEX IF EXISTS ix_transfer_work"))  # replaced by ix_transfer_claim
+            for index in Transfer.__table__.indexes:  # type: ignore[attr-defined]
+                index.create(conn, checkfirst=True)
 
     def close(self) -> None:
         self.engine.dispose()
