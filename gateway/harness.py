@@ -185,6 +185,15 @@ class Sandbox:
             time.sleep(0.05)
         raise TimeoutError(f"timed out waiting for {what}:\n{self.log.read_text()[-4000:]}")
 
+    def wait_transfer(self, name: str, state: str, timeout: float = 60) -> Transfer:
+        """Wait until the file ``name`` has a transfer in ``state`` whose receipts are all written."""
+
+        def found() -> Transfer | None:
+            rows = [t for t in self.transfers() if t.file_name == name and t.state == state]
+            return rows[0] if rows and not self.ledger.due_receipts(rows[0].id) else None
+
+        return self.wait_for(found, timeout, f"{name} {state}")
+
     def wait_settled(self, count: int, timeout: float = 120) -> list[Transfer]:
         """Wait until ``count`` transfers exist, none is still being worked on, and every receipt is written."""
         open_states = {"received", "validated", "encrypted"}

@@ -172,11 +172,14 @@ class Worker:
 
     def write_receipts(self, transfer_id: str | None = None) -> int:
         """Write every receipt the ledger owes (one transfer's, or all); returns how many were written."""
-        due = self.ledger.due_receipts(transfer_id)
-        for receipt in due:
-            self._write_receipt(receipt)
-            self.ledger.mark_written([(receipt.transfer.id, receipt.receipt.status_code)])
-        return len(due)
+        written: list[tuple[str, int]] = []
+        try:
+            for due in self.ledger.due_receipts(transfer_id):
+                self._write_receipt(due)
+                written.append((due.transfer.id, due.receipt.status_code))
+        finally:
+            self.ledger.mark_written(written)  # one transaction for all (those written before a failure too)
+        return len(written)
 
     def _write_receipt(self, due: DueReceipt) -> None:
         """Write one receipt file into the sender's receipts folder (atomically; the same file when redone)."""

@@ -34,14 +34,6 @@ def box() -> Iterator[Sandbox]:
     sandbox.close()
 
 
-def delivered(box: Sandbox, name: str):
-    def done():
-        rows = [t for t in box.transfers() if t.file_name == name and t.state == "delivered"]
-        return rows[0] if rows and not box.ledger.due_receipts(rows[0].id) else None
-
-    return box.wait_for(done, 60, f"{name} delivered")
-
-
 def plain_gpg_decrypt(home: Path, path: Path) -> tuple[bytes, str | None]:
     """What a recipient with nothing but `gpg` does: decrypt, and read who made the good signature."""
     done = subprocess.run(
@@ -68,7 +60,7 @@ def test_sequoia_deliveries_decrypt_and_verify_with_plain_gpg(box: Sandbox, tmp_
         ("report.json", PK, report, ".json.pgp"),
         ("package.zip", CANTON, package.read_bytes(), ".zip.asc"),
     ):
-        transfer = delivered(box, name)
+        transfer = box.wait_transfer(name, "delivered")
         assert transfer.delivered_name.endswith(suffix)
         plain, signer = plain_gpg_decrypt(
             box.organs[recipient].gnupg, box.folder(recipient, "inbox") / transfer.delivered_name

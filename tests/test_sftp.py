@@ -75,14 +75,6 @@ def paramiko_sftp(box: Sandbox, organ: str) -> Session:
     return Session.from_transport(transport)
 
 
-def transfer_of(box: Sandbox, name: str, state: str):
-    def found():
-        rows = [t for t in box.transfers() if t.file_name == name and t.state == state]
-        return rows[0] if rows and not box.ledger.due_receipts(rows[0].id) else None
-
-    return box.wait_for(found, 60, f"{name} {state}")
-
-
 def test_upload_delivery_download_and_pick_up_over_sftp(box: Sandbox, tmp_path: Path) -> None:
     doc = samples.make_dossier(KV, PK, attachments=[("bericht.pdf", samples.make_pdf(30_000))])
     local = tmp_path / "report.json"
@@ -90,7 +82,7 @@ def test_upload_delivery_download_and_pick_up_over_sftp(box: Sandbox, tmp_path: 
     done = openssh_sftp(box, KV, f"cd outbox\nput -p {local}\nls -l\n")
     assert done.returncode == 0, done.stderr
 
-    transfer = transfer_of(box, "report.json", "delivered")
+    transfer = box.wait_transfer("report.json", "delivered")
     with paramiko_sftp(box, PK) as sftp:
         assert sftp.listdir("/inbox") == [transfer.delivered_name]
         fetched = tmp_path / transfer.delivered_name
@@ -99,7 +91,7 @@ def test_upload_delivery_download_and_pick_up_over_sftp(box: Sandbox, tmp_path: 
         assert plain.data == local.read_bytes() and plain.signature_valid
         sftp.remove(f"/inbox/{transfer.delivered_name}")
 
-    transfer_of(box, "report.json", "fetched")
+    box.wait_transfer("report.json", "fetched")
     with paramiko_sftp(box, KV) as sftp:
         names = sftp.listdir("/receipts")
         codes = sorted(json.loads(sftp.open(f"/receipts/{n}").read())["status_code"] for n in names if transfer.id in n)
@@ -116,7 +108,7 @@ def test_filepart_uploads_renamed_when_done_are_delivered_once(box: Sandbox) -> 
             fh.write(data)
         time.sleep(0.5)  # the watcher ignores the .filepart name
         sftp.rename("/outbox/winscp.json.filepart", "/outbox/winscp.json")
-    transfer_of(box, "winscp.json", "delivered")
+    box.wait_transfer("winscp.json", "delivered")
     assert [t.file_name for t in box.transfers()].count("winscp.json") == 1
 
 
@@ -125,7 +117,7 @@ def test_stat_and_setstat_right_after_upload_succeed_although_the_gateway_took_t
     with paramiko_sftp(box, KV) as sftp:
         with sftp.open("/outbox/quick.json", "wb") as fh:
             fh.write(data)
-        transfer_of(box, "quick.json", "delivered")
+        box.wait_transfer("quick.json", "delivered")
         assert sftp.stat("/outbox/quick.json").st_size == len(data)
         sftp.utime("/outbox/quick.json", (1_700_000_000, 1_700_000_000))
 

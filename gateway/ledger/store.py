@@ -219,22 +219,22 @@ class Ledger(AuditTrail):
 
         A transfer recorded already (a redo after a crash) is skipped.
         """
-        with self.tx() as s:
-            known = _known_ids(s, [t.id for t in transfers])
+        with self.core_tx() as conn:
+            known = _known_ids(conn, [t.id for t in transfers])
             fresh = [t for t in transfers if t.id not in known]
             if fresh:
-                s.connection().execute(sql.INSERT_TRANSFER, [t.model_dump() for t in fresh])
+                conn.execute(sql.INSERT_TRANSFER, [t.model_dump() for t in fresh])
             events = [
                 new_event(t.created_at, "transition:received", t.file_name, organ_id=t.sender_id, transfer_id=t.id)
                 for t in fresh
             ]
-            self._chain(s.connection(), events)
+            self._chain(conn, events)
         return len(fresh)
 
     def known_transfer_ids(self, ids: Sequence[str]) -> set[str]:
         """Those of ``ids`` the ledger has a transfer for."""
-        with self.read() as s:
-            return _known_ids(s, ids)
+        with self.core_read() as conn:
+            return _known_ids(conn, ids)
 
     def transfer(self, transfer_id: str) -> Transfer | None:
         with self.read() as s:
@@ -251,8 +251,7 @@ class Ledger(AuditTrail):
         transaction.
         """
         with self.core_tx() as conn:
-            if written:
-                conn.execute(sql.RECEIPT_WRITTEN, [{"tid": tid, "code": code} for tid, code in written])
+            _mark_written(conn, written)
             row = conn.execute(sql.CLAIM, {"now": now, "until": now + lease, "owner": owner}).mappings().first()
         return TransferData.model_validate(dict(row)) if row is not None else None
 
@@ -414,7 +413,7 @@ class Ledger(AuditTrail):
         """Mark receipts (transfer id, status code) whose files are written."""
         if written:
             with self.core_tx() as conn:
-                conn.execute(sql.RECEIPT_WRITTEN, [{"tid": tid, "code": code} for tid, code in written])
+                _mark_written(conn, written)
 
     def transfers(
         self,
@@ -470,9 +469,14 @@ def _owe_receipt(
     return ReceiptData.model_validate(receipt)
 
 
-def _known_ids(s: Session, ids: Sequence[str]) -> set[str]:
+def _mark_written(conn: Connection, written: Sequence[tuple[str, int]]) -> None:
+    if written:
+        conn.execute(sql.RECEIPT_WRITTEN, [{"tid": tid, "code": code} for tid, code in written])
+
+
+def _known_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
     """Those of ``ids`` that name a transfer (asked in chunks: databases bound the parameters of a query)."""
     known: set[str] = set()
     for i in range(0, len(ids), 500):
-        known.update(s.exec(select(Transfer.id).where(Transfer.id.in_(ids[i : i + 500]))))  # type: ignore[attr-defined]
+        known.update(conn.execute(sql.KNOWN_IDS, {"ids": list(ids[i : i + 500])}).scalars())
     return known
