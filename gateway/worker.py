@@ -21,7 +21,7 @@ from gateway.folders import Folders, move_no_replace
 from gateway.handlers.encrypt import Crypto
 from gateway.handlers.receipt import STATUS_INFO, receipt_bytes, receipt_document, receipt_name
 from gateway.handlers.route import Directory
-from gateway.ledger.models import OrganData, TransferData, utc
+from gateway.ledger.models import TransferData, utc
 from gateway.ledger.store import DueReceipt, Ledger, StaleTransition
 from gateway.lifecycle import RECORDED_WITH_NEXT, WORKABLE, State
 from gateway.limits import Limits
@@ -79,11 +79,11 @@ class Worker:
 
     def work_one(self) -> bool:
         """Claim one transfer and take it as far as it goes now; False when there was nothing to claim."""
-        transfer = self.ledger.claim(self.owner, self.clock(), self.lease, written=self._written)
+        claimed = self.ledger.claim(self.owner, self.clock(), self.lease, written=self._written)
         self._written = []
-        if transfer is None:
+        if claimed is None:
             return False
-        directory = _OrgansOnce(self.ledger)
+        transfer, directory = claimed.transfer, claimed.directory
         try:
             passed: list[tuple[State, Step]] = []  # steps done and not yet recorded (RECORDED_WITH_NEXT)
             while State(transfer.state) in WORKABLE:
@@ -220,22 +220,6 @@ class Worker:
         for transfer_id, (error, retry_at) in list(self._owed.items()):
             self.ledger.release(transfer_id, error=error, retry_at=retry_at)
             del self._owed[transfer_id]
-
-
-class _OrgansOnce:
-    """The ledger as a directory that reads each organ once: the steps of one pass over a dossier agree."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-        self._organs: dict[str, OrganData | None] = {}
-
-    def find_organ(self, organ_id: str) -> OrganData | None:
-        if organ_id not in self._organs:
-            self._organs[organ_id] = self.ledger.find_organ(organ_id)
-        return self._organs[organ_id]
-
-    def route_allowed(self, sender_id: str, recipient_id: str) -> bool:
-        return self.ledger.route_allowed(sender_id, recipient_id)
 
 
 def orphan_spool_files(folders: Folders) -> list[Path]:

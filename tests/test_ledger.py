@@ -64,9 +64,9 @@ def test_concurrent_workers_never_claim_the_same_transfer(ledger: Ledger) -> Non
     lock = threading.Lock()
 
     def work(owner: str) -> None:
-        while (t := ledger.claim(owner, NOW, timedelta(minutes=5))) is not None:
+        while (c := ledger.claim(owner, NOW, timedelta(minutes=5))) is not None:
             with lock:
-                claimed.append(t.id)
+                claimed.append(c.transfer.id)
 
     threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(6)]
     for thread in threads:
@@ -76,16 +76,44 @@ def test_concurrent_workers_never_claim_the_same_transfer(ledger: Ledger) -> Non
     assert sorted(claimed) == sorted(ids), "every transfer claimed exactly once"
 
 
+def test_a_claim_sees_the_organs_and_routes_an_admin_changed_on_another_node(ledger_url: str) -> None:
+    worker_node, admin_node = Ledger(ledger_url), Ledger(ledger_url)
+    try:
+        setup_organs(admin_node)
+        received(worker_node, name="1.json")
+        first = worker_node.claim("node-a:0", NOW, timedelta(minutes=5)).directory
+        assert first.find_organ("pk-bau-zh").active
+        assert not first.route_allowed("kv-bau-zh", "pk-bau-zh")
+        assert first.find_organ("nobody") is None
+
+        admin_node.set_route("kv-bau-zh", "pk-bau-zh", True, NOW)
+        admin_node.update_organ("pk-bau-zh", NOW, "organ_disabled", active=False)
+        received(worker_node, name="2.json")
+        second = worker_node.claim("node-a:0", NOW, timedelta(minutes=5)).directory
+        assert second.route_allowed("kv-bau-zh", "pk-bau-zh"), "the next claim sees the new route"
+        assert not second.find_organ("pk-bau-zh").active, "and the disabled organ"
+        assert not first.route_allowed("kv-bau-zh", "pk-bau-zh"), "a pass keeps the directory of its claim"
+
+        received(worker_node, name="3.json")
+        assert worker_node.claim("node-a:0", NOW, timedelta(minutes=5)).directory is second, "no change, no reload"
+        admin_node.add_organ("ag-bau-zh", "canton", "AG", NOW)
+        received(worker_node, name="4.json")
+        assert worker_node.claim("node-a:0", NOW, timedelta(minutes=5)).directory.find_organ("ag-bau-zh")
+    finally:
+        worker_node.close()
+        admin_node.close()
+
+
 def test_an_expired_lease_or_a_released_one_can_be_claimed_again(ledger: Ledger) -> None:
     transfer = received(ledger)
     assert ledger.claim("node-a:0", NOW, timedelta(minutes=5)) is not None
     assert ledger.claim("node-b:0", NOW, timedelta(minutes=5)) is None
-    assert ledger.claim("node-b:0", NOW + timedelta(minutes=6), timedelta(minutes=5)).id == transfer.id
+    assert ledger.claim("node-b:0", NOW + timedelta(minutes=6), timedelta(minutes=5)).transfer.id == transfer.id
     assert ledger.release_leases("node-b:0") == 1
     assert ledger.claim("node-a:0", NOW, timedelta(minutes=5)) is not None
     ledger.release(transfer.id, error="gpg hung", retry_at=NOW + timedelta(minutes=1))
     assert ledger.claim("node-a:0", NOW, timedelta(minutes=5)) is None, "not before its retry time"
-    assert ledger.claim("node-a:0", NOW + timedelta(minutes=2), timedelta(minutes=5)).attempts == 1
+    assert ledger.claim("node-a:0", NOW + timedelta(minutes=2), timedelta(minutes=5)).transfer.attempts == 1
     ledger.transition(transfer.id, State.RECEIVED, State.REJECTED, NOW, release=True)
     assert ledger.transfer(transfer.id).lease_owner is None, "the last step ends the lease in its transaction"
 
@@ -170,10 +198,11 @@ def test_the_audit_chain_detects_tampering(ledger: Ledger) -> None:
     assert ledger.verify_chain()[1] != [], "an altered event breaks the chain"
 
 
-def test_a_ledger_made_by_an_earlier_version_gets_the_claim_index(ledger_url: str) -> None:
+def test_a_ledger_made_by_an_earlier_version_gets_the_claim_index_and_the_directory_version(ledger_url: str) -> None:
     old = Ledger(ledger_url)
     with old.engine.begin() as conn:  # as the first release left it
         conn.execute(text("DROP INDEX ix_transfer_claim"))
+        conn.execute(text("DROP TABLE directoryversion"))
         conn.execute(text("CREATE INDEX ix_transfer_work ON transfer (state, next_attempt_at)"))
     old.close()
     upgraded = Ledger(ledger_url)
@@ -182,6 +211,8 @@ def test_a_ledger_made_by_an_earlier_version_gets_the_claim_index(ledger_url: st
         assert "ix_transfer_claim" in names and "ix_transfer_work" not in names
         setup_organs(upgraded)
         transfer = received(upgraded)
-        assert upgraded.claim("node-a:0", NOW, timedelta(minutes=5)).id == transfer.id
+        claimed = upgraded.claim("node-a:0", NOW, timedelta(minutes=5))
+        assert claimed.transfer.id == transfer.id
+        assert claimed.directory.find_organ("pk-bau-zh") is not None
     finally:
         upgraded.close()

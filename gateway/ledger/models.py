@@ -41,6 +41,13 @@ class Organ(OrganData, table=True):
     """An organ as a table row."""
 
 
+class DirectoryVersion(SQLModel, table=True):
+    """One row counting changes to organs and routes: workers reload their directory when it moves."""
+
+    id: int = Field(default=1, primary_key=True)
+    version: int = 0
+
+
 class SshKey(SQLModel, table=True):
     """One OpenSSH public key an organ may log in with (several per organ)."""
 

@@ -9,7 +9,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
 from gateway import lifecycle
-from gateway.ledger.models import MessageId, Organ, Receipt, Route, Transfer
+from gateway.ledger.models import DirectoryVersion, MessageId, Organ, Receipt, Route, Transfer
 
 TRANSFERS = Transfer.__table__  # type: ignore[attr-defined]
 RECEIPTS = Receipt.__table__  # type: ignore[attr-defined]
@@ -34,6 +34,16 @@ OWE_RECEIPT = {
 }
 DUE = select(Transfer, Receipt).join(Receipt).where(Receipt.written == False).order_by(Receipt.event_time)  # noqa: E712
 DUE_FOR = DUE.where(Receipt.transfer_id == bindparam("tid"))
+_VERSIONS = DirectoryVersion.__table__  # type: ignore[attr-defined]
+DIRECTORY_VERSION = select(_VERSIONS.c.version)
+BUMP_DIRECTORY = {
+    n: d.insert(_VERSIONS)
+    .values(id=1, version=1)
+    .on_conflict_do_update(index_elements=[_VERSIONS.c.id], set_={"version": _VERSIONS.c.version + 1})
+    for n, d in _DIALECTS.items()
+}
+ALL_ORGANS = select(Organ.__table__)  # type: ignore[attr-defined]
+ALL_ROUTES = select(Route.__table__.c.sender_id, Route.__table__.c.recipient_id)  # type: ignore[attr-defined]
 ORGAN = select(Organ.__table__).where(Organ.__table__.c.id == bindparam("oid"))  # type: ignore[attr-defined]
 ROUTE = select(Route.__table__.c.sender_id).where(  # type: ignore[attr-defined]
     Route.__table__.c.sender_id == bindparam("sender"),  # type: ignore[attr-defined]

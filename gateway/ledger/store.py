@@ -22,6 +22,7 @@ from gateway import lifecycle
 from gateway.errors import AdminError, Problem, status_for
 from gateway.ledger import statements as sql
 from gateway.ledger.chain import AuditTrail, new_event
+from gateway.ledger.directory import DirectorySnapshot, directory_version, load_snapshot
 from gateway.ledger.models import (
     ORGAN_KINDS,
     Organ,
@@ -55,6 +56,14 @@ class DueReceipt:
 
 
 @dataclass(frozen=True)
+class Claimed:
+    """A leased transfer, and the organs and routes as they were when it was claimed."""
+
+    transfer: TransferData
+    directory: DirectorySnapshot
+
+
+@dataclass(frozen=True)
 class Moved:
     """A recorded transition: the transfer as it is now, and the receipt the step owes (if any)."""
 
@@ -81,6 +90,7 @@ class Ledger(AuditTrail):
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         SQLModel.metadata.create_all(self.engine)
         self._upgrade()
+        self._directory = DirectorySnapshot(-1, {}, frozenset())  # loaded by the first claim
 
     def _upgrade(self) -> None:
         """Bring a ledger made by an earlier version up to date: indexes that tables created then lack."""
@@ -130,6 +140,7 @@ class Ledger(AuditTrail):
                 raise AdminError("ORGAN_EXISTS", f"organ {organ_id!r} already exists")
             organ = Organ(id=organ_id, kind=kind, name=name, created_at=now)
             s.add(organ)
+            _directory_changed(s)
             self._append(s, now, "organ_added", f"{organ_id} kind={kind}", organ_id=organ_id)
         return organ
 
@@ -157,6 +168,7 @@ class Ledger(AuditTrail):
             for key, value in values.items():
                 setattr(organ, key, value)
             s.add(organ)
+            _directory_changed(s)
             detail = " ".join(f"{k}={v}" for k, v in values.items())
             self._append(s, now, action, detail, organ_id=organ_id)
         return organ
@@ -201,6 +213,7 @@ class Ledger(AuditTrail):
                 s.add(Route(sender_id=sender_id, recipient_id=recipient_id, created_at=now))
             elif not allowed and existing is not None:
                 s.delete(existing)
+            _directory_changed(s)
             action = "route_allowed" if allowed else "route_denied"
             self._append(s, now, action, f"{sender_id} -> {recipient_id}", organ_id=sender_id)
 
@@ -242,18 +255,24 @@ class Ledger(AuditTrail):
 
     def claim(
         self, owner: str, now: datetime, lease: timedelta, written: Sequence[tuple[str, int]] = ()
-    ) -> TransferData | None:
+    ) -> Claimed | None:
         """Lease the oldest workable transfer to ``owner``; None when there is nothing to do.
 
         One ``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING``: on PostgreSQL the inner select skips rows
         another node has locked; on SQLite the transaction already holds the write lock. ``written`` marks
         receipts (transfer id, status code) whose files the worker wrote since its last claim, in the same
-        transaction.
+        transaction. The directory comes from this process's snapshot, reloaded in the same transaction
+        when an admin change (here or on another node) has moved its version.
         """
         with self.core_tx() as conn:
             _mark_written(conn, written)
             row = conn.execute(sql.CLAIM, {"now": now, "until": now + lease, "owner": owner}).mappings().first()
-        return TransferData.model_validate(dict(row)) if row is not None else None
+            if row is None:
+                return None
+            version = directory_version(conn)
+            if version != self._directory.version:
+                self._directory = load_snapshot(conn, version)
+            return Claimed(TransferData.model_validate(dict(row)), self._directory)
 
     def release(self, transfer_id: str, *, error: str | None = None, retry_at: datetime | None = None) -> None:
         """End a lease; with ``error``, count a failed attempt and wait until ``retry_at``."""
@@ -455,6 +474,11 @@ class Ledger(AuditTrail):
         with self.read() as s:
             rows = s.exec(select(Transfer.state, func.count()).group_by(Transfer.state))  # type: ignore[call-overload]
             return {state: n for state, n in rows}
+
+
+def _directory_changed(session: Session) -> None:
+    """Bump the directory version in the transaction that changes organs or routes."""
+    session.execute(sql.BUMP_DIRECTORY[session.get_bind().dialect.name])
 
 
 def _owe_receipt(
