@@ -407,7 +407,7 @@ async def start_door(
         lambda: _Auth(door),
         host,
         port,
-        server_host_keys=[str(p) for p in host_keys],
+        server_host_keys=[asyncssh.read_private_key(str(p)) for p in host_keys],  # parsed once, not per login
         sftp_factory=lambda chan: _Sftp(chan, door),
         allow_scp=False,
         allow_pty=False,
