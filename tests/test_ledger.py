@@ -10,6 +10,7 @@ from sqlalchemy import inspect, text
 
 from gateway.errors import AdminError, IllegalTransition, Problem
 from gateway.folders import new_transfer_id
+from gateway.ledger import statements as sql
 from gateway.ledger.models import Transfer, TransferData, utc
 from gateway.ledger.store import Ledger, StaleTransition
 from gateway.lifecycle import State
@@ -74,6 +75,30 @@ def test_concurrent_workers_never_claim_the_same_transfer(ledger: Ledger) -> Non
     for thread in threads:
         thread.join()
     assert sorted(claimed) == sorted(ids), "every transfer claimed exactly once"
+
+
+def claim_plan(ledger: Ledger) -> str:
+    """The database's plan for a claim (not run)."""
+    with ledger.engine.connect() as conn:
+        compiled = sql.CLAIM.compile(dialect=conn.dialect)
+        params = compiled.construct_params({"now": NOW, "until": NOW + timedelta(minutes=5), "owner": "node-a:0"})
+        if ledger.is_sqlite:
+            rows = conn.exec_driver_sql(
+                f"EXPLAIN QUERY PLAN {compiled}", tuple(params[name] for name in compiled.positiontup or ())
+            )
+            return "\n".join(row[-1] for row in rows)
+        conn.exec_driver_sql("ANALYZE transfer")
+        return "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {compiled}", params))
+
+
+def test_a_claim_finds_the_oldest_waiting_transfer_without_sorting_all_of_them(ledger: Ledger) -> None:
+    for batch in range(4):
+        ledger.receive([TransferData.arrival(new_transfer_id(), "kv", f"{batch}-{i}.json", NOW) for i in range(500)])
+    plan = claim_plan(ledger)
+    if ledger.is_sqlite:  # one ordered range per waiting state, merged: the sort sees a row per state
+        assert "USING INDEX ix_transfer_claim (state=? AND next_attempt_at<?)" in plan, plan
+    else:
+        assert "ix_transfer_waiting" in plan and "Sort" not in plan, plan
 
 
 def test_a_claim_sees_the_organs_and_routes_an_admin_changed_on_another_node(ledger_url: str) -> None:
@@ -198,17 +223,19 @@ def test_the_audit_chain_detects_tampering(ledger: Ledger) -> None:
     assert ledger.verify_chain()[1] != [], "an altered event breaks the chain"
 
 
-def test_a_ledger_made_by_an_earlier_version_gets_the_claim_index_and_the_directory_version(ledger_url: str) -> None:
+def test_a_ledger_made_by_an_earlier_version_gets_the_claim_indexes_and_the_directory_version(ledger_url: str) -> None:
     old = Ledger(ledger_url)
     with old.engine.begin() as conn:  # as the first release left it
         conn.execute(text("DROP INDEX ix_transfer_claim"))
         conn.execute(text("DROP TABLE directoryversion"))
+        conn.execute(text("DROP INDEX IF EXISTS ix_transfer_waiting"))
         conn.execute(text("CREATE INDEX ix_transfer_work ON transfer (state, next_attempt_at)"))
     old.close()
     upgraded = Ledger(ledger_url)
     try:
         names = {ix["name"] for ix in inspect(upgraded.engine).get_indexes("transfer")}
         assert "ix_transfer_claim" in names and "ix_transfer_work" not in names
+        assert ("ix_transfer_waiting" in names) is not upgraded.is_sqlite, "PostgreSQL's claim index, only there"
         setup_organs(upgraded)
         transfer = received(upgraded)
         claimed = upgraded.claim("node-a:0", NOW, timedelta(minutes=5))

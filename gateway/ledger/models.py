@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, Index, Text
+from sqlalchemy import Column, DateTime, Index, Text, text
 from sqlmodel import Field, SQLModel
 
-from gateway.lifecycle import State
+from gateway.lifecycle import WORKABLE, State
 
 ORGAN_KINDS = ("control_body", "joint_committee", "tripartite_commission", "canton", "federal")
+
+
+# Transfers waiting for a worker: the predicate of PostgreSQL's claim index, which the claim repeats (literal
+# values, sorted: the planner uses a partial index only for a query whose WHERE implies its predicate).
+WAITING = text("transfer.state IN ({})".format(", ".join(f"'{state.value}'" for state in sorted(WORKABLE))))
 
 
 def utc(moment: datetime) -> datetime:
@@ -115,6 +120,10 @@ class Transfer(TransferData, table=True):
         # The claim's index: with ``id`` in it SQLite finds the oldest workable transfer without sorting every
         # waiting one (146 us at 1,000 waiting, 2.2 ms at 10,000 with (state, next_attempt_at); 7 and 8 us).
         Index("ix_transfer_claim", "state", "next_attempt_at", "id"),
+        # PostgreSQL cannot read that index in claim order across the three waiting states, so it sorted every
+        # waiting transfer on each claim (2.9 ms at 1,000 waiting, 9.3 ms at 10,000, 36 ms at 50,000). This
+        # index holds only the waiting transfers, in claim order: a claim reads its first entries.
+        Index("ix_transfer_waiting", "next_attempt_at", "id", postgresql_where=WAITING).ddl_if(dialect="postgresql"),
         Index("ix_transfer_sender_msg", "sender_id", "message_id"),
     )
 

@@ -8,8 +8,7 @@ from sqlalchemy import bindparam, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
-from gateway import lifecycle
-from gateway.ledger.models import DirectoryVersion, MessageId, Organ, Receipt, Route, Transfer
+from gateway.ledger.models import WAITING, DirectoryVersion, MessageId, Organ, Receipt, Route, Transfer
 
 TRANSFERS = Transfer.__table__  # type: ignore[attr-defined]
 RECEIPTS = Receipt.__table__  # type: ignore[attr-defined]
@@ -56,7 +55,7 @@ RECEIPT_WRITTEN = (
 )
 OLDEST_WORKABLE = (
     select(TRANSFERS.c.id)
-    .where(TRANSFERS.c.state.in_([st.value for st in lifecycle.WORKABLE]))
+    .where(WAITING)  # the predicate of PostgreSQL's claim index, so that it is used
     .where(TRANSFERS.c.next_attempt_at <= bindparam("now"))
     .where(or_(TRANSFERS.c.lease_until.is_(None), TRANSFERS.c.lease_until < bindparam("now")))
     .order_by(TRANSFERS.c.next_attempt_at, TRANSFERS.c.id)
