@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,27 @@ import asyncssh
 from gateway.crypto import Decrypted, Keyring, decrypt_file, export_public_key, generate_key
 from gateway.ledger.models import Transfer
 from gateway.ledger.store import Ledger
+
+
+@contextmanager
+def fresh_schema(database_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL schema in ``database_url``'s database, dropped afterwards: its URL."""
+    from sqlalchemy import create_engine, text
+
+    schema = f"t_{secrets.token_hex(6)}"
+    admin = create_engine(database_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)  # survives a restart
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        sep = "&" if "?" in database_url else "?"
+        try:
+            yield f"{database_url}{sep}options=-csearch_path%3D{schema}"
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    finally:
+        admin.dispose()
+
 
 _READY = re.compile(r"flam-gateway ready: (?:SFTP on [^ ]+:(\d+)|no SFTP)")
 

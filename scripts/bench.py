@@ -3,6 +3,7 @@
 
     python scripts/bench.py batch --count 1000 --runs 3      # a drop of N dossiers vs a gpg loop
     python scripts/bench.py all                              # every benchmark of the Performance section
+    python scripts/bench.py batch --database-url postgresql+psycopg://postgres@127.0.0.1/test   # on PostgreSQL
 
 Timings live here, never in tests. Every run uses the real `flam-gateway serve`, the real gpg and real clients.
 """
@@ -25,13 +26,16 @@ from typing import Any
 
 from gateway import samples
 from gateway.config import OPENPGP_ENGINES, Settings
-from gateway.harness import Sandbox
+from gateway.harness import Sandbox, fresh_schema
 
 SENDER, RECIPIENT = "kv-bau-zh", "pk-bau-zh"
+LEDGER = {"url": ""}  # --database-url: every gateway of the run gets a fresh schema in that database
+_SCHEMAS = contextlib.ExitStack()  # those schemas, dropped when the run ends
 
 
 def two_organs(settings: dict[str, Any]) -> Sandbox:
-    box = Sandbox(settings={"settle_seconds": 0.2, "rescan_seconds": 5, **settings})
+    url = _SCHEMAS.enter_context(fresh_schema(LEDGER["url"])) if LEDGER["url"] else ""
+    box = Sandbox(database_url=url, settings={"settle_seconds": 0.2, "rescan_seconds": 5, **settings})
     box.cli("init")
     box.add_organ(SENDER, "control_body")
     box.add_organ(RECIPIENT, "joint_committee")
@@ -110,11 +114,16 @@ def run_batch(args: argparse.Namespace) -> dict[str, Any]:
         )
     summary = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     print(
-        f"batch median of {len(runs)} (openpgp {args.openpgp}): {args.count} dossiers in {summary['gateway_s']:.2f} s "
+        f"batch median of {len(runs)} (openpgp {args.openpgp}, ledger {_ledger_name()}): "
+        f"{args.count} dossiers in {summary['gateway_s']:.2f} s "
         f"({args.count / summary['gateway_s']:.0f}/s); gpg loop {summary['gpg_loop_s']:.2f} s; "
         f"ratio {summary['ratio']:.2f} (target ≤ 0.5)"
     )
     return {"count": args.count, "pdf_bytes": args.pdf_bytes, "runs": runs, "median": summary}
+
+
+def _ledger_name() -> str:
+    return LEDGER["url"].split(":", 1)[0].split("+", 1)[0] if LEDGER["url"] else "sqlite"
 
 
 async def _upload_all(
@@ -472,17 +481,23 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--per-session", type=int, default=10)
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
+    parser.add_argument("--database-url", default="", help="a PostgreSQL database for the ledgers (default: SQLite)")
     args = parser.parse_args()
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
-    for name, run in (
-        ("batch", run_batch),
-        ("latency", run_latency),
-        ("sftp", run_sftp),
-        ("memory", run_memory),
-        ("concurrency", run_concurrency),
-    ):
-        if args.what in (name, "all"):
-            results[name] = run(args)
+    LEDGER["url"] = args.database_url
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "ledger": _ledger_name(),
+    }
+    with _SCHEMAS:
+        for name, run in (
+            ("batch", run_batch),
+            ("latency", run_latency),
+            ("sftp", run_sftp),
+            ("memory", run_memory),
+            ("concurrency", run_concurrency),
+        ):
+            if args.what in (name, "all"):
+                results[name] = run(args)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"results written to {args.json}")
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
+from gateway.harness import fresh_schema
 from gateway.ledger.store import Ledger
 
 PG_URL = os.environ.get("FLAM_GATEWAY_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1/test")
@@ -19,22 +19,14 @@ PG_URL = os.environ.get("FLAM_GATEWAY_TEST_DATABASE_URL", "postgresql+psycopg://
 
 def _pg_schema_url() -> Iterator[str]:
     """A fresh PostgreSQL schema for one test, dropped afterwards."""
-    schema = f"t_{secrets.token_hex(6)}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)  # survives a restart
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as exc:
-        if "FLAM_GATEWAY_TEST_DATABASE_URL" in os.environ:
-            raise
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL} and FLAM_GATEWAY_TEST_DATABASE_URL not set: {exc}")
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(fresh_schema(PG_URL))
+        except Exception as exc:
+            if "FLAM_GATEWAY_TEST_DATABASE_URL" in os.environ:
+                raise
+            pytest.skip(f"PostgreSQL not reachable at {PG_URL} and FLAM_GATEWAY_TEST_DATABASE_URL not set: {exc}")
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
