@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from sqlalchemy import create_engine, text
 
 from gateway.crypto import Decrypted, Keyring, decrypt_file, export_public_key, generate_key
 from gateway.ledger.models import Transfer
@@ -32,8 +33,6 @@ from gateway.ledger.store import Ledger
 @contextmanager
 def fresh_schema(database_url: str) -> Iterator[str]:
     """A new, empty PostgreSQL schema in ``database_url``'s database, dropped afterwards: its URL."""
-    from sqlalchemy import create_engine, text
-
     schema = f"t_{secrets.token_hex(6)}"
     admin = create_engine(database_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)  # survives a restart
     try:
