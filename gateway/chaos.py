@@ -98,11 +98,20 @@ def check_consistent(box: Sandbox, expected: dict[str, bool], final: bool) -> li
 
 
 def run_chaos(
-    count: int, kills: int, seed: int = 1, box: Sandbox | None = None, log: Callable[[str], None] = print
+    count: int,
+    kills: int,
+    seed: int = 1,
+    box: Sandbox | None = None,
+    log: Callable[[str], None] = print,
+    database_url: str = "",
 ) -> ChaosReport:
-    """Drop ``count`` dossiers in waves while killing the gateway ``kills`` times; check after each restart."""
+    """Drop ``count`` dossiers in waves while killing the gateway ``kills`` times; check after each restart.
+
+    ``database_url``: an empty PostgreSQL database or schema for the ledger (default: SQLite).
+    """
     rng = random.Random(seed)
-    box = box or Sandbox(settings={"settle_seconds": 0.1, "rescan_seconds": 1, "listen": "", "retry_max_seconds": 2})
+    settings = {"settle_seconds": 0.1, "rescan_seconds": 1, "listen": "", "retry_max_seconds": 2}
+    box = box or Sandbox(database_url=database_url, settings=settings)
     report = ChaosReport(count, kills)
     own = box.process is None and not box.organs
     try:
