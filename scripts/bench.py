@@ -119,7 +119,7 @@ def run_batch(args: argparse.Namespace) -> dict[str, Any]:
         f"({args.count / summary['gateway_s']:.0f}/s); gpg loop {summary['gpg_loop_s']:.2f} s; "
         f"ratio {summary['ratio']:.2f} (target ≤ 0.5)"
     )
-    return {"count": args.count, "pdf_bytes": args.pdf_bytes, "runs": runs, "median": summary}
+    return {"count": args.count, "pdf_bytes": args.pdf_bytes, "openpgp": args.openpgp, "runs": runs, "median": summary}
 
 
 def _ledger_name() -> str:
@@ -498,8 +498,44 @@ def main() -> None:
         ):
             if args.what in (name, "all"):
                 results[name] = run(args)
+    print_targets(results)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"results written to {args.json}")
+
+
+def print_targets(results: dict[str, Any]) -> None:
+    """The issue's targets as a table: each benchmark that ran, its figure beside its baseline, met or not."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows: list[tuple[str, str, str, bool]] = []
+    if batch := results.get("batch"):
+        m = batch["median"]
+        figure = f"{m['gateway_s']:.2f} s vs gpg loop {m['gpg_loop_s']:.2f} s = {m['ratio']:.2f}"
+        rows.append((f"batch of {batch['count']} ({batch['openpgp']})", figure, "≤ 0.5", m["ratio"] <= 0.5))
+    if latency := results.get("latency"):
+        figure = f"p50 {latency['p50_ms']:.0f} ms, p99 {latency['p99_ms']:.0f} ms"
+        rows.append(("latency at 10/s", figure, "p99 ≤ 200 ms", latency["p99_ms"] <= 200 and not latency["missing"]))
+    if sftp := results.get("sftp"):
+        g, o = sftp["gateway"], sftp["sshd"]
+        big = f"{g['big_mb_s']:.0f} vs sshd {o['big_mb_s']:.0f} MB/s = {sftp['ratio_big']:.2f}"
+        small = f"{g['small_files_s']:.0f} vs sshd {o['small_files_s']:.0f} files/s = {sftp['ratio_small']:.2f}"
+        rows.append(("SFTP one big file", big, "≥ 1.0", sftp["ratio_big"] >= 1.0))
+        rows.append(("SFTP small files", small, "≥ 1.0", sftp["ratio_small"] >= 1.0))
+    if memory := results.get("memory"):
+        one, tree = memory["peak_single_process_rss_mib"], memory["peak_tree_pss_mib"]
+        figure = f"largest process {one:.0f} MiB; tree {tree:.0f} MiB (at rest {memory['rest_tree_pss_mib']:.0f})"
+        rows.append((f"{memory['package_mib']} MiB package", figure, "≤ 100 MB (tree)", tree * 1.048576 <= 100))
+    if concurrency := results.get("concurrency"):
+        failed = len(concurrency["failures"])
+        figure = f"{failed} failed; uploads {concurrency['upload_s']:.1f} s, delivered {concurrency['total_s']:.1f} s"
+        rows.append((f"{concurrency['sessions']} sessions", figure, "0 failures", failed == 0))
+    table = Table(title=f"targets (ledger: {results['ledger']})")
+    for column in ("benchmark", "gateway vs baseline", "target", "met"):
+        table.add_column(column)
+    for name, figure, target, met in rows:
+        table.add_row(name, figure, target, "yes" if met else "no")
+    Console(width=140).print(table)
 
 
 if __name__ == "__main__":
