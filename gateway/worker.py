@@ -52,9 +52,9 @@ class Worker:
         self._owed: dict[str, tuple[str, datetime]] = {}  # releases the database refused: (error, retry at)
         self._written: list[tuple[str, int]] = []  # receipts written, marked so with the next claim
 
-    def context(self, directory: Directory | None = None) -> Context:
+    def context(self, directory: Directory) -> Context:
         return Context(
-            directory=directory or self.ledger,
+            directory=directory,
             crypto=self.crypto,
             folders=self.folders,
             limits=self.limits,
@@ -138,10 +138,11 @@ class Worker:
 
     def retry_held(self) -> None:
         """Give held transfers another look: key usable again, or hold time over (311)."""
+        directory = self.ledger.directory()
         for transfer in self.ledger.transfers(state=State.HELD.value):
             held = transfer.model_copy(update={"updated_at": utc(transfer.updated_at)})
             with contextlib.suppress(StaleTransition):
-                step = advance(held, self.context())
+                step = advance(held, self.context(directory))
                 if step is not None:
                     self.record(held, step)
         self.flush_written()

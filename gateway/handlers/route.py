@@ -17,7 +17,7 @@ class OrganView(Protocol):
 
 
 class Directory(Protocol):
-    """Read-only view of organs and routes (the ledger implements it)."""
+    """Read-only view of organs and routes (the ledger's directory snapshot implements it)."""
 
     def find_organ(self, organ_id: str) -> Any: ...
 

@@ -43,11 +43,6 @@ BUMP_DIRECTORY = {
 }
 ALL_ORGANS = select(Organ.__table__)  # type: ignore[attr-defined]
 ALL_ROUTES = select(Route.__table__.c.sender_id, Route.__table__.c.recipient_id)  # type: ignore[attr-defined]
-ORGAN = select(Organ.__table__).where(Organ.__table__.c.id == bindparam("oid"))  # type: ignore[attr-defined]
-ROUTE = select(Route.__table__.c.sender_id).where(  # type: ignore[attr-defined]
-    Route.__table__.c.sender_id == bindparam("sender"),  # type: ignore[attr-defined]
-    Route.__table__.c.recipient_id == bindparam("recipient"),  # type: ignore[attr-defined]
-)
 RECEIPT_WRITTEN = (
     update(RECEIPTS)
     .where(RECEIPTS.c.transfer_id == bindparam("tid"), RECEIPTS.c.status_code == bindparam("code"))

@@ -151,9 +151,7 @@ class Ledger(AuditTrail):
         return organ
 
     def find_organ(self, organ_id: str) -> OrganData | None:
-        with self.core_read() as conn:
-            row = conn.execute(sql.ORGAN, {"oid": organ_id}).mappings().first()
-        return OrganData.model_validate(dict(row)) if row is not None else None
+        return self.directory().find_organ(organ_id)
 
     def organs(self) -> list[Organ]:
         with self.read() as s:
@@ -222,8 +220,18 @@ class Ledger(AuditTrail):
             return list(s.exec(select(Route).order_by(Route.sender_id, Route.recipient_id)))
 
     def route_allowed(self, sender_id: str, recipient_id: str) -> bool:
+        return self.directory().route_allowed(sender_id, recipient_id)
+
+    def directory(self) -> DirectorySnapshot:
+        """The organs and routes as they are now (the snapshot, reloaded if an admin change moved its version)."""
         with self.core_read() as conn:
-            return conn.execute(sql.ROUTE, {"sender": sender_id, "recipient": recipient_id}).first() is not None
+            return self._current_directory(conn)
+
+    def _current_directory(self, conn: Connection) -> DirectorySnapshot:
+        version = directory_version(conn)
+        if version != self._directory.version:
+            self._directory = load_snapshot(conn, version)
+        return self._directory
 
     # -- transfers ------------------------------------------------------------------------------------
 
@@ -269,10 +277,7 @@ class Ledger(AuditTrail):
             row = conn.execute(sql.CLAIM, {"now": now, "until": now + lease, "owner": owner}).mappings().first()
             if row is None:
                 return None
-            version = directory_version(conn)
-            if version != self._directory.version:
-                self._directory = load_snapshot(conn, version)
-            return Claimed(TransferData.model_validate(dict(row)), self._directory)
+            return Claimed(TransferData.model_validate(dict(row)), self._current_directory(conn))
 
     def release(self, transfer_id: str, *, error: str | None = None, retry_at: datetime | None = None) -> None:
         """End a lease; with ``error``, count a failed attempt and wait until ``retry_at``."""
