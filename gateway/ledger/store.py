@@ -1,7 +1,8 @@
-"""The only code that writes state: organs, keys and routes; claims, lifecycle transitions and receipts due.
+"""The only code that writes state: the ledger's transactions, claims, lifecycle transitions and receipts due.
 
-SQLite (default) and PostgreSQL behave the same here: SQLite's quirks are handled in gateway.ledger.sqlite,
-the hash-chained audit trail lives in gateway.ledger.chain. PostgreSQL claims with ``SKIP LOCKED``.
+SQLite (default) and PostgreSQL behave the same here: SQLite's quirks are handled in gateway.ledger.sqlite.
+The ledger's two other halves are mixed in: organs, SSH keys and routes (gateway.ledger.directory) and the
+hash-chained audit trail (gateway.ledger.chain). PostgreSQL claims with ``SKIP LOCKED``.
 """
 
 from __future__ import annotations
@@ -19,18 +20,13 @@ from sqlalchemy import Connection, delete, func, or_, text, update
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from gateway import lifecycle
-from gateway.errors import AdminError, Problem, status_for
+from gateway.errors import Problem, status_for
 from gateway.ledger import statements as sql
 from gateway.ledger.chain import AuditTrail, new_event
-from gateway.ledger.directory import DirectorySnapshot, directory_version, load_snapshot
+from gateway.ledger.directory import DirectorySnapshot, OrganDirectory
 from gateway.ledger.models import (
-    ORGAN_KINDS,
-    Organ,
-    OrganData,
     Receipt,
     ReceiptData,
-    Route,
-    SshKey,
     Transfer,
     TransferData,
     utc,
@@ -75,7 +71,7 @@ class Moved:
         return DueReceipt(self.transfer, self.receipt) if self.receipt is not None else None
 
 
-class Ledger(AuditTrail):
+class Ledger(OrganDirectory, AuditTrail):
     """Transactional access to the ledger tables."""
 
     def __init__(self, url: str) -> None:
@@ -90,7 +86,6 @@ class Ledger(AuditTrail):
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         SQLModel.metadata.create_all(self.engine)
         self._upgrade()
-        self._directory = DirectorySnapshot(-1, {}, frozenset())  # loaded by the first claim
 
     def _upgrade(self) -> None:
         """Bring a ledger made by an earlier version up to date: indexes that tables created then lack."""
@@ -129,109 +124,6 @@ class Ledger(AuditTrail):
         """:meth:`read` on a bare connection."""
         with reading(), self.engine.begin() as conn:
             yield conn
-
-    # -- organs, keys, routes -------------------------------------------------------------------------
-
-    def add_organ(self, organ_id: str, kind: str, name: str, now: datetime) -> Organ:
-        if kind not in ORGAN_KINDS:
-            raise AdminError("ORGAN_KIND", f"unknown kind {kind!r}; one of: {', '.join(ORGAN_KINDS)}")
-        with self.tx() as s:
-            if s.get(Organ, organ_id) is not None:
-                raise AdminError("ORGAN_EXISTS", f"organ {organ_id!r} already exists")
-            organ = Organ(id=organ_id, kind=kind, name=name, created_at=now)
-            s.add(organ)
-            _directory_changed(s)
-            self._append(s, now, "organ_added", f"{organ_id} kind={kind}", organ_id=organ_id)
-        return organ
-
-    def organ(self, organ_id: str) -> OrganData:
-        organ = self.find_organ(organ_id)
-        if organ is None:
-            raise AdminError("ORGAN_UNKNOWN", f"no organ {organ_id!r} (see `flam-gateway organ list`)")
-        return organ
-
-    def find_organ(self, organ_id: str) -> OrganData | None:
-        return self.directory().find_organ(organ_id)
-
-    def organs(self) -> list[Organ]:
-        with self.read() as s:
-            return list(s.exec(select(Organ).order_by(Organ.id)))
-
-    def update_organ(self, organ_id: str, now: datetime, action: str, **values: Any) -> Organ:
-        """Change organ fields (active, pgp_fingerprint, armor) and record why in the audit chain."""
-        with self.tx() as s:
-            organ = s.get(Organ, organ_id)
-            if organ is None:
-                raise AdminError("ORGAN_UNKNOWN", f"no organ {organ_id!r} (see `flam-gateway organ list`)")
-            for key, value in values.items():
-                setattr(organ, key, value)
-            s.add(organ)
-            _directory_changed(s)
-            detail = " ".join(f"{k}={v}" for k, v in values.items())
-            self._append(s, now, action, detail, organ_id=organ_id)
-        return organ
-
-    def add_ssh_key(self, organ_id: str, fingerprint: str, key_line: str, now: datetime) -> None:
-        self.organ(organ_id)
-        with self.tx() as s:
-            if s.get(SshKey, (organ_id, fingerprint)) is not None:
-                raise AdminError("SSH_KEY_EXISTS", f"organ {organ_id!r} already has key {fingerprint}")
-            s.add(SshKey(organ_id=organ_id, fingerprint=fingerprint, key_line=key_line, added_at=now))
-            self._append(s, now, "ssh_key_added", fingerprint, organ_id=organ_id)
-
-    def ssh_keys(self, organ_id: str | None = None) -> list[SshKey]:
-        with self.read() as s:
-            query = select(SshKey).order_by(SshKey.organ_id, SshKey.added_at)
-            if organ_id is not None:
-                query = query.where(SshKey.organ_id == organ_id)
-            return list(s.exec(query))
-
-    def remove_ssh_key(self, organ_id: str, fingerprint: str, now: datetime) -> None:
-        with self.tx() as s:
-            key = s.get(SshKey, (organ_id, fingerprint))
-            if key is None:
-                raise AdminError("SSH_KEY_UNKNOWN", f"organ {organ_id!r} has no key {fingerprint}")
-            s.delete(key)
-            self._append(s, now, "ssh_key_removed", fingerprint, organ_id=organ_id)
-
-    def authorized_keys(self, organ_id: str) -> list[str] | None:
-        """The key lines an active organ may log in with; None for an unknown or disabled organ."""
-        with self.read() as s:
-            organ = s.get(Organ, organ_id)
-            if organ is None or not organ.active:
-                return None
-            return [k.key_line for k in s.exec(select(SshKey).where(SshKey.organ_id == organ_id))]
-
-    def set_route(self, sender_id: str, recipient_id: str, allowed: bool, now: datetime) -> None:
-        self.organ(sender_id)
-        self.organ(recipient_id)
-        with self.tx() as s:
-            existing = s.get(Route, (sender_id, recipient_id))
-            if allowed and existing is None:
-                s.add(Route(sender_id=sender_id, recipient_id=recipient_id, created_at=now))
-            elif not allowed and existing is not None:
-                s.delete(existing)
-            _directory_changed(s)
-            action = "route_allowed" if allowed else "route_denied"
-            self._append(s, now, action, f"{sender_id} -> {recipient_id}", organ_id=sender_id)
-
-    def routes(self) -> list[Route]:
-        with self.read() as s:
-            return list(s.exec(select(Route).order_by(Route.sender_id, Route.recipient_id)))
-
-    def route_allowed(self, sender_id: str, recipient_id: str) -> bool:
-        return self.directory().route_allowed(sender_id, recipient_id)
-
-    def directory(self) -> DirectorySnapshot:
-        """The organs and routes as they are now (the snapshot, reloaded if an admin change moved its version)."""
-        with self.core_read() as conn:
-            return self._current_directory(conn)
-
-    def _current_directory(self, conn: Connection) -> DirectorySnapshot:
-        version = directory_version(conn)
-        if version != self._directory.version:
-            self._directory = load_snapshot(conn, version)
-        return self._directory
 
     # -- transfers ------------------------------------------------------------------------------------
 
@@ -479,11 +371,6 @@ class Ledger(AuditTrail):
         with self.read() as s:
             rows = s.exec(select(Transfer.state, func.count()).group_by(Transfer.state))  # type: ignore[call-overload]
             return {state: n for state, n in rows}
-
-
-def _directory_changed(session: Session) -> None:
-    """Bump the directory version in the transaction that changes organs or routes."""
-    session.execute(sql.BUMP_DIRECTORY[session.get_bind().dialect.name])
 
 
 def _owe_receipt(
