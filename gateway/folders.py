@@ -5,6 +5,7 @@
 <data>/spool/in/<sender>/<transfer>.<name>     a collected dossier, private, wiped when done
 <data>/spool/out/<transfer>.pgp                its encryption, renamed into the recipient's inbox
 <data>/spool/tmp/                              temp files, renamed into place (same filesystem)
+<data>/spool/spare/                            empty files the SFTP door makes ahead of uploads (gateway.sftp.spares)
 <data>/quarantine/<sender>/<transfer>.<name>   rejected originals, for the admin only
 <data>/gnupg, <data>/hostkeys                  the gateway's own keys
 ```
@@ -113,12 +114,13 @@ class Folders:
         self.spool_in = self.root / "spool" / "in"
         self.spool_out = self.root / "spool" / "out"
         self.tmp = self.root / "spool" / "tmp"
+        self.spare = self.root / "spool" / "spare"
         self.quarantine = self.root / "quarantine"
         self.gnupg = self.root / "gnupg"
         self.hostkeys = self.root / "hostkeys"
 
     def create(self) -> None:
-        for path in (self.organs, self.spool_in, self.spool_out, self.tmp, self.quarantine, self.hostkeys):
+        for path in (self.organs, self.spool_in, self.spool_out, self.tmp, self.spare, self.quarantine, self.hostkeys):
             path.mkdir(parents=True, exist_ok=True)
         for private in (self.root / "spool", self.quarantine, self.hostkeys):
             private.chmod(0o700)

@@ -272,6 +272,7 @@ class Gateway:
                     host.strip("[]") or "0.0.0.0",
                     int(port),
                     organs_root=self.folders.organs,
+                    spares=self.folders.spare,
                     host_keys=ensure_host_keys(self.folders.hostkeys),
                     hooks=DoorHooks(ledger, audit, self.clock),
                     limits=limits,

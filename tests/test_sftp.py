@@ -112,6 +112,24 @@ def test_filepart_uploads_renamed_when_done_are_delivered_once(box: Sandbox) -> 
     assert [t.file_name for t in box.transfers()].count("winscp.json") == 1
 
 
+def test_many_small_uploads_in_one_session_are_each_delivered_and_the_files_made_ahead_stay_empty(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    # The door makes upload files ahead (gateway.sftp.spares); 40 uploads take more than its 32 ready ones.
+    names = []
+    for i in range(40):
+        local = tmp_path / f"batch-{i:02d}.json"
+        local.write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+        names.append(local.name)
+    done = openssh_sftp(box, KV, f"cd outbox\nlcd {tmp_path}\nput batch-*.json\n")
+    assert done.returncode == 0, done.stderr
+    for name in names:
+        box.wait_transfer(name, "delivered")
+    assert sorted(t.file_name for t in box.transfers() if t.file_name in names) == names
+    spares = box.data_dir / "spool" / "spare"
+    assert [p.stat().st_size for p in spares.iterdir()] == [0] * 32, "refilled, and never holding a byte of data"
+
+
 def test_stat_and_setstat_right_after_upload_succeed_although_the_gateway_took_the_file(box: Sandbox) -> None:
     data = samples.dossier_bytes(samples.make_dossier(KV, PK))
     with paramiko_sftp(box, KV) as sftp:

@@ -24,6 +24,7 @@ from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermi
 
 from gateway.folders import UPLOAD_PREFIX, rename_no_replace, start_writeback
 from gateway.sftp.jail import AREAS, Jail, Place
+from gateway.sftp.spares import SparePool
 
 _WRITEBACK_BYTES = 8 << 20  # start writing a large upload to disk every 8 MiB: its closing fsync stays short
 RECENT_SECONDS = 300.0  # how long stat/setstat still answer for a committed upload the gateway took away
@@ -73,6 +74,7 @@ class _Door:
     organs_root: Path
     hooks: DoorHooks
     limits: DoorLimits
+    spares: SparePool
     sessions: dict[str, int] = field(default_factory=dict)
     connections: dict[asyncssh.SSHServerConnection, float] = field(default_factory=dict)
 
@@ -231,7 +233,7 @@ class _Sftp(asyncssh.SFTPServer):
             if place.real.exists() or place.real.is_symlink():
                 raise self._refuse("write", SFTPFailure(f"{place.virtual} exists already; uploads never overwrite"))
             temp = place.real.parent / f"{UPLOAD_PREFIX}{secrets.token_hex(8)}.upload"
-            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+            fd = self.door.spares.take(temp)
             return _Handle(fd, place, temp)
         place = self.jail.file(path)
         self.jail.regular(place)
@@ -390,6 +392,7 @@ class Door:
         for conn in list(self._door.connections):
             conn.close()
         await self._server.wait_closed()
+        self._door.spares.close()
 
 
 async def start_door(
@@ -397,12 +400,14 @@ async def start_door(
     port: int,
     *,
     organs_root: Path,
+    spares: Path,
     host_keys: list[Path],
     hooks: DoorHooks,
     limits: DoorLimits = DoorLimits(),
 ) -> Door:
-    """Listen for SFTP on ``host:port`` (port 0: any free port)."""
-    door = _Door(Path(organs_root), hooks, limits)
+    """Listen for SFTP on ``host:port`` (port 0: any free port); ``spares`` is a folder of the door's own on
+    the outboxes' filesystem, where it makes upload files ahead of need."""
+    door = _Door(Path(organs_root), hooks, limits, SparePool(spares))
     server = await asyncssh.create_server(
         lambda: _Auth(door),
         host,
@@ -421,4 +426,5 @@ async def start_door(
         window=8 * 1024 * 1024,
         max_pktsize=256 * 1024,
     )
+    door.spares.start()
     return Door(server, door)
