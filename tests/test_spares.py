@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,13 @@ def test_an_upload_never_waits_for_the_pool_nor_fails_when_a_spare_vanished(tmp_
         fd = pool.take(outbox / ".sftp-b.upload")
         os.close(fd)
         assert sorted(p.name for p in outbox.iterdir()) == [".sftp-a.upload", ".sftp-b.upload"]
+
+        eventually(lambda: len(list(spares.iterdir())) == 1)
+        ready = list(spares.iterdir())
+        with tempfile.TemporaryDirectory(dir="/dev/shm") as mounted:  # an outbox on another filesystem (tmpfs)
+            os.close(pool.take(Path(mounted, ".sftp-c.upload")))
+            assert Path(mounted, ".sftp-c.upload").exists()
+        assert list(spares.iterdir()) == ready, "the spare could not move there and stays ready"
     finally:
         pool.close()
 

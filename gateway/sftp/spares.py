@@ -10,7 +10,6 @@ SFTP still gets its own new inode: only the moment it is made changes.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import secrets
@@ -46,7 +45,7 @@ class SparePool:
     def take(self, dst: Path) -> int:
         """An open descriptor of a new empty file named ``dst``, which must not exist yet.
 
-        A ready file is renamed to ``dst``; when none is ready (or it cannot be moved there), one is made on
+        A ready file is renamed to ``dst``; when none is ready, or it cannot be moved there, ``dst`` is made on
         the spot, so an upload never waits for the pool.
         """
         self._wanted.set()
@@ -56,10 +55,11 @@ class SparePool:
             return os.open(dst, _CREATE, self.mode)
         try:
             rename_no_replace(spare, dst)
-        except OSError:  # gone behind our back, or dst on another filesystem: fall back to a new file
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                spare.unlink()
+        except OSError:
+            if os.path.lexists(spare):  # dst's side failed (another filesystem, a name taken): keep the spare
+                self._ready.appendleft((fd, spare))
+            else:  # removed behind our back
+                os.close(fd)
             return os.open(dst, _CREATE, self.mode)
         return fd
 
