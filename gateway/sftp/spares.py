@@ -48,19 +48,21 @@ class SparePool:
         A ready file is renamed to ``dst``; when none is ready, or it cannot be moved there, ``dst`` is made on
         the spot, so an upload never waits for the pool.
         """
-        self._wanted.set()
         try:
             fd, spare = self._ready.popleft()
         except IndexError:
+            self._wanted.set()
             return os.open(dst, _CREATE, self.mode)
         try:
             rename_no_replace(spare, dst)
         except OSError:
             if os.path.lexists(spare):  # dst's side failed (another filesystem, a name taken): keep the spare
                 self._ready.appendleft((fd, spare))
-            else:  # removed behind our back
-                os.close(fd)
+                return os.open(dst, _CREATE, self.mode)
+            os.close(fd)  # removed behind our back
+            self._wanted.set()
             return os.open(dst, _CREATE, self.mode)
+        self._wanted.set()
         return fd
 
     def close(self) -> None:
