@@ -20,7 +20,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
@@ -64,7 +74,7 @@ class Intake:
 
     def start_watching(self) -> None:
         self._observer = Observer()
-        self._observer.schedule(_Events(self), str(self.folders.organs), recursive=True)
+        self._observer.schedule(_Events(self), str(self.folders.organs), recursive=True, event_filter=_WANTED_EVENTS)
         self._observer.start()
 
     def stop_watching(self) -> None:
@@ -186,6 +196,19 @@ def _size_and_sha256(path: Path) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
+
+
+# What _Events handles. Asking inotify for nothing else spares the watcher the events of every write, open,
+# read-only close and attribute change (a receipt written, a file hashed, each block of an upload).
+_WANTED_EVENTS = [
+    FileClosedEvent,
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+]
 
 
 class _Events(FileSystemEventHandler):
