@@ -5,7 +5,7 @@
 <data>/spool/in/<sender>/<transfer>.<name>     a collected dossier, private, wiped when done
 <data>/spool/out/<transfer>.pgp                its encryption, renamed into the recipient's inbox
 <data>/spool/tmp/                              temp files, renamed into place (same filesystem)
-<data>/spool/spare/                            empty files the SFTP door makes ahead of uploads (gateway.sftp.spares)
+<data>/spool/spare/                            the SFTP door's own: empty files made ahead of uploads (sftp/spares.py)
 <data>/quarantine/<sender>/<transfer>.<name>   rejected originals, for the admin only
 <data>/gnupg, <data>/hostkeys                  the gateway's own keys
 ```
@@ -120,7 +120,7 @@ class Folders:
         self.hostkeys = self.root / "hostkeys"
 
     def create(self) -> None:
-        for path in (self.organs, self.spool_in, self.spool_out, self.tmp, self.spare, self.quarantine, self.hostkeys):
+        for path in (self.organs, self.spool_in, self.spool_out, self.tmp, self.quarantine, self.hostkeys):
             path.mkdir(parents=True, exist_ok=True)
         for private in (self.root / "spool", self.quarantine, self.hostkeys):
             private.chmod(0o700)

@@ -48,6 +48,16 @@ def fresh_schema(database_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float = 10, what: str = "condition") -> Any:
+    """Poll ``predicate`` every 50 ms until it returns something truthy (returned); TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return result
+
+
 _READY = re.compile(r"flam-gateway ready: (?:SFTP on [^ ]+:(\d+)|no SFTP)")
 
 
@@ -198,14 +208,16 @@ class Sandbox:
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
         """Poll ``predicate`` until it returns something truthy; fail with the service log otherwise."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if result := predicate():
+
+        def answer() -> Any:
+            if (result := predicate()) or self.process is None or self.process.poll() is None:
                 return result
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"serve died while waiting for {what}:\n{self.log.read_text()[-4000:]}")
-            time.sleep(0.05)
-        raise TimeoutError(f"timed out waiting for {what}:\n{self.log.read_text()[-4000:]}")
+            raise RuntimeError(f"serve died while waiting for {what}:\n{self.log.read_text()[-4000:]}")
+
+        try:
+            return wait_until(answer, timeout, what)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}:\n{self.log.read_text()[-4000:]}") from None
 
     def wait_transfer(self, name: str, state: str, timeout: float = 60) -> Transfer:
         """Wait until the file ``name`` has a transfer in ``state`` whose receipts are all written."""

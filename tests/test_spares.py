@@ -5,18 +5,10 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from gateway.harness import wait_until
 from gateway.sftp.spares import SparePool
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not within the timeout"
-        time.sleep(0.01)
 
 
 def test_an_upload_takes_a_ready_empty_file_under_its_own_name_and_the_pool_refills(tmp_path: Path) -> None:
@@ -25,7 +17,7 @@ def test_an_upload_takes_a_ready_empty_file_under_its_own_name_and_the_pool_refi
     pool = SparePool(spares, size=4)
     pool.start()
     try:
-        eventually(lambda: len(list(spares.iterdir())) == 4)
+        wait_until(lambda: len(list(spares.iterdir())) == 4)
         made_ahead = {p.stat().st_ino for p in spares.iterdir()}
         fd = pool.take(outbox / ".sftp-1.upload")
         os.write(fd, b"dossier")
@@ -34,7 +26,7 @@ def test_an_upload_takes_a_ready_empty_file_under_its_own_name_and_the_pool_refi
         assert upload.read_bytes() == b"dossier"
         assert upload.stat().st_ino in made_ahead, "a ready file, not a new one"
         assert stat.S_IMODE(upload.stat().st_mode) == 0o640 & ~_umask()
-        eventually(lambda: len(list(spares.iterdir())) == 4)
+        wait_until(lambda: len(list(spares.iterdir())) == 4)
     finally:
         pool.close()
     assert not list(spares.iterdir()), "closing removes what is left"
@@ -48,14 +40,14 @@ def test_an_upload_never_waits_for_the_pool_nor_fails_when_a_spare_vanished(tmp_
     os.close(not_started)
     pool.start()
     try:
-        eventually(lambda: len(list(spares.iterdir())) == 1)
+        wait_until(lambda: len(list(spares.iterdir())) == 1)
         for spare in spares.iterdir():
             spare.unlink()  # an admin's cleanup, say
         fd = pool.take(outbox / ".sftp-b.upload")
         os.close(fd)
         assert sorted(p.name for p in outbox.iterdir()) == [".sftp-a.upload", ".sftp-b.upload"]
 
-        eventually(lambda: len(list(spares.iterdir())) == 1)
+        wait_until(lambda: len(list(spares.iterdir())) == 1)
         ready = list(spares.iterdir())
         with tempfile.TemporaryDirectory(dir="/dev/shm") as mounted:  # an outbox on another filesystem (tmpfs)
             os.close(pool.take(Path(mounted, ".sftp-c.upload")))
@@ -72,7 +64,7 @@ def test_spares_a_killed_door_left_are_removed_when_the_next_one_starts(tmp_path
     pool = SparePool(spares, size=2)
     pool.start()
     try:
-        eventually(lambda: len(list(spares.iterdir())) == 2)
+        wait_until(lambda: len(list(spares.iterdir())) == 2)
         assert not (spares / "left-by-a-killed-door").exists()
     finally:
         pool.close()

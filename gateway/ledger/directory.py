@@ -78,7 +78,7 @@ class OrganDirectory:
     def organ(self, organ_id: str) -> OrganData:
         organ = self.find_organ(organ_id)
         if organ is None:
-            raise AdminError("ORGAN_UNKNOWN", f"no organ {organ_id!r} (see `flam-gateway organ list`)")
+            raise _unknown_organ(organ_id)
         return organ
 
     def find_organ(self, organ_id: str) -> OrganData | None:
@@ -93,7 +93,7 @@ class OrganDirectory:
         with self.tx() as s:
             organ = s.get(Organ, organ_id)
             if organ is None:
-                raise AdminError("ORGAN_UNKNOWN", f"no organ {organ_id!r} (see `flam-gateway organ list`)")
+                raise _unknown_organ(organ_id)
             for key, value in values.items():
                 setattr(organ, key, value)
             s.add(organ)
@@ -163,6 +163,10 @@ class OrganDirectory:
         if version != self._directory.version:
             self._directory = _load_snapshot(conn, version)
         return self._directory
+
+
+def _unknown_organ(organ_id: str) -> AdminError:
+    return AdminError("ORGAN_UNKNOWN", f"no organ {organ_id!r} (see `flam-gateway organ list`)")
 
 
 def _directory_changed(session: Session) -> None:

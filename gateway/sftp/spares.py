@@ -21,7 +21,7 @@ from gateway.folders import rename_no_replace
 log = logging.getLogger(__name__)
 
 _CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_RETRY_SECONDS = 1.0  # after a failed creation (disk full, too many open files), before the next try
+_RETRY_SECONDS = 1.0  # the pause after a failed creation (disk full, too many open files)
 
 
 class SparePool:
@@ -31,11 +31,11 @@ class SparePool:
         self.folder, self.size, self.mode = Path(folder), size, mode
         self._ready: collections.deque[tuple[int, Path]] = collections.deque()
         self._wanted = threading.Event()
-        self._stopping = False
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, name="spare-files", daemon=True)
 
     def start(self) -> None:
-        """Empty the folder (spares of an earlier run are nobody's) and begin filling the pool."""
+        """Create or empty the folder (spares of an earlier run are nobody's) and begin filling the pool."""
         self.folder.mkdir(parents=True, exist_ok=True)
         for path in self.folder.iterdir():
             path.unlink(missing_ok=True)
@@ -48,26 +48,12 @@ class SparePool:
         A ready file is renamed to ``dst``; when none is ready, or it cannot be moved there, ``dst`` is made on
         the spot, so an upload never waits for the pool.
         """
-        try:
-            fd, spare = self._ready.popleft()
-        except IndexError:
-            self._wanted.set()
-            return os.open(dst, _CREATE, self.mode)
-        try:
-            rename_no_replace(spare, dst)
-        except OSError:
-            if os.path.lexists(spare):  # dst's side failed (another filesystem, a name taken): keep the spare
-                self._ready.appendleft((fd, spare))
-                return os.open(dst, _CREATE, self.mode)
-            os.close(fd)  # removed behind our back
-            self._wanted.set()
-            return os.open(dst, _CREATE, self.mode)
-        self._wanted.set()
-        return fd
+        moved = self._move_ready(dst)
+        return os.open(dst, _CREATE, self.mode) if moved is None else moved
 
     def close(self) -> None:
         """Stop filling and remove the spares left."""
-        self._stopping = True
+        self._stop.set()
         self._wanted.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
@@ -76,15 +62,34 @@ class SparePool:
             os.close(fd)
             spare.unlink(missing_ok=True)
 
+    def _move_ready(self, dst: Path) -> int | None:
+        """A ready spare, renamed to ``dst``; None when none is ready or it cannot go there."""
+        try:
+            fd, spare = self._ready.popleft()
+        except IndexError:
+            self._wanted.set()
+            return None
+        try:
+            rename_no_replace(spare, dst)
+        except OSError:
+            if os.path.lexists(spare):  # dst's side failed (another filesystem, a name taken): keep the spare
+                self._ready.appendleft((fd, spare))
+                return None
+            os.close(fd)  # removed behind our back
+            self._wanted.set()
+            return None
+        self._wanted.set()
+        return fd
+
     def _fill(self) -> None:
-        while not self._stopping:
+        while not self._stop.is_set():
             self._wanted.wait()
             self._wanted.clear()
-            while len(self._ready) < self.size and not self._stopping:
+            while len(self._ready) < self.size and not self._stop.is_set():
                 spare = self.folder / secrets.token_hex(8)
                 try:
                     self._ready.append((os.open(spare, _CREATE, self.mode), spare))
                 except OSError as exc:
                     log.warning("cannot make a spare upload file in %s: %s", self.folder, exc)
-                    self._wanted.wait(_RETRY_SECONDS)
+                    self._stop.wait(_RETRY_SECONDS)  # at most one try a second while it fails
                     break
