@@ -15,7 +15,7 @@ from typing import Any
 from gateway.errors import AdminError
 from gateway.limits import Limits
 
-OPENPGP_ENGINES = ("gpg", "sequoia")
+OPENPGP_ENGINES = ("sequoia", "gpg")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Settings:
     quarantine_days: float = 90.0  # rejected originals are destroyed after this
     retention_days: float = 365.0  # ledger and audit rows are purged after this (EntsV Art. 13a)
     gpg_timeout_seconds: float = 600.0
-    openpgp: str = "gpg"  # who signs and encrypts deliveries: "gpg" (a gpg process per file) or "sequoia" (in-process)
+    openpgp: str = "sequoia"  # who signs and encrypts: "sequoia" (in-process) or "gpg" (a gpg process per file)
     retry_max_seconds: float = 300.0  # longest wait between retries after a gateway fault (disk full, gpg, database)
     listen: str = "127.0.0.1:2222"  # SFTP door; empty string: no SFTP door
     login_timeout_seconds: float = 30.0

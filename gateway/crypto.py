@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -253,10 +254,16 @@ class Keyring:
             detail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
             raise GatewayFault(f"gpg failed ({done.returncode}): {' | '.join(detail)}")
 
+    @cached_property
+    def _message_reader(self) -> gnupg.GPG:
+        """python-gnupg for reading messages: Latin-1 decodes any byte gpg prints about a signature, and
+        salted signatures (Sequoia's, OpenPGP.js's) carry a binary notation that gpg prints raw."""
+        return gnupg.GPG(gpgbinary=self.gpg_binary, gnupghome=str(self.home), encoding="latin-1")
+
     def decrypt(self, src: Path, dst: Path | None = None) -> Decrypted:
         """Decrypt a delivery with a secret key of this home and report its signature."""
         with open(src, "rb") as fh:
-            result = self.gpg.decrypt_file(fh, output=str(dst) if dst else None)
+            result = self._message_reader.decrypt_file(fh, output=str(dst) if dst else None)
         if not result.ok:
             raise GatewayFault(f"cannot decrypt {src.name}: {result.status}")
         signer = getattr(result, "pubkey_fingerprint", None) or result.fingerprint

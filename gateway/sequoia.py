@@ -1,10 +1,10 @@
 """In-process OpenPGP with pysequoia: sign and encrypt a dossier without starting a gpg process for it.
 
-Opt-in (setting ``openpgp = "sequoia"``). Keys stay in the gateway's GnuPG home, managed and checked by
-:class:`gateway.crypto.Keyring`; this port only signs with the gateway key and encrypts to the recipient,
-streaming file to file (a 2 GiB package does not enter memory). Deliveries decrypt and verify with plain gpg.
-Its signatures carry Sequoia's binary salt notation, which python-gnupg configured for UTF-8 cannot parse
-(see the README); that is why gpg stays the default.
+The default engine (setting ``openpgp = "sequoia"``; ``"gpg"`` runs a gpg process per file instead). Keys stay
+in the gateway's GnuPG home, managed and checked by :class:`gateway.crypto.Keyring`; this port only signs with
+the gateway key and encrypts to the recipient, streaming file to file (a 2 GiB package does not enter memory).
+Deliveries decrypt and verify with plain gpg. Its signatures carry Sequoia's binary salt notation (a defence of
+EdDSA signatures against fault attacks), which python-gnupg set to UTF-8 cannot read; see the README.
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ class SequoiaCrypto:
     def _signer(self) -> pysequoia.PySigner:
         signer = getattr(self._local, "signer", None)
         if signer is None:
-            secret = pysequoia.Cert.from_bytes(self.keyring.export_gateway_secret())
-            signer = self._local.signer = secret.secrets.signer()
+            signer = self._local.signer = pysequoia.Tsk.from_bytes(self.keyring.export_gateway_secret()).signer()
         return signer
 
     def _cert(self, fingerprint: str) -> pysequoia.Cert:

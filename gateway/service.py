@@ -41,6 +41,16 @@ _PR_SET_PDEATHSIG = 1
 _WORKER_NICENESS = 5
 
 
+def openpgp_port(engine: str, keyring: Keyring) -> Crypto:
+    """The OpenPGP engine named in the settings: Sequoia in-process (default) or a gpg process per file; both
+    sign with the gateway key of ``keyring`` and take the recipients' keys from it."""
+    if engine == "gpg":
+        return keyring
+    from gateway.sequoia import SequoiaCrypto  # not loaded when gpg is chosen
+
+    return SequoiaCrypto(keyring)
+
+
 class Gateway:
     """A gateway node over one data directory."""
 
@@ -60,12 +70,8 @@ class Gateway:
 
     @cached_property
     def crypto(self) -> Crypto:
-        """Who signs and encrypts deliveries: gpg (default) or Sequoia in-process; keys live in the keyring."""
-        if self.settings.openpgp == "sequoia":
-            from gateway.sequoia import SequoiaCrypto  # loaded only when chosen
-
-            return SequoiaCrypto(self.keyring)
-        return self.keyring
+        """Who signs and encrypts deliveries, as the ``openpgp`` setting says."""
+        return openpgp_port(self.settings.openpgp, self.keyring)
 
     @cached_property
     def node(self) -> str:

@@ -1,8 +1,10 @@
-"""Opt-in in-process OpenPGP (`openpgp = "sequoia"`): what the recipient gets still decrypts and verifies
-with plain gpg, binary and armored, for a JSON dossier and a zip package."""
+"""Both OpenPGP engines, Sequoia in-process (the default) and a gpg process per file (`openpgp = "gpg"`): what
+the recipient gets decrypts and verifies with plain gpg and with python-gnupg, binary and armored, for a JSON
+dossier and a zip package."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,17 +13,18 @@ from pathlib import Path
 import pytest
 
 from gateway import samples
+from gateway.config import OPENPGP_ENGINES
 from gateway.crypto import Keyring
 from gateway.errors import GatewayFault
 from gateway.harness import Sandbox
-from gateway.sequoia import SequoiaCrypto
+from gateway.service import openpgp_port
 
 KV, PK, CANTON = "kv-bau-zh", "pk-bau-zh", "canton-zh"
 
 
-@pytest.fixture(scope="module")
-def box() -> Iterator[Sandbox]:
-    sandbox = Sandbox(settings={"settle_seconds": 0.2, "rescan_seconds": 1, "listen": "", "openpgp": "sequoia"})
+@pytest.fixture(scope="module", params=OPENPGP_ENGINES)
+def box(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    sandbox = Sandbox(settings={"settle_seconds": 0.2, "rescan_seconds": 1, "listen": "", "openpgp": request.param})
     sandbox.cli("init")
     sandbox.add_organ(KV, "control_body")
     sandbox.add_organ(PK, "joint_committee")
@@ -46,7 +49,7 @@ def plain_gpg_decrypt(home: Path, path: Path) -> tuple[bytes, str | None]:
     return done.stdout, valid[0] if valid else None
 
 
-def test_sequoia_deliveries_decrypt_and_verify_with_plain_gpg(box: Sandbox, tmp_path: Path) -> None:
+def test_deliveries_decrypt_and_verify_with_plain_gpg_and_python_gnupg(box: Sandbox, tmp_path: Path) -> None:
     report = samples.dossier_bytes(
         samples.make_dossier(KV, PK, attachments=[("bericht.pdf", samples.make_pdf(40_000))])
     )
@@ -67,20 +70,23 @@ def test_sequoia_deliveries_decrypt_and_verify_with_plain_gpg(box: Sandbox, tmp_
         )
         assert plain == data, "the recipient gets the exact bytes dropped"
         assert signer == box.gateway_fingerprint(), "signed by the gateway key, verified by plain gpg"
+        seen = box.decrypt(recipient, box.folder(recipient, "inbox") / transfer.delivered_name)
+        assert (seen.data, seen.signer_fingerprint, seen.signature_valid) == (data, signer, True), "python-gnupg"
     assert not any((box.data_dir / "spool").rglob("*.*")), "no plaintext or encryption left in the spool"
 
 
-def test_an_unknown_openpgp_engine_is_refused_clearly(box: Sandbox) -> None:
-    env = {**box.env, "FLAM_GATEWAY_OPENPGP": "pgpy"}
+def test_an_unknown_openpgp_engine_is_refused_clearly() -> None:
+    env = {**os.environ, "FLAM_GATEWAY_OPENPGP": "pgpy"}
     done = subprocess.run([sys.executable, "-m", "gateway", "organ", "list"], env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "CONFIG_INVALID" in done.stderr and "'openpgp'" in done.stderr
 
 
-def test_a_missing_recipient_key_fails_cleanly_without_partial_output(short_tmp: Path) -> None:
+@pytest.mark.parametrize("engine", OPENPGP_ENGINES)
+def test_a_missing_recipient_key_fails_cleanly_without_partial_output(short_tmp: Path, engine: str) -> None:
     with Keyring(short_tmp / "g") as ring:
         ring.ensure_gateway_key()
         src, dst = short_tmp / "in.json", short_tmp / "out.pgp"
         src.write_bytes(b"{}" * 100_000)
         with pytest.raises(GatewayFault) as exc:
-            SequoiaCrypto(ring).sign_encrypt(src, dst, "AB" * 20)
+            openpgp_port(engine, ring).sign_encrypt(src, dst, "AB" * 20)
         assert exc.value.code == "GATEWAY_FAULT" and not dst.exists()
