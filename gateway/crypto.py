@@ -23,7 +23,7 @@ import gnupg
 from gateway.errors import AdminError, GatewayFault, Problem
 
 MAX_HOME_CHARS = 80  # gpg-agent's socket lives in the home; Unix sockets allow ~107 bytes of path
-KEY_CACHE_SECONDS = 30.0  # how long a key's listing (and a Sequoia certificate) is reused
+KEY_CACHE_SECONDS = 30.0  # longest reuse of a key's listing (and a Sequoia certificate) while the keybox is unchanged
 _RECIPIENT_PATH = "/envelope/recipient_id"
 
 
@@ -69,7 +69,7 @@ class Keyring:
         self.gpg = gnupg.GPG(gpgbinary=gpg_binary, gnupghome=str(self.home))
         self.gpg.encoding = "utf-8"
         self._fpr: str | None = None
-        self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._cache: dict[str, tuple[float, tuple[int, ...], dict[str, Any] | None]] = {}
         self._lock = threading.Lock()
 
     def __enter__(self) -> Keyring:
@@ -171,15 +171,25 @@ class Keyring:
         if str(result) != "ok":
             raise AdminError("KEY_UNKNOWN", f"could not remove key {fingerprint}: {result}")
 
+    def keybox_stamp(self) -> tuple[int, ...]:
+        """What changes whenever a key is imported, updated or removed (by any process): the public keybox's
+        inode, size and modification time. A cached key is only reused while this stays the same."""
+        try:
+            st = (self.home / "pubring.kbx").stat()
+        except FileNotFoundError:
+            return ()
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
     def _key(self, fingerprint: str) -> dict[str, Any] | None:
+        stamp = self.keybox_stamp()
         with self._lock:
             cached = self._cache.get(fingerprint)
-            if cached and time.monotonic() - cached[0] < KEY_CACHE_SECONDS:
-                return cached[1]
+            if cached and cached[1] == stamp and time.monotonic() - cached[0] < KEY_CACHE_SECONDS:
+                return cached[2]
         keys = self.gpg.list_keys(keys=[fingerprint])
         key = next((k for k in keys if k["fingerprint"] == fingerprint), None)
         with self._lock:
-            self._cache[fingerprint] = (time.monotonic(), key)
+            self._cache[fingerprint] = (time.monotonic(), stamp, key)
         return key
 
     def key_info(self, fingerprint: str) -> KeyInfo | None:

@@ -47,10 +47,11 @@ class SequoiaCrypto:
         return signer
 
     def _cert(self, fingerprint: str) -> pysequoia.Cert:
-        """The recipient's certificate from the keyring, re-read after the keyring's cache time."""
-        certs: dict[str, tuple[float, pysequoia.Cert]] = self._local.__dict__.setdefault("certs", {})
+        """The recipient's certificate from the keyring, re-read when the keybox changed or after the cache time."""
+        certs: dict[str, tuple[float, tuple[int, ...], pysequoia.Cert]] = self._local.__dict__.setdefault("certs", {})
+        stamp = self.keyring.keybox_stamp()
         cached = certs.get(fingerprint)
-        if cached is None or time.monotonic() - cached[0] >= KEY_CACHE_SECONDS:
+        if cached is None or cached[1] != stamp or time.monotonic() - cached[0] >= KEY_CACHE_SECONDS:
             cert = pysequoia.Cert.from_bytes(self.keyring.export_public(fingerprint).encode("ascii"))
-            certs[fingerprint] = cached = (time.monotonic(), cert)
-        return cached[1]
+            certs[fingerprint] = cached = (time.monotonic(), stamp, cert)
+        return cached[2]

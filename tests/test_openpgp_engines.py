@@ -8,13 +8,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from gateway import samples
 from gateway.config import OPENPGP_ENGINES
-from gateway.crypto import Keyring
+from gateway.crypto import Keyring, export_public_key, generate_key
 from gateway.errors import GatewayFault
 from gateway.harness import Sandbox
 from gateway.service import openpgp_port
@@ -90,3 +91,23 @@ def test_a_missing_recipient_key_fails_cleanly_without_partial_output(short_tmp:
         with pytest.raises(GatewayFault) as exc:
             openpgp_port(engine, ring).sign_encrypt(src, dst, "AB" * 20)
         assert exc.value.code == "GATEWAY_FAULT" and not dst.exists()
+
+
+@pytest.mark.parametrize("engine", OPENPGP_ENGINES)
+def test_a_key_the_admin_removes_is_not_used_again_even_while_cached(short_tmp: Path, engine: str) -> None:
+    fingerprint = generate_key(short_tmp / "pk", "PK Bau ZH", "pk@example.ch")
+    with Keyring(short_tmp / "g") as ring, Keyring(short_tmp / "g") as admin:
+        ring.ensure_gateway_key()
+        admin.import_key(export_public_key(short_tmp / "pk", fingerprint))
+        port, now = openpgp_port(engine, ring), datetime.now(UTC)
+        src = short_tmp / "in.json"
+        src.write_bytes(b"{}" * 1000)
+        assert port.check_recipient(fingerprint, now) is None
+        port.sign_encrypt(src, short_tmp / "first.pgp", fingerprint)  # the key is now cached
+
+        admin.remove_key(fingerprint)  # another process (the admin's CLI), well within the cache time
+        problem = port.check_recipient(fingerprint, now)
+        assert problem is not None and problem.code == "RECIPIENT_NO_KEY"
+        with pytest.raises(GatewayFault):
+            port.sign_encrypt(src, short_tmp / "second.pgp", fingerprint)
+        assert not (short_tmp / "second.pgp").exists()
