@@ -356,7 +356,8 @@ def run_memory(args: argparse.Namespace) -> dict[str, Any]:
         peak_one = max([*hwm.values(), sampler.peak_one_kib])
         print(
             f"memory: {args.package_mib} MiB package {rows[0].state} in {seconds:.1f} s; peak of the whole serve "
-            f"tree (parent, SFTP door, workers and any gpg; PSS, sampled every 50 ms) {sampler.peak_pss_kib / 1024:.0f} MiB "
+            f"tree (parent, SFTP door, workers and any gpg; PSS, sampled every 50 ms) "
+            f"{sampler.peak_pss_kib / 1024:.0f} MiB "
             f"(at rest before the drop {at_rest.peak_pss_kib / 1024:.0f} MiB), "
             f"largest single process {peak_one / 1024:.0f} MiB (target ≤ 100 MB)"
         )
