@@ -301,7 +301,8 @@ def serve(ctx: click.Context, listen: str | None, log_level: str) -> None:
 
     def ready() -> None:
         where = f"SFTP on {gw.settings.listen.rpartition(':')[0]}:{gw.door_port}" if gw.settings.listen else "no SFTP"
-        click.echo(f"flam-gateway ready: {where}, data dir {gw.folders.root}", err=True)
+        engine = f"OpenPGP by {gw.settings.openpgp}"
+        click.echo(f"flam-gateway ready: {where}, data dir {gw.folders.root}, {engine}", err=True)
         notify_systemd("READY=1")
 
     gw.serve(stop, ready)

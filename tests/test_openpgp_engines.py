@@ -74,6 +74,8 @@ def test_deliveries_decrypt_and_verify_with_plain_gpg_and_python_gnupg(box: Sand
         seen = box.decrypt(recipient, box.folder(recipient, "inbox") / transfer.delivered_name)
         assert (seen.data, seen.signer_fingerprint, seen.signature_valid) == (data, signer, True), "python-gnupg"
     assert not any((box.data_dir / "spool").rglob("*.*")), "no plaintext or encryption left in the spool"
+    engine = box.env["FLAM_GATEWAY_OPENPGP"]
+    assert f"OpenPGP by {engine}" in box.log.read_text(), "the admin sees which engine signs"
 
 
 def test_an_unknown_openpgp_engine_is_refused_clearly() -> None:
