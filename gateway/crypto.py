@@ -1,9 +1,10 @@
 """The OpenPGP port: the gateway's keyring over the real ``gpg`` binary.
 
-Key management (generate, import, inspect, export, decrypt) goes through python-gnupg. Signing and
-encrypting a dossier runs ``gpg`` on the file path itself: gpg streams the file (a 2 GiB package never
-enters Python's memory), a timeout kills a hanging gpg, and there is no stdin pipe that could raise
-``BrokenPipeError`` when gpg exits early. Compression is off: dossiers are mostly incompressible PDFs.
+Key management (generate, import, inspect, export, decrypt) goes through python-gnupg. With
+``openpgp = "gpg"`` (the default engine is :mod:`gateway.sequoia`), signing and encrypting a dossier runs
+``gpg`` on the file path itself: gpg streams the file (a 2 GiB package never enters Python's memory), a
+timeout kills a hanging gpg, and there is no stdin pipe that could raise ``BrokenPipeError`` when gpg exits
+early. Compression is off: dossiers are mostly incompressible PDFs.
 """
 
 from __future__ import annotations

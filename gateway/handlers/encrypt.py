@@ -12,7 +12,7 @@ from gateway.folders import fsync_dir
 
 
 class Crypto(Protocol):
-    """The OpenPGP port (gateway.crypto.Keyring implements it)."""
+    """The OpenPGP port (gateway.sequoia.SequoiaCrypto and gateway.crypto.Keyring implement it)."""
 
     def check_recipient(self, fingerprint: str | None, now: datetime) -> Problem | None: ...
 
