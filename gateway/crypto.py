@@ -13,18 +13,19 @@ import contextlib
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import gnupg
 
 from gateway.errors import AdminError, GatewayFault, Problem
 
 MAX_HOME_CHARS = 80  # gpg-agent's socket lives in the home; Unix sockets allow ~107 bytes of path
-KEY_CACHE_SECONDS = 30.0  # longest reuse of a key's listing (and a Sequoia certificate) while the keybox is unchanged
+KEY_CACHE_SECONDS = 30.0  # longest reuse of what was read about a key (see KeyCache)
 _RECIPIENT_PATH = "/envelope/recipient_id"
 
 
@@ -52,6 +53,42 @@ def _when(epoch: str | None) -> datetime | None:
     return datetime.fromtimestamp(int(epoch), UTC) if epoch else None
 
 
+T = TypeVar("T")
+
+
+class KeyCache(Generic[T]):
+    """What was read about keys, by fingerprint: reused for at most KEY_CACHE_SECONDS, and only while the keybox
+    file is unchanged (inode, size, mtime), so a key imported, updated or removed by any process is read again."""
+
+    def __init__(self, keybox: Path) -> None:
+        self.keybox = keybox
+        self._entries: dict[str, tuple[float, tuple[int, ...], T]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, fingerprint: str, load: Callable[[], T]) -> T:
+        """The cached value for ``fingerprint`` while still fresh; else ``load()``, cached."""
+        stamp = self._stamp()
+        with self._lock:
+            entry = self._entries.get(fingerprint)
+        if entry is not None and entry[1] == stamp and time.monotonic() - entry[0] < KEY_CACHE_SECONDS:
+            return entry[2]
+        value = load()
+        with self._lock:
+            self._entries[fingerprint] = (time.monotonic(), stamp, value)
+        return value
+
+    def forget(self, fingerprint: str) -> None:
+        with self._lock:
+            self._entries.pop(fingerprint, None)
+
+    def _stamp(self) -> tuple[int, ...]:
+        try:
+            st = self.keybox.stat()
+        except FileNotFoundError:
+            return ()
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class Keyring:
     """One GnuPG home: the gateway's own secret key and the organs' public keys."""
 
@@ -70,8 +107,8 @@ class Keyring:
         self.gpg = gnupg.GPG(gpgbinary=gpg_binary, gnupghome=str(self.home))
         self.gpg.encoding = "utf-8"
         self._fpr: str | None = None
-        self._cache: dict[str, tuple[float, tuple[int, ...], dict[str, Any] | None]] = {}
-        self._lock = threading.Lock()
+        self.keybox = self.home / "pubring.kbx"
+        self._keys: KeyCache[dict[str, Any] | None] = KeyCache(self.keybox)
 
     def __enter__(self) -> Keyring:
         return self
@@ -156,7 +193,7 @@ class Keyring:
         fingerprint = scan[0]["fingerprint"]
         if not result.fingerprints:
             raise AdminError("KEY_UNUSABLE", f"gpg refused the key: {result.stderr.strip()[-300:]}")
-        self._cache.pop(fingerprint, None)
+        self._keys.forget(fingerprint)
         problem = self.check_recipient(fingerprint, now)
         if problem is not None:
             with contextlib.suppress(AdminError):
@@ -168,30 +205,15 @@ class Keyring:
 
     def remove_key(self, fingerprint: str) -> None:
         result = self.gpg.delete_keys(fingerprint, expect_passphrase=False)
-        self._cache.pop(fingerprint, None)
+        self._keys.forget(fingerprint)
         if str(result) != "ok":
             raise AdminError("KEY_UNKNOWN", f"could not remove key {fingerprint}: {result}")
 
-    def keybox_stamp(self) -> tuple[int, ...]:
-        """What changes whenever a key is imported, updated or removed (by any process): the public keybox's
-        inode, size and modification time. A cached key is only reused while this stays the same."""
-        try:
-            st = (self.home / "pubring.kbx").stat()
-        except FileNotFoundError:
-            return ()
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
-
     def _key(self, fingerprint: str) -> dict[str, Any] | None:
-        stamp = self.keybox_stamp()
-        with self._lock:
-            cached = self._cache.get(fingerprint)
-            if cached and cached[1] == stamp and time.monotonic() - cached[0] < KEY_CACHE_SECONDS:
-                return cached[2]
-        keys = self.gpg.list_keys(keys=[fingerprint])
-        key = next((k for k in keys if k["fingerprint"] == fingerprint), None)
-        with self._lock:
-            self._cache[fingerprint] = (time.monotonic(), stamp, key)
-        return key
+        def listing() -> dict[str, Any] | None:
+            return next((k for k in self.gpg.list_keys(keys=[fingerprint]) if k["fingerprint"] == fingerprint), None)
+
+        return self._keys.get(fingerprint, listing)
 
     def key_info(self, fingerprint: str) -> KeyInfo | None:
         key = self._key(fingerprint)

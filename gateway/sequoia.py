@@ -10,13 +10,12 @@ EdDSA signatures against fault attacks), which python-gnupg set to UTF-8 cannot 
 from __future__ import annotations
 
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 
 import pysequoia
 
-from gateway.crypto import KEY_CACHE_SECONDS, Keyring
+from gateway.crypto import KeyCache, Keyring
 from gateway.errors import AdminError, GatewayFault, Problem
 
 
@@ -47,11 +46,10 @@ class SequoiaCrypto:
         return signer
 
     def _cert(self, fingerprint: str) -> pysequoia.Cert:
-        """The recipient's certificate from the keyring, re-read when the keybox changed or after the cache time."""
-        certs: dict[str, tuple[float, tuple[int, ...], pysequoia.Cert]] = self._local.__dict__.setdefault("certs", {})
-        stamp = self.keyring.keybox_stamp()
-        cached = certs.get(fingerprint)
-        if cached is None or cached[1] != stamp or time.monotonic() - cached[0] >= KEY_CACHE_SECONDS:
-            cert = pysequoia.Cert.from_bytes(self.keyring.export_public(fingerprint).encode("ascii"))
-            certs[fingerprint] = cached = (time.monotonic(), stamp, cert)
-        return cached[2]
+        """The recipient's certificate from the keyring, cached per thread like the keyring's own listings."""
+        certs: KeyCache[pysequoia.Cert] | None = getattr(self._local, "certs", None)
+        if certs is None:
+            certs = self._local.certs = KeyCache(self.keyring.keybox)
+        return certs.get(
+            fingerprint, lambda: pysequoia.Cert.from_bytes(self.keyring.export_public(fingerprint).encode())
+        )

@@ -69,6 +69,7 @@ class SparePool:
         except IndexError:
             self._wanted.set()
             return None
+        taken: int | None = fd
         try:
             rename_no_replace(spare, dst)
         except OSError:
@@ -76,10 +77,9 @@ class SparePool:
                 self._ready.appendleft((fd, spare))
                 return None
             os.close(fd)  # removed behind our back
-            self._wanted.set()
-            return None
-        self._wanted.set()
-        return fd
+            taken = None
+        self._wanted.set()  # one fewer ready: make another
+        return taken
 
     def _fill(self) -> None:
         while not self._stop.is_set():
