@@ -91,6 +91,16 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants, living or already waited for."""
+    total = 0.0
+    for p in _process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def gpg_loop(box: Sandbox, files: list[Path]) -> float:
     """The baseline: a plain sequential shell loop of `gpg --sign --encrypt` over the same files."""
     home = box.data_dir / "gnupg"
@@ -260,6 +270,7 @@ def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
     box = two_organs({"workers": args.workers})
     try:
         port = box.start() or 0
+        serve_pid = box.process.pid  # type: ignore[union-attr]
         key = box.organs[SENDER].ssh_key
         big = box.root / "big.part"
         with open(big, "wb") as fh:
@@ -273,16 +284,23 @@ def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
         target.mkdir()
         sshd, sshd_port = _sshd(box.root / "sshd", key)
         servers = {
-            "gateway": (port, SENDER, "/outbox", box.folder(SENDER, "outbox")),
-            "sshd": (sshd_port, "root", str(target), target),
+            "gateway": (port, SENDER, "/outbox", box.folder(SENDER, "outbox"), serve_pid),
+            "sshd": (sshd_port, "root", str(target), target, sshd.pid),
         }
         rounds: dict[str, list[tuple[float, float]]] = {"gateway": [], "sshd": []}
+        small_cpu: dict[str, list[tuple[float, float]]] = {"gateway": [], "sshd": []}  # ms per file: server, client
         try:
             for r in range(args.sftp_rounds):
                 for label in ("gateway", "sshd") if r % 2 == 0 else ("sshd", "gateway"):
-                    p, user, folder, local = servers[label]
+                    p, user, folder, local, server_pid = servers[label]
                     big_s = _openssh_put(p, key, user, f"cd {folder}\nput {big}\n")
+                    server_before, client_before = _tree_cpu(server_pid), _children_cpu()
                     small_s = _openssh_put(p, key, user, f"cd {folder}\nlcd {small_dir}\nput *.part\n")
+                    time.sleep(0.5)  # sshd reaps the session's process, and the gateway's watcher catches up
+                    server_cpu, client_cpu = _tree_cpu(server_pid) - server_before, _children_cpu() - client_before
+                    small_cpu[label].append(
+                        (server_cpu * 1000 / args.small_count, client_cpu * 1000 / args.small_count)
+                    )
                     rounds[label].append((args.big_mib * 1.048576 / big_s, args.small_count / small_s))
                     for path in Path(local).iterdir():
                         path.unlink()
@@ -293,6 +311,8 @@ def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
                 "big_mb_s": statistics.median(b for b, _ in runs),
                 "small_files_s": statistics.median(f for _, f in runs),
                 "rounds": [{"big_mb_s": b, "small_files_s": f} for b, f in runs],
+                "small_server_cpu_ms_per_file": statistics.median(c for c, _ in small_cpu[label]),
+                "small_client_cpu_ms_per_file": statistics.median(c for _, c in small_cpu[label]),
             }
             for label, runs in rounds.items()
         }
@@ -310,7 +330,10 @@ def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(
             f"sftp {args.small_count} × 20 KB (median of {args.sftp_rounds}): gateway {g['small_files_s']:.0f} "
-            f"files/s, sshd {o['small_files_s']:.0f} files/s, ratio {results['ratio_small']:.2f} (target ≥ 1.0)"
+            f"files/s, sshd {o['small_files_s']:.0f} files/s, ratio {results['ratio_small']:.2f} (target ≥ 1.0); "
+            f"CPU per file (medians): gateway {g['small_server_cpu_ms_per_file']:.2f} ms (the whole serve tree, "
+            f"watcher included) + client {g['small_client_cpu_ms_per_file']:.2f} ms, sshd "
+            f"{o['small_server_cpu_ms_per_file']:.2f} ms + client {o['small_client_cpu_ms_per_file']:.2f} ms"
         )
         return results
     finally:
