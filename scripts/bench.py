@@ -287,8 +287,7 @@ def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
             "gateway": (port, SENDER, "/outbox", box.folder(SENDER, "outbox"), serve_pid),
             "sshd": (sshd_port, "root", str(target), target, sshd.pid),
         }
-        rounds: dict[str, list[tuple[float, float]]] = {"gateway": [], "sshd": []}
-        small_cpu: dict[str, list[tuple[float, float]]] = {"gateway": [], "sshd": []}  # ms per file: server, client
+        rounds: dict[str, list[dict[str, float]]] = {"gateway": [], "sshd": []}
         try:
             for r in range(args.sftp_rounds):
                 for label in ("gateway", "sshd") if r % 2 == 0 else ("sshd", "gateway"):
@@ -298,30 +297,29 @@ def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
                     small_s = _openssh_put(p, key, user, f"cd {folder}\nlcd {small_dir}\nput *.part\n")
                     time.sleep(0.5)  # sshd reaps the session's process, and the gateway's watcher catches up
                     server_cpu, client_cpu = _tree_cpu(server_pid) - server_before, _children_cpu() - client_before
-                    small_cpu[label].append(
-                        (server_cpu * 1000 / args.small_count, client_cpu * 1000 / args.small_count)
+                    rounds[label].append(
+                        {
+                            "big_mb_s": args.big_mib * 1.048576 / big_s,
+                            "small_files_s": args.small_count / small_s,
+                            "small_server_cpu_ms_per_file": server_cpu * 1000 / args.small_count,
+                            "small_client_cpu_ms_per_file": client_cpu * 1000 / args.small_count,
+                        }
                     )
-                    rounds[label].append((args.big_mib * 1.048576 / big_s, args.small_count / small_s))
                     for path in Path(local).iterdir():
                         path.unlink()
         finally:
             sshd.terminate()
         results: dict[str, Any] = {
-            label: {
-                "big_mb_s": statistics.median(b for b, _ in runs),
-                "small_files_s": statistics.median(f for _, f in runs),
-                "rounds": [{"big_mb_s": b, "small_files_s": f} for b, f in runs],
-                "small_server_cpu_ms_per_file": statistics.median(c for c, _ in small_cpu[label]),
-                "small_client_cpu_ms_per_file": statistics.median(c for _, c in small_cpu[label]),
-            }
+            label: {**{key: statistics.median(run[key] for run in runs) for key in runs[0]}, "rounds": runs}
             for label, runs in rounds.items()
         }
         g, o = results["gateway"], results["sshd"]
         results["ratio_big"] = g["big_mb_s"] / o["big_mb_s"]
         results["ratio_small"] = g["small_files_s"] / o["small_files_s"]
         each = "; ".join(
-            f"round {i + 1}: {gb:.0f}/{ob:.0f} MB/s, {gf:.0f}/{of:.0f} files/s"
-            for i, ((gb, gf), (ob, of)) in enumerate(zip(rounds["gateway"], rounds["sshd"], strict=True))
+            f"round {i + 1}: {ours['big_mb_s']:.0f}/{theirs['big_mb_s']:.0f} MB/s, "
+            f"{ours['small_files_s']:.0f}/{theirs['small_files_s']:.0f} files/s"
+            for i, (ours, theirs) in enumerate(zip(rounds["gateway"], rounds["sshd"], strict=True))
         )
         print(f"sftp gateway/sshd {each}")
         print(
