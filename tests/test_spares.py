@@ -40,14 +40,14 @@ def test_an_upload_never_waits_for_the_pool_nor_fails_when_a_spare_vanished(tmp_
     os.close(not_started)
     pool.start()
     try:
-        wait_until(lambda: len(list(spares.iterdir())) == 1)
+        wait_until(lambda: pool.ready == 1)  # not the folder: a spare's file is there before the pool holds it
         for spare in spares.iterdir():
             spare.unlink()  # an admin's cleanup, say
         fd = pool.take(outbox / ".sftp-b.upload")
         os.close(fd)
         assert sorted(p.name for p in outbox.iterdir()) == [".sftp-a.upload", ".sftp-b.upload"]
 
-        wait_until(lambda: len(list(spares.iterdir())) == 1)
+        wait_until(lambda: pool.ready == 1)
         ready = list(spares.iterdir())
         with tempfile.TemporaryDirectory(dir="/dev/shm") as mounted:  # an outbox on another filesystem (tmpfs)
             os.close(pool.take(Path(mounted, ".sftp-c.upload")))

@@ -42,6 +42,11 @@ class SparePool:
         self._wanted.set()
         self._thread.start()
 
+    @property
+    def ready(self) -> int:
+        """How many spares are made and waiting (a spare's file appears in the folder a moment before it counts)."""
+        return len(self._ready)
+
     def take(self, dst: Path) -> int:
         """An open descriptor of a new empty file named ``dst``, which must not exist yet.
 
