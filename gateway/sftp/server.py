@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied
 
-from gateway.folders import UPLOAD_PREFIX, rename_no_replace, start_writeback
+from gateway.folders import UPLOAD_PREFIX, fsync_dir, rename_no_replace, start_writeback
 from gateway.sftp.jail import AREAS, Jail, Place
 from gateway.sftp.spares import SparePool
 
@@ -300,6 +300,7 @@ class _Sftp(asyncssh.SFTPServer):
         except FileExistsError:
             handle.temp.unlink(missing_ok=True)
             raise self._refuse("upload", SFTPFailure(f"{handle.place.virtual} exists already")) from None
+        fsync_dir(handle.place.real.parent)  # the name too: a power cut cannot lose an upload the client was told of
         self.recent[handle.place.virtual] = (time.monotonic(), info)
         self._audit("upload", f"{handle.place.virtual} {info.st_size} bytes")
 
