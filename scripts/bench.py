@@ -265,6 +265,33 @@ def _sshd(root: Path, key: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
+def _plain_asyncssh(root: Path, key: Path) -> int:
+    """asyncssh's own SFTPServer on a thread of this process, with the door's event loop and algorithms and
+    nothing of the gateway (no jail, no spare files, no fsync, no watcher, no audit): the floor of the stack."""
+    import asyncssh
+    import uvloop
+
+    from gateway.sftp.server import CIPHERS, MACS
+
+    loop = uvloop.new_event_loop()
+    server = loop.run_until_complete(
+        asyncssh.create_server(
+            asyncssh.SSHServer,
+            "127.0.0.1",
+            0,
+            server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+            authorized_client_keys=str(key) + ".pub",
+            sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=os.fsencode(root)),
+            encryption_algs=CIPHERS,
+            mac_algs=MACS,
+            window=8 * 1024 * 1024,
+            max_pktsize=256 * 1024,
+        )
+    )
+    threading.Thread(target=loop.run_forever, name="plain-asyncssh", daemon=True).start()
+    return server.sockets[0].getsockname()[1]
+
+
 def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
     """One 1 GiB upload and 1,000 × 20 KB in one session with the OpenSSH client: gateway vs sshd.
 
@@ -288,6 +315,9 @@ def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
         target = box.root / "sshd-target"
         target.mkdir()
         sshd, sshd_port = _sshd(box.root / "sshd", key)
+        plain = box.root / "plain-target"
+        plain.mkdir()
+        plain_port = _plain_asyncssh(plain, key)
         servers = {
             "gateway": (port, SENDER, "/outbox", box.folder(SENDER, "outbox"), serve_pid),
             "sshd": (sshd_port, "root", str(target), target, sshd.pid),
@@ -309,10 +339,13 @@ def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
                         "small_client_cpu_ms_per_file": client_cpu * 1000 / args.small_count,
                     }
                     _empty(local)
-                    if label == "sshd":  # a reference, not the target: sshd durable, as the gateway always is
+                    if label == "sshd":  # references, not the target: sshd durable, as the gateway always is
                         fsynced_s = _openssh_put(p, key, user, f"cd {folder}\nlcd {small_dir}\nput -f *.part\n")
                         record["small_fsync_files_s"] = args.small_count / fsynced_s
                         _empty(local)
+                        plain_s = _openssh_put(plain_port, key, "bench", f"lcd {small_dir}\nput *.part\n")
+                        record["small_plain_asyncssh_files_s"] = args.small_count / plain_s
+                        _empty(plain)
                     rounds[label].append(record)
         finally:
             sshd.terminate()
@@ -324,6 +357,7 @@ def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
         results["ratio_big"] = g["big_mb_s"] / o["big_mb_s"]
         results["ratio_small"] = g["small_files_s"] / o["small_files_s"]
         results["ratio_small_fsync"] = g["small_files_s"] / o["small_fsync_files_s"]
+        results["ratio_small_plain_asyncssh"] = o["small_plain_asyncssh_files_s"] / o["small_files_s"]
         each = "; ".join(
             f"round {i + 1}: {ours['big_mb_s']:.0f}/{theirs['big_mb_s']:.0f} MB/s, "
             f"{ours['small_files_s']:.0f}/{theirs['small_files_s']:.0f} files/s"
@@ -345,6 +379,11 @@ def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
             f"sftp {args.small_count} × 20 KB, reference: sshd with the client's fsync per file (`put -f`; the gateway "
             f"always makes an upload durable before it answers the close) {o['small_fsync_files_s']:.0f} files/s, "
             f"gateway/that {results['ratio_small_fsync']:.2f}"
+        )
+        print(
+            f"sftp {args.small_count} × 20 KB, the floor of the stack: asyncssh's own SFTPServer with nothing of the "
+            f"gateway (no jail, no fsync, no watcher) {o['small_plain_asyncssh_files_s']:.0f} files/s, "
+            f"{results['ratio_small_plain_asyncssh']:.2f} × sshd"
         )
         return results
     finally:
