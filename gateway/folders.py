@@ -93,15 +93,20 @@ def start_writeback(fd: int) -> None:
     _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
+def rename_durably(src: Path, dst: Path) -> None:
+    """``rename_no_replace``, then an fsync of ``dst``'s folder: once it returns, a power cut keeps the new name."""
+    rename_no_replace(src, dst)
+    fsync_dir(dst.parent)
+
+
 def move_no_replace(src: Path, dst: Path) -> bool:
-    """Rename ``src`` to ``dst`` unless ``dst`` exists; True if moved now or by an earlier run (a redo)."""
+    """Rename ``src`` to ``dst`` durably unless ``dst`` exists; True if moved now or by an earlier run (a redo)."""
     try:
-        rename_no_replace(src, dst)
+        rename_durably(src, dst)
     except FileExistsError:
         return False
     except FileNotFoundError:
         return dst.exists() or dst.is_symlink()
-    fsync_dir(dst.parent)
     return True
 
 

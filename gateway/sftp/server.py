@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied
 
-from gateway.folders import UPLOAD_PREFIX, fsync_dir, rename_no_replace, start_writeback
+from gateway.folders import UPLOAD_PREFIX, rename_durably, start_writeback
 from gateway.sftp.jail import AREAS, Jail, Place
 from gateway.sftp.spares import SparePool
 
@@ -296,11 +296,10 @@ class _Sftp(asyncssh.SFTPServer):
         assert handle.temp is not None
         info = os.fstat(handle.fd)
         try:
-            rename_no_replace(handle.temp, handle.place.real)
+            rename_durably(handle.temp, handle.place.real)  # the name too, before the client hears "ok"
         except FileExistsError:
             handle.temp.unlink(missing_ok=True)
             raise self._refuse("upload", SFTPFailure(f"{handle.place.virtual} exists already")) from None
-        fsync_dir(handle.place.real.parent)  # the name too: a power cut cannot lose an upload the client was told of
         self.recent[handle.place.virtual] = (time.monotonic(), info)
         self._audit("upload", f"{handle.place.virtual} {info.st_size} bytes")
 
@@ -337,7 +336,7 @@ class _Sftp(asyncssh.SFTPServer):
             raise self._refuse("rename", exc) from None
         self.jail.regular(old)
         try:
-            rename_no_replace(old.real, new.real)
+            rename_durably(old.real, new.real)
         except FileExistsError:
             raise self._refuse("rename", SFTPFailure(f"{new.virtual} exists already")) from None
         self._audit("rename", f"{old.virtual} -> {new.virtual}")
