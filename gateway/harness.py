@@ -61,6 +61,34 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10, what: str = "c
 _READY = re.compile(r"flam-gateway ready: (?:SFTP on [^ ]+:(\d+)|no SFTP)")
 
 
+_SSH_OPTIONS = (
+    "BatchMode=yes",
+    "StrictHostKeyChecking=no",
+    "UserKnownHostsFile=/dev/null",
+    "IdentitiesOnly=yes",
+    "LogLevel=ERROR",
+)
+
+
+def ssh_options(key: Path) -> list[str]:
+    """OpenSSH client options for a scripted login to a local test server with ``key`` (no host key checks)."""
+    return [arg for option in _SSH_OPTIONS for arg in ("-o", option)] + ["-i", str(key)]
+
+
+def openssh_sftp(
+    port: int, user: str, key: Path, commands: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the OpenSSH `sftp` client in batch mode against 127.0.0.1:``port``: each line of ``commands`` in turn,
+    stopping at the first that fails (the exit code then is not 0)."""
+    return subprocess.run(
+        ["sftp", *ssh_options(key), "-P", str(port), "-b", "-", f"{user}@127.0.0.1"],
+        input=commands,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @dataclass(frozen=True)
 class OrganKeys:
     """An organ of the sandbox and the keys only it holds."""

@@ -26,7 +26,7 @@ from typing import Any
 
 from gateway import samples
 from gateway.config import OPENPGP_ENGINES, Settings
-from gateway.harness import Sandbox, fresh_schema
+from gateway.harness import Sandbox, fresh_schema, openssh_sftp
 
 SENDER, RECIPIENT = "kv-bau-zh", "pk-bau-zh"
 LEDGER = {"url": ""}  # --database-url: every gateway of the run gets a fresh schema in that database
@@ -210,28 +210,8 @@ def _watch(folder: Path, on_new: Any) -> Any:
 
 
 def _openssh_put(port: int, key: Path, user: str, commands: str) -> float:
-    opts = [
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-i",
-        str(key),
-    ]
     start = time.perf_counter()
-    done = subprocess.run(
-        ["sftp", *opts, "-P", str(port), "-b", "-", f"{user}@127.0.0.1"],
-        input=commands,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
+    done = openssh_sftp(port, user, key, commands, timeout=3600)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
     return time.perf_counter() - start

@@ -12,7 +12,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from gateway import samples
+from gateway import harness, samples
 from gateway.harness import Sandbox
 
 KV, PK, CANTON = "kv-bau-zh", "pk-bau-zh", "canton-zh"
@@ -33,31 +33,13 @@ def box() -> Iterator[Sandbox]:
 
 
 def ssh_options(box: Sandbox, organ: str, key: Path | None = None) -> list[str]:
-    return [
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-i",
-        str(key or box.organs[organ].ssh_key),
-    ]
+    return harness.ssh_options(key or box.organs[organ].ssh_key)
 
 
 def openssh_sftp(box: Sandbox, organ: str, commands: str, key: Path | None = None) -> subprocess.CompletedProcess:
     """Run the OpenSSH `sftp` client in batch mode as ``organ``."""
-    return subprocess.run(
-        ["sftp", *ssh_options(box, organ, key), "-P", str(box.port), "-b", "-", f"{organ}@127.0.0.1"],
-        input=commands,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    assert box.port is not None
+    return harness.openssh_sftp(box.port, organ, key or box.organs[organ].ssh_key, commands)
 
 
 class Session(paramiko.SFTPClient):
