@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 import gnupg
 
 from gateway.errors import AdminError, GatewayFault, Problem
+from gateway.folders import fsync_tree
 
 MAX_HOME_CHARS = 80  # gpg-agent's socket lives in the home; Unix sockets allow ~107 bytes of path
 KEY_CACHE_SECONDS = 30.0  # longest reuse of what was read about a key (see KeyCache)
@@ -156,7 +157,12 @@ class Keyring:
         result = self.gpg.gen_key(spec)
         if not result.fingerprint:
             raise GatewayFault(f"gpg could not generate a key: {result.stderr[-500:]}")
+        self._make_durable()
         return str(result.fingerprint)
+
+    def _make_durable(self) -> None:
+        """gpg does not fsync its files: without this a power cut soon after a key change could empty the keyring."""
+        fsync_tree(self.home)
 
     def _gpg(self, *args: str) -> list[str]:
         """A gpg command line on this home: batch mode, and the empty passphrase of the gateway key."""
@@ -201,6 +207,7 @@ class Keyring:
             raise AdminError("KEY_UNUSABLE", f"{problem.code}: {problem.message}")
         info = self.key_info(fingerprint)
         assert info is not None
+        self._make_durable()
         return info
 
     def remove_key(self, fingerprint: str) -> None:
@@ -208,6 +215,7 @@ class Keyring:
         self._keys.forget(fingerprint)
         if str(result) != "ok":
             raise AdminError("KEY_UNKNOWN", f"could not remove key {fingerprint}: {result}")
+        self._make_durable()
 
     def _key(self, fingerprint: str) -> dict[str, Any] | None:
         def listing() -> dict[str, Any] | None:

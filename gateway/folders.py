@@ -62,6 +62,16 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(root: Path) -> None:
+    """fsync every plain file and folder under ``root``: for the files of a tool that does not fsync them (gpg)."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder, name)
+            if path.is_file() and not path.is_symlink():  # not the agent's sockets
+                fsync_file(path)
+        fsync_dir(Path(folder))
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _AT_FDCWD, _RENAME_NOREPLACE = -100, 1
 
