@@ -1,8 +1,11 @@
-"""Chaos: kill -9 `flam-gateway serve` at random moments during a batch and check every invariant.
+"""Chaos: kill -9 `flam-gateway serve`, or cut the power of its data dir, at random moments during a batch, and
+check every invariant.
 
-Used by tests/test_chaos.py (bounded) and scripts/chaos (long runs). After each restart and at the end:
-every dropped file ends delivered exactly once or rejected with one receipt, no half files in any inbox,
-no spool or temp files left, and `flam-gateway fsck` finds the ledger and the disk in agreement.
+Used by tests/test_chaos.py and tests/test_power_cut.py (bounded) and scripts/chaos (long runs). After each restart
+and at the end: every dropped file ends delivered exactly once or rejected with one receipt, no half files in any
+inbox, no spool or temp files left, and `flam-gateway fsck` finds the ledger and the disk in agreement. A power cut
+can also undo the drop itself (the exporting software's rename into the outbox): such a file is back in the staging
+folder after the reboot, has never entered the outbox, and is dropped again later.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import samples
+from gateway.folders import fsync_tree
 from gateway.harness import Sandbox
 from gateway.ledger.models import Transfer
+from gateway.powercut import Ext4Image
 
 SENDER, RECIPIENT = "kv-bau-zh", "pk-bau-zh"
 _RECEIPT = re.compile(r"_(\d{3})_([0-9a-f]{32})\.receipt\.json$")
@@ -28,7 +33,8 @@ _RECEIPT = re.compile(r"_(\d{3})_([0-9a-f]{32})\.receipt\.json$")
 @dataclass
 class ChaosReport:
     dossiers: int
-    kills: int
+    crashes: int
+    crash: str  # "kills" or "power cuts"
     delivered: int = 0
     rejected: int = 0
     seconds: float = 0.0
@@ -99,44 +105,52 @@ def check_consistent(box: Sandbox, expected: dict[str, bool], final: bool) -> li
 
 def run_chaos(
     count: int,
-    kills: int,
+    crashes: int,
     seed: int = 1,
-    box: Sandbox | None = None,
     log: Callable[[str], None] = print,
     database_url: str = "",
+    power_cuts: bool = False,
 ) -> ChaosReport:
-    """Drop ``count`` dossiers in waves while killing the gateway ``kills`` times; check after each restart.
+    """Drop ``count`` dossiers in waves while crashing the gateway ``crashes`` times; check after each restart.
 
-    ``database_url``: an empty PostgreSQL database or schema for the ledger (default: SQLite).
+    A crash is a kill -9, or with ``power_cuts`` a power cut of the data dir (an ext4 image of its own: root only,
+    see gateway.powercut). ``database_url``: an empty PostgreSQL database or schema for the ledger (default: SQLite).
     """
     rng = random.Random(seed)
     settings = {"settle_seconds": 0.1, "rescan_seconds": 1, "listen": "", "retry_max_seconds": 2}
-    box = box or Sandbox(database_url=database_url, settings=settings)
-    report = ChaosReport(count, kills)
-    own = box.process is None and not box.organs
+    box = Sandbox(database_url=database_url, settings=settings)
+    image = Ext4Image(box.root / "disk.img", box.data_dir) if power_cuts else None
+    report = ChaosReport(count, crashes, "power cuts" if power_cuts else "kills")
     try:
-        if own:
-            box.cli("init")
-            box.add_organ(SENDER, "control_body")
-            box.add_organ(RECIPIENT, "joint_committee")
-            box.allow(SENDER, RECIPIENT)
-        expected = stage(box.root / "staged", count, seed)
-        waiting = sorted(expected)
+        if image is not None:
+            image.create()
+        box.cli("init")
+        box.add_organ(SENDER, "control_body")
+        box.add_organ(RECIPIENT, "joint_committee")
+        box.allow(SENDER, RECIPIENT)
+        staged = box.data_dir / "staged"  # on the outboxes' filesystem: a drop is one rename
+        expected = stage(staged, count, seed)
+        fsync_tree(staged)
         outbox = box.folder(SENDER, "outbox")
         start = time.perf_counter()
         box.start(listen="")
-        for kill in range(kills):
-            share = len(waiting) // (kills - kill)
-            wave, waiting = waiting[:share], waiting[share:]
-            for name in wave:
-                (box.root / "staged" / name).rename(outbox / name)
+        for crash in range(crashes):
+            waiting = sorted(p.name for p in staged.iterdir())
+            for name in waiting[: len(waiting) // (crashes - crash)]:
+                (staged / name).rename(outbox / name)
             time.sleep(rng.uniform(0.05, 1.2))
-            box.stop(signal.SIGKILL)
-            report.problems += [f"after kill {kill + 1}: {p}" for p in check_consistent(box, expected, final=False)]
+            if image is None:
+                box.stop(signal.SIGKILL)
+            else:
+                box.close_ledger()
+                image.cut_power()
+                box.stop(signal.SIGKILL)
+                image.mount()
+            report.problems += [f"after crash {crash + 1}: {p}" for p in check_consistent(box, expected, final=False)]
             box.start(listen="")
-            log(f"kill {kill + 1}/{kills}: {len(box.transfers())} transfers recorded")
-        for name in waiting:
-            (box.root / "staged" / name).rename(outbox / name)
+            log(f"{report.crash[:-1]} {crash + 1}/{crashes}: {len(box.transfers())} transfers recorded")
+        for path in staged.iterdir():
+            path.rename(outbox / path.name)
         box.wait_settled(count, timeout=max(120, count))
         box.stop()
         report.seconds = time.perf_counter() - start
@@ -145,5 +159,6 @@ def run_chaos(
         report.rejected = sum(t.state == "rejected" for t in box.transfers())
         return report
     finally:
-        if own:
-            box.close()
+        box.close()
+        if image is not None:
+            image.close()

@@ -193,8 +193,7 @@ class Sandbox:
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.stop()
-        if self._ledger is not None:
-            self._ledger.close()
+        self.close_ledger()
         for organ in self.organs.values():
             subprocess.run(["gpgconf", "--homedir", str(organ.gnupg), "--kill", "gpg-agent"], capture_output=True)
         subprocess.run(
@@ -230,6 +229,12 @@ class Sandbox:
             url = self.env["FLAM_GATEWAY_DATABASE_URL"] or f"sqlite:///{self.data_dir / 'ledger.sqlite3'}"
             self._ledger = Ledger(url)
         return self._ledger
+
+    def close_ledger(self) -> None:
+        """Let go of the ledger (it is opened again when next asked for): nothing of this process holds the data dir."""
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
 
     def transfers(self) -> list[Transfer]:
         return self.ledger.transfers()
