@@ -91,11 +91,7 @@ class _Auth(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
-        self.peer = f"{peer[0]}:{peer[1]}"
-        sock = conn.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(6, 1, 1)  # TCP_NODELAY: no 40 ms stalls on small files
+        self.peer = f"{peer[0]}:{peer[1]}"  # asyncssh sets TCP_NODELAY itself: no 40 ms stalls on small files
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:
