@@ -80,8 +80,8 @@ def test_an_upload_the_client_was_told_is_stored_survives_a_power_cut(disk: Ext4
 
 def test_power_cuts_during_a_batch_lose_nothing_and_deliver_nothing_twice(disk: Ext4Image) -> None:
     # ``disk`` only proves that images can be mounted here; the run makes its own. With the ledger's SQLite at
-    # synchronous=NORMAL this run left dossiers retrying for ever: a power cut rolled the ledger back to steps
-    # whose spool files had already been wiped.
+    # synchronous=NORMAL, such a run (2,000 dossiers, 10 cuts) left dossiers retrying for ever: a power cut rolled
+    # the ledger back to steps whose spool files had already been wiped.
     report = run_chaos(count=600, crashes=6, seed=5, log=lambda _: None, power_cuts=True)
     assert report.problems == []
     assert (report.delivered, report.rejected) == (540, 60)
