@@ -62,6 +62,19 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def write_durably(dst: Path, data: bytes, *, tmp: Path | None = None, mode: int = 0o666) -> None:
+    """Write ``data`` to ``tmp`` (default: beside ``dst``), fsync it, rename it onto ``dst`` (replacing it) and
+    fsync the folder: ``dst`` is whole, old or new, whenever the power goes. ``mode`` is masked by the umask."""
+    tmp = tmp or dst.with_name(f".{dst.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, dst)
+    fsync_dir(dst.parent)
+
+
 def fsync_tree(root: Path) -> None:
     """fsync every plain file and folder under ``root``: for the files of a tool that does not fsync them (gpg)."""
     for folder, _, names in os.walk(root):
@@ -167,14 +180,8 @@ class Folders:
         return self.tmp / f"{hint}.{secrets.token_hex(6)}.tmp"
 
     def write_atomic(self, dst: Path, data: bytes) -> None:
-        """Write ``data`` under a temp name, fsync, and rename onto ``dst`` (replacing it)."""
-        tmp = self.temp_path(dst.name[:40])
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-        fsync_dir(dst.parent)
+        """Write ``data`` under a temp name in the spool (swept if a crash leaves it), then onto ``dst`` durably."""
+        write_durably(dst, data, tmp=self.temp_path(dst.name[:40]))
 
     def temp_files(self) -> list[Path]:
         """Temp files and hidden SFTP uploads: in progress now, or left behind by a killed run."""

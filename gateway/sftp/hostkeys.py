@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from gateway.folders import fsync_dir, fsync_file
+from gateway.folders import write_durably
 
 HOST_KEYS = (("ssh_host_ed25519_key", "ssh-ed25519", {}), ("ssh_host_rsa_key", "ssh-rsa", {"key_size": 3072}))
 
@@ -20,16 +19,9 @@ def ensure_host_keys(directory: Path) -> list[Path]:
             import asyncssh  # only the door and this one-off need it: other processes stay without it
 
             key = asyncssh.generate_private_key(algorithm, **options)
-            path.with_name(name + ".pub").write_bytes(key.export_public_key("openssh"))
-            tmp = path.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(key.export_private_key("openssh"))
-                fh.flush()
-                os.fsync(fh.fileno())  # a power cut must not leave an empty key that stops the door starting
-            os.replace(tmp, path)
-            fsync_file(path.with_name(name + ".pub"))
-            fsync_dir(directory)
+            # durably: a power cut must not leave an empty key that stops the door starting
+            write_durably(path.with_name(name + ".pub"), key.export_public_key("openssh"))
+            write_durably(path, key.export_private_key("openssh"), tmp=path.with_suffix(".tmp"), mode=0o600)
         paths.append(path)
     return paths
 
