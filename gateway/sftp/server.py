@@ -39,6 +39,13 @@ MACS = (
     "hmac-sha1",
     "umac-64-etm@openssh.com",
 )
+# The transport settings of every door connection (the benchmark's plain asyncssh server uses them too).
+TRANSPORT: dict[str, Any] = {
+    "encryption_algs": CIPHERS,
+    "mac_algs": MACS,
+    "window": 8 * 1024 * 1024,
+    "max_pktsize": 256 * 1024,
+}
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC | asyncssh.FXF_APPEND
 
 
@@ -417,10 +424,7 @@ async def start_door(
         login_timeout=limits.login_timeout,
         keepalive_interval=60,
         keepalive_count_max=3,
-        encryption_algs=CIPHERS,
-        mac_algs=MACS,
-        window=8 * 1024 * 1024,
-        max_pktsize=256 * 1024,
+        **TRANSPORT,
     )
     door.spares.start()
     return Door(server, door)
