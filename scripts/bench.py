@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -217,11 +218,6 @@ def _openssh_put(port: int, key: Path, user: str, commands: str) -> float:
     return time.perf_counter() - start
 
 
-def _empty(folder: Path) -> None:
-    for path in Path(folder).iterdir():
-        path.unlink()
-
-
 def _sshd(root: Path, key: Path) -> tuple[subprocess.Popen[bytes], int]:
     """OpenSSH's own sshd with internal-sftp on a free port, for the baseline."""
     import socket
@@ -251,7 +247,7 @@ def _plain_asyncssh(root: Path, key: Path) -> int:
     import asyncssh
     import uvloop
 
-    from gateway.sftp.server import CIPHERS, MACS
+    from gateway.sftp.server import TRANSPORT
 
     loop = uvloop.new_event_loop()
     server = loop.run_until_complete(
@@ -262,22 +258,33 @@ def _plain_asyncssh(root: Path, key: Path) -> int:
             server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
             authorized_client_keys=str(key) + ".pub",
             sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=os.fsencode(root)),
-            encryption_algs=CIPHERS,
-            mac_algs=MACS,
-            window=8 * 1024 * 1024,
-            max_pktsize=256 * 1024,
+            **TRANSPORT,
         )
     )
     threading.Thread(target=loop.run_forever, name="plain-asyncssh", daemon=True).start()
     return server.sockets[0].getsockname()[1]
 
 
+@dataclass(frozen=True)
+class _SftpServer:
+    """A server of the SFTP benchmark: where its client logs in and puts, and what is measured on it."""
+
+    port: int
+    user: str
+    folder: str  # where uploads go, as the client names it ("" for the server's start folder)
+    local: Path  # the same folder on this machine, emptied after each run
+    pid: int | None = None  # for the CPU split (None: a thread of this process, not counted)
+    put: str = "put"  # `put -f`: the client asks for an fsync of each file
+    big: bool = True  # also the 1 GiB upload (the references only do the small files)
+
+
 def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
     """One 1 GiB upload and 1,000 × 20 KB in one session with the OpenSSH client: gateway vs sshd.
 
-    ``--sftp-rounds`` rounds (default 5), the order of the two servers alternating (file creation on an ext4
-    without a journal slows for minutes after mass deletions, which would favour whichever server goes
-    second); medians.
+    Two references do the small files beside them: sshd with the client's fsync per file (`put -f`), and
+    asyncssh's own SFTPServer with nothing of the gateway. ``--sftp-rounds`` rounds (default 5), the servers'
+    order reversed every other round (file creation on an ext4 without a journal slows for minutes after mass
+    deletions, which would favour whichever server goes later); medians.
     """
     box = two_organs({"workers": args.workers})
     try:
@@ -292,41 +299,21 @@ def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
         small_dir.mkdir()
         for i in range(args.small_count):
             (small_dir / f"f{i:04d}.part").write_bytes(os.urandom(20_000))
-        target = box.root / "sshd-target"
+        target, plain = box.root / "sshd-target", box.root / "plain-target"
         target.mkdir()
-        sshd, sshd_port = _sshd(box.root / "sshd", key)
-        plain = box.root / "plain-target"
         plain.mkdir()
-        plain_port = _plain_asyncssh(plain, key)
+        sshd, sshd_port = _sshd(box.root / "sshd", key)
         servers = {
-            "gateway": (port, SENDER, "/outbox", box.folder(SENDER, "outbox"), serve_pid),
-            "sshd": (sshd_port, "root", str(target), target, sshd.pid),
+            "gateway": _SftpServer(port, SENDER, "/outbox", box.folder(SENDER, "outbox"), serve_pid),
+            "sshd": _SftpServer(sshd_port, "root", str(target), target, sshd.pid),
+            "sshd_fsync": _SftpServer(sshd_port, "root", str(target), target, put="put -f", big=False),
+            "plain_asyncssh": _SftpServer(_plain_asyncssh(plain, key), "bench", "", plain, big=False),
         }
-        rounds: dict[str, list[dict[str, float]]] = {"gateway": [], "sshd": []}
+        rounds: dict[str, list[dict[str, float]]] = {label: [] for label in servers}
         try:
             for r in range(args.sftp_rounds):
-                for label in ("gateway", "sshd") if r % 2 == 0 else ("sshd", "gateway"):
-                    p, user, folder, local, server_pid = servers[label]
-                    big_s = _openssh_put(p, key, user, f"cd {folder}\nput {big}\n")
-                    server_before, client_before = _tree_cpu(server_pid), _children_cpu()
-                    small_s = _openssh_put(p, key, user, f"cd {folder}\nlcd {small_dir}\nput *.part\n")
-                    time.sleep(0.5)  # sshd reaps the session's process, and the gateway's watcher catches up
-                    server_cpu, client_cpu = _tree_cpu(server_pid) - server_before, _children_cpu() - client_before
-                    record = {
-                        "big_mb_s": args.big_mib * 1.048576 / big_s,
-                        "small_files_s": args.small_count / small_s,
-                        "small_server_cpu_ms_per_file": server_cpu * 1000 / args.small_count,
-                        "small_client_cpu_ms_per_file": client_cpu * 1000 / args.small_count,
-                    }
-                    _empty(local)
-                    if label == "sshd":  # references, not the target: sshd durable, as the gateway always is
-                        fsynced_s = _openssh_put(p, key, user, f"cd {folder}\nlcd {small_dir}\nput -f *.part\n")
-                        record["small_fsync_files_s"] = args.small_count / fsynced_s
-                        _empty(local)
-                        plain_s = _openssh_put(plain_port, key, "bench", f"lcd {small_dir}\nput *.part\n")
-                        record["small_plain_asyncssh_files_s"] = args.small_count / plain_s
-                        _empty(plain)
-                    rounds[label].append(record)
+                for label in list(servers) if r % 2 == 0 else reversed(servers):
+                    rounds[label].append(_sftp_round(servers[label], key, big, small_dir, args))
         finally:
             sshd.terminate()
         results: dict[str, Any] = {
@@ -336,8 +323,8 @@ def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
         g, o = results["gateway"], results["sshd"]
         results["ratio_big"] = g["big_mb_s"] / o["big_mb_s"]
         results["ratio_small"] = g["small_files_s"] / o["small_files_s"]
-        results["ratio_small_fsync"] = g["small_files_s"] / o["small_fsync_files_s"]
-        results["ratio_small_plain_asyncssh"] = o["small_plain_asyncssh_files_s"] / o["small_files_s"]
+        results["ratio_small_fsync"] = g["small_files_s"] / results["sshd_fsync"]["small_files_s"]
+        results["ratio_small_plain_asyncssh"] = results["plain_asyncssh"]["small_files_s"] / o["small_files_s"]
         each = "; ".join(
             f"round {i + 1}: {ours['big_mb_s']:.0f}/{theirs['big_mb_s']:.0f} MB/s, "
             f"{ours['small_files_s']:.0f}/{theirs['small_files_s']:.0f} files/s"
@@ -357,17 +344,37 @@ def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(
             f"sftp {args.small_count} × 20 KB, reference: sshd with the client's fsync per file (`put -f`; the gateway "
-            f"always makes an upload durable before it answers the close) {o['small_fsync_files_s']:.0f} files/s, "
-            f"gateway/that {results['ratio_small_fsync']:.2f}"
+            f"always makes an upload durable before it answers the close) "
+            f"{results['sshd_fsync']['small_files_s']:.0f} files/s, gateway/that {results['ratio_small_fsync']:.2f}"
         )
         print(
             f"sftp {args.small_count} × 20 KB, the floor of the stack: asyncssh's own SFTPServer with nothing of the "
-            f"gateway (no jail, no fsync, no watcher) {o['small_plain_asyncssh_files_s']:.0f} files/s, "
+            f"gateway (no jail, no fsync, no watcher) {results['plain_asyncssh']['small_files_s']:.0f} files/s, "
             f"{results['ratio_small_plain_asyncssh']:.2f} × sshd"
         )
         return results
     finally:
         box.close()
+
+
+def _sftp_round(
+    server: _SftpServer, key: Path, big: Path, small_dir: Path, args: argparse.Namespace
+) -> dict[str, float]:
+    """One round on one server: the big upload (if it does it), then the small files with the CPU they cost."""
+    cd = f"cd {server.folder}\n" if server.folder else ""
+    record = {}
+    if server.big:
+        record["big_mb_s"] = args.big_mib * 1.048576 / _openssh_put(server.port, key, server.user, f"{cd}put {big}\n")
+    server_before, client_before = _tree_cpu(server.pid) if server.pid else 0.0, _children_cpu()
+    small_s = _openssh_put(server.port, key, server.user, f"{cd}lcd {small_dir}\n{server.put} *.part\n")
+    time.sleep(0.5)  # sshd reaps the session's process, and the gateway's watcher catches up
+    record["small_files_s"] = args.small_count / small_s
+    if server.pid:
+        record["small_server_cpu_ms_per_file"] = (_tree_cpu(server.pid) - server_before) * 1000 / args.small_count
+        record["small_client_cpu_ms_per_file"] = (_children_cpu() - client_before) * 1000 / args.small_count
+    for path in server.local.iterdir():
+        path.unlink()
+    return record
 
 
 def run_memory(args: argparse.Namespace) -> dict[str, Any]:
@@ -577,7 +584,7 @@ def print_targets(results: dict[str, Any]) -> None:
         big = f"{g['big_mb_s']:.0f} vs sshd {o['big_mb_s']:.0f} MB/s = {sftp['ratio_big']:.2f}"
         small = (
             f"{g['small_files_s']:.0f} vs sshd {o['small_files_s']:.0f} files/s = {sftp['ratio_small']:.2f} "
-            f"(vs sshd `put -f` {o['small_fsync_files_s']:.0f}: {sftp['ratio_small_fsync']:.2f})"
+            f"(vs sshd `put -f` {sftp['sshd_fsync']['small_files_s']:.0f}: {sftp['ratio_small_fsync']:.2f})"
         )
         rows.append(("SFTP one big file", big, "≥ 1.0", sftp["ratio_big"] >= 1.0))
         rows.append(("SFTP small files", small, "≥ 1.0", sftp["ratio_small"] >= 1.0))
