@@ -148,7 +148,7 @@ def run_chaos(
                 image.mount()
             report.problems += [f"after crash {crash + 1}: {p}" for p in check_consistent(box, expected, final=False)]
             box.start(listen="")
-            log(f"{report.crash[:-1]} {crash + 1}/{crashes}: {len(box.transfers())} transfers recorded")
+            log(f"crash {crash + 1}/{crashes} ({report.crash}): {len(box.transfers())} transfers recorded")
         for path in staged.iterdir():
             path.rename(outbox / path.name)
         box.wait_settled(count, timeout=max(120, count))
