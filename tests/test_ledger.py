@@ -143,6 +143,24 @@ def test_an_expired_lease_or_a_released_one_can_be_claimed_again(ledger: Ledger)
     assert ledger.transfer(transfer.id).lease_owner is None, "the last step ends the lease in its transaction"
 
 
+def test_a_claim_does_not_wait_for_the_disk_but_the_steps_after_it_do(ledger: Ledger) -> None:
+    # A lease lost in a power cut is only taken again, so its commit skips the log's sync; a step's commit
+    # syncs the log, and with it every commit before it. The relaxed setting must never outlive the claim.
+    transfer = received(ledger)
+    setting = "PRAGMA synchronous" if ledger.is_sqlite else "SHOW synchronous_commit"
+    durable, relaxed = (2, 1) if ledger.is_sqlite else ("on", "off")  # SQLite: FULL, NORMAL
+    with ledger.core_tx(durable=False) as conn:  # what a claim commits in
+        assert conn.exec_driver_sql(setting).scalar() == relaxed
+    for _ in range(3):  # the pool hands the claim's connection out again
+        assert ledger.claim("node-a:0", NOW, timedelta(minutes=5)) is not None
+        with ledger.engine.connect() as conn:
+            assert conn.exec_driver_sql(setting).scalar() == durable
+        ledger.release(transfer.id)
+    assert ledger.transition(transfer.id, State.RECEIVED, State.REJECTED, NOW, release=True)
+    with ledger.engine.connect() as conn:
+        assert conn.exec_driver_sql(setting).scalar() == durable
+
+
 def test_the_transition_table_is_enforced(ledger: Ledger) -> None:
     transfer = received(ledger)
     with pytest.raises(IllegalTransition):

@@ -67,6 +67,17 @@ class SqliteWriter:
         self._thread_lock.release()
 
 
+@contextmanager
+def unsynced(conn: Any) -> Iterator[None]:
+    """Around a transaction on ``conn``: its commit does not sync the WAL (the next commit that does covers it)."""
+    raw = conn.connection.dbapi_connection
+    raw.execute("PRAGMA synchronous=NORMAL")  # outside the transaction: it applies to the next commit
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA synchronous=FULL")
+
+
 def _begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN" if getattr(_reading, "active", False) else "BEGIN IMMEDIATE")
 
