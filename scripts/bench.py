@@ -592,7 +592,8 @@ def describe_filesystem(folder: Path) -> str:
     source, fstype, options = [*found.stdout.split(), "?", "?", "?"][:3]
     journal = ""
     if fstype == "ext4":
-        journal = " with a journal" if Path(f"/proc/fs/jbd2/{Path(source).name}-8").exists() else " without a journal"
+        device = Path(source).resolve().name  # /dev/mapper/vg-data -> dm-0, as jbd2 names its journals
+        journal = " with a journal" if Path(f"/proc/fs/jbd2/{device}-8").exists() else " without a journal"
     return f"{fstype}{journal} on {source} ({options}) at {folder}"
 
 
