@@ -20,6 +20,7 @@ from gateway import admin
 from gateway.clock import system_clock
 from gateway.config import load_settings
 from gateway.errors import GatewayError
+from gateway.folders import power_cut_risk
 from gateway.fsck import fsck
 from gateway.handlers.inspect import inspect_file
 from gateway.ledger.models import ORGAN_KINDS
@@ -81,6 +82,8 @@ def init(ctx: click.Context) -> None:
     out.print(
         f"data dir {gw.folders.root}\nledger   {gw.settings.ledger_url.split('@')[-1]}\ngateway OpenPGP key {fpr}"
     )
+    if (risk := power_cut_risk(gw.folders.root)) is not None:
+        err.print(f"warning: {risk}")
 
 
 # -- organs ------------------------------------------------------------------------------------------------

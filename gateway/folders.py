@@ -85,6 +85,34 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(folder))
 
 
+def power_cut_risk(path: Path) -> str | None:
+    """Why the filesystem holding ``path`` cannot keep the gateway's data through a power cut, or None.
+
+    The gateway's promises after a power cut rest on fsync and on renames being all-or-nothing, which takes a
+    journal: ext2, and ext3/ext4 made without one, do not give that, and tmpfs keeps nothing through a reboot.
+    Other filesystems are not judged. ext4 journals are found in /proc/fs/jbd2 under their device's name.
+    """
+    dev = os.stat(path).st_dev
+    device = f"{os.major(dev)}:{os.minor(dev)}"
+    fstype = ""
+    with open("/proc/self/mountinfo") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if fields[2] == device:
+                fstype = fields[fields.index("-") + 1]
+                break
+    if fstype in ("tmpfs", "ramfs"):
+        return f"{path} is on {fstype}: everything in it is gone after a reboot or a power cut"
+    if fstype in ("ext2", "ext3", "ext4"):
+        name = Path(f"/sys/dev/block/{device}").resolve().name
+        if not Path(f"/proc/fs/jbd2/{name}-8").exists():
+            return (
+                f"{path} is on {fstype} without a journal: a power cut can undo renames and lose files the gateway "
+                "had made durable; use ext4 with its journal or XFS"
+            )
+    return None
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _AT_FDCWD, _RENAME_NOREPLACE = -100, 1
 

@@ -23,17 +23,18 @@ _FS_IOC_SHUTDOWN, _NOLOGFLUSH = 0x8004587D, 2  # _IOR('X', 125, __u32); FS_SHUTD
 
 
 class Ext4Image:
-    """An ext4 image file (with a journal, as mkfs makes it) mounted on ``folder`` through a loop device."""
+    """An ext4 image file (with a journal, as mkfs makes it, unless ``journal`` is False) mounted on ``folder``
+    through a loop device."""
 
-    def __init__(self, image: Path, folder: Path, size: int = 256 << 20) -> None:
-        self.image, self.folder, self.size = Path(image), Path(folder), size
+    def __init__(self, image: Path, folder: Path, size: int = 256 << 20, *, journal: bool = True) -> None:
+        self.image, self.folder, self.size, self.journal = Path(image), Path(folder), size, journal
 
     def create(self) -> None:
         """Make the image and mount it; raises OSError with the reason where that is impossible (not root)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.image, "wb") as fh:
             fh.truncate(self.size)
-        _run("mkfs.ext4", "-q", "-F", str(self.image))
+        _run("mkfs.ext4", "-q", "-F", *([] if self.journal else ["-O", "^has_journal"]), str(self.image))
         self.mount()
 
     def mount(self) -> None:

@@ -25,7 +25,7 @@ from gateway.clock import Clock, system_clock
 from gateway.config import Settings
 from gateway.crypto import Keyring
 from gateway.errors import GatewayFault
-from gateway.folders import Folders
+from gateway.folders import Folders, power_cut_risk
 from gateway.handlers.encrypt import Crypto
 from gateway.intake import Intake
 from gateway.ledger.audit_buffer import AuditBuffer
@@ -147,6 +147,8 @@ class Gateway:
     def serve(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
         """Run intake, workers, maintenance and the SFTP door until ``stop`` is set."""
         self.init()
+        if (risk := power_cut_risk(self.folders.root)) is not None:
+            log.warning("data dir at risk: %s", risk)
         self.recover()
         gc.freeze()  # the children share the parent's objects: keep the collector from copying their pages
         children = [self._start_door()] if self.settings.listen else []  # forked before any thread starts

@@ -8,6 +8,7 @@ as root, so they run there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -26,13 +27,37 @@ KV, PK = "kv-bau-zh", "pk-bau-zh"
 @pytest.fixture
 def disk(short_tmp: Path) -> Iterator[Ext4Image]:
     """A fresh ext4 image with a journal, mounted on ``short_tmp / "data"`` (a Sandbox's data dir there)."""
-    image = Ext4Image(short_tmp / "disk.img", short_tmp / "data", size=128 << 20)
+    with mounted(Ext4Image(short_tmp / "disk.img", short_tmp / "data", size=128 << 20)) as image:
+        yield image
+
+
+@contextlib.contextmanager
+def mounted(image: Ext4Image) -> Iterator[Ext4Image]:
+    """``image`` made and mounted for the block (the test is skipped where that needs a root it lacks)."""
     try:
         image.create()
     except OSError as exc:
         pytest.skip(f"cannot make and loop-mount an ext4 image here (needs root): {exc}")
-    yield image
-    image.close()
+    try:
+        yield image
+    finally:
+        image.close()
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["with a journal", "without a journal"])
+def test_a_data_dir_that_a_power_cut_could_undo_is_named_at_init_and_at_every_start(
+    short_tmp: Path, journal: bool
+) -> None:
+    with mounted(Ext4Image(short_tmp / "disk.img", short_tmp / "data", size=64 << 20, journal=journal)):
+        box = Sandbox(root=short_tmp, settings={"listen": ""})
+        try:
+            init = box.cli("init")
+            assert ("without a journal" in init.stderr) is not journal, init.stderr
+            box.start(listen="")
+            box.stop()
+            assert ("data dir at risk" in box.log.read_text()) is not journal
+        finally:
+            box.close()
 
 
 def test_an_upload_the_client_was_told_is_stored_survives_a_power_cut(disk: Ext4Image, tmp_path: Path) -> None:
