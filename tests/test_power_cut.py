@@ -103,6 +103,37 @@ def test_an_upload_the_client_was_told_is_stored_survives_a_power_cut(disk: Ext4
         box.close()
 
 
+def test_a_dossier_a_local_program_dropped_is_intact_after_a_power_cut_once_the_gateway_recorded_it(
+    disk: Ext4Image,
+) -> None:
+    # No workers at first: they would take the dossier on at once. A local program writes and closes its file
+    # and never fsyncs it (the usual export); from the moment the ledger records it, the gateway answers for it.
+    settings = {"settle_seconds": 0.2, "rescan_seconds": 1, "listen": "", "workers": 0}
+    box = Sandbox(root=disk.folder.parent, settings=settings)
+    try:
+        box.cli("init")
+        box.add_organ(KV, "control_body")
+        box.add_organ(PK, "joint_committee")
+        box.allow(KV, PK)
+        box.start(listen="")
+        doc = samples.make_dossier(KV, PK, attachments=[("bericht.pdf", samples.make_pdf(20_000))])
+        sent = samples.dossier_bytes(doc)
+        (box.folder(KV, "outbox") / "local.json").write_bytes(sent)
+        box.wait_for(lambda: box.transfers(), 30, "local.json recorded")
+        box.close_ledger()
+        disk.cut_power()
+        box.stop(signal.SIGKILL)
+
+        disk.mount()  # the reboot, now with workers
+        box.env["FLAM_GATEWAY_WORKERS"] = "4"
+        box.start(listen="")
+        [transfer] = box.wait_settled(1, timeout=60)
+        assert (transfer.file_name, transfer.state) == ("local.json", "delivered"), transfer.status_code
+        assert box.decrypt(PK, box.folder(PK, "inbox") / transfer.delivered_name).data == sent
+    finally:
+        box.close()
+
+
 def test_power_cuts_during_a_batch_lose_nothing_and_deliver_nothing_twice(disk: Ext4Image) -> None:
     # ``disk`` only proves that images can be mounted here; the run makes its own. With the ledger's SQLite at
     # synchronous=NORMAL, such a run (2,000 dossiers, 10 cuts) left dossiers retrying for ever: a power cut rolled
