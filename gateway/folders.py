@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ORGAN_SUBDIRS = ("outbox", "inbox", "receipts")
@@ -85,31 +86,54 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(folder))
 
 
+@dataclass(frozen=True)
+class Filesystem:
+    """The filesystem holding a path, as /proc/self/mountinfo names it."""
+
+    type: str  # "" when the path's device is in no mount line (btrfs subvolumes, some containers)
+    source: str
+    options: str
+    journal: bool | None  # ext2/3/4: whether /proc/fs/jbd2 has a journal for the device; None for others
+
+    def __str__(self) -> str:
+        journal = {True: " with a journal", False: " without a journal", None: ""}[self.journal]
+        return f"{self.type or '?'}{journal} on {self.source or '?'} ({self.options or '?'})"
+
+
+def filesystem_of(path: Path) -> Filesystem:
+    """Type, source, mount options and (for ext2/3/4) journal of the filesystem holding ``path``."""
+    dev = os.stat(path).st_dev
+    device = f"{os.major(dev)}:{os.minor(dev)}"
+    with open("/proc/self/mountinfo") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if fields[2] == device:
+                rest = fields[fields.index("-") + 1 :]
+                fstype, source, options = [*rest, "", "", ""][:3]
+                break
+        else:
+            return Filesystem("", "", "", None)
+    journal = None
+    if fstype in ("ext2", "ext3", "ext4"):  # jbd2 names a journal after the block device (dm-0, sda1, loop0)
+        journal = Path(f"/proc/fs/jbd2/{Path(f'/sys/dev/block/{device}').resolve().name}-8").exists()
+    return Filesystem(fstype, source, options, journal)
+
+
 def power_cut_risk(path: Path) -> str | None:
     """Why the filesystem holding ``path`` cannot keep the gateway's data through a power cut, or None.
 
     The gateway's promises after a power cut rest on fsync and on renames being all-or-nothing, which takes a
     journal: ext2, and ext3/ext4 made without one, do not give that, and tmpfs keeps nothing through a reboot.
-    Other filesystems are not judged. ext4 journals are found in /proc/fs/jbd2 under their device's name.
+    Other filesystems are not judged.
     """
-    dev = os.stat(path).st_dev
-    device = f"{os.major(dev)}:{os.minor(dev)}"
-    fstype = ""
-    with open("/proc/self/mountinfo") as mounts:
-        for line in mounts:
-            fields = line.split()
-            if fields[2] == device:
-                fstype = fields[fields.index("-") + 1]
-                break
-    if fstype in ("tmpfs", "ramfs"):
-        return f"{path} is on {fstype}: everything in it is gone after a reboot or a power cut"
-    if fstype in ("ext2", "ext3", "ext4"):
-        name = Path(f"/sys/dev/block/{device}").resolve().name
-        if not Path(f"/proc/fs/jbd2/{name}-8").exists():
-            return (
-                f"{path} is on {fstype} without a journal: a power cut can undo renames and lose files the gateway "
-                "had made durable; use ext4 with its journal or XFS"
-            )
+    filesystem = filesystem_of(path)
+    if filesystem.type in ("tmpfs", "ramfs"):
+        return f"{path} is on {filesystem.type}: everything in it is gone after a reboot or a power cut"
+    if filesystem.journal is False:
+        return (
+            f"{path} is on {filesystem.type} without a journal: a power cut can undo renames and lose files the "
+            "gateway had made durable; use ext4 with its journal or XFS"
+        )
     return None
 
 

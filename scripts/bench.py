@@ -29,6 +29,7 @@ from typing import Any
 
 from gateway import samples
 from gateway.config import OPENPGP_ENGINES, Settings
+from gateway.folders import filesystem_of
 from gateway.harness import Sandbox, fresh_schema, openssh_sftp
 
 SENDER, RECIPIENT = "kv-bau-zh", "pk-bau-zh"
@@ -558,7 +559,10 @@ def main() -> None:
     args = parser.parse_args()
     LEDGER["url"] = args.database_url
     PLACE["dir"] = str(args.dir or "")
-    filesystem = describe_filesystem(args.dir or Path("/tmp"))
+    # Creating files and fsync cost very different amounts on ext4 with and without a journal (without one, ext4
+    # scans recently freed inodes at every creation; with one, each fsync is a journal commit): say which it was.
+    place = args.dir or Path("/tmp")
+    filesystem = f"{filesystem_of(place)} at {place}"
     print(f"data filesystem: {filesystem}")
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "filesystem": filesystem},
@@ -577,24 +581,6 @@ def main() -> None:
     print_targets(results)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"results written to {args.json}")
-
-
-def describe_filesystem(folder: Path) -> str:
-    """Device, type and mount options of the filesystem holding ``folder``, and for ext4 whether it has a journal.
-
-    File creation and fsync cost very different amounts on ext4 with and without a journal (without one, ext4
-    scans recently deleted inodes at every creation; with one, every fsync is a journal commit), and both
-    the gateway and sshd write there, so each run says which it measured.
-    """
-    found = subprocess.run(
-        ["findmnt", "-no", "SOURCE,FSTYPE,OPTIONS", "--target", str(folder)], capture_output=True, text=True
-    )
-    source, fstype, options = [*found.stdout.split(), "?", "?", "?"][:3]
-    journal = ""
-    if fstype == "ext4":
-        device = Path(source).resolve().name  # /dev/mapper/vg-data -> dm-0, as jbd2 names its journals
-        journal = " with a journal" if Path(f"/proc/fs/jbd2/{device}-8").exists() else " without a journal"
-    return f"{fstype}{journal} on {source} ({options}) at {folder}"
 
 
 def print_targets(results: dict[str, Any]) -> None:
