@@ -286,10 +286,10 @@ class _SftpServer:
 def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
     """One 1 GiB upload and 1,000 × 20 KB in one session with the OpenSSH client: gateway vs sshd.
 
-    Two references do the small files beside them: sshd with the client's fsync per file (`put -f`), and
-    asyncssh's own SFTPServer with nothing of the gateway. ``--sftp-rounds`` rounds (default 5), the servers'
-    order reversed every other round (file creation on an ext4 without a journal slows for minutes after mass
-    deletions, which would favour whichever server goes later); medians.
+    Two references run beside them: sshd with the client's fsync of each file (`put -f`, both uploads), and
+    asyncssh's own SFTPServer with nothing of the gateway (the small files). ``--sftp-rounds`` rounds (default
+    5), the servers' order reversed every other round (file creation on an ext4 without a journal slows for
+    minutes after mass deletions, which would favour whichever server goes later); medians.
     """
     box = two_organs({"workers": args.workers})
     try:
