@@ -24,7 +24,7 @@ from gateway import samples
 from gateway.folders import fsync_tree
 from gateway.harness import Sandbox
 from gateway.ledger.models import Transfer
-from gateway.powercut import Ext4Image
+from gateway.powercut import Ext4Image, power_cut
 
 SENDER, RECIPIENT = "kv-bau-zh", "pk-bau-zh"
 _RECEIPT = re.compile(r"_(\d{3})_([0-9a-f]{32})\.receipt\.json$")
@@ -142,10 +142,7 @@ def run_chaos(
             if image is None:
                 box.stop(signal.SIGKILL)
             else:
-                box.close_ledger()
-                image.cut_power()
-                box.stop(signal.SIGKILL)
-                image.mount()
+                power_cut(image, box)
             report.problems += [f"after crash {crash + 1}: {p}" for p in check_consistent(box, expected, final=False)]
             box.start(listen="")
             log(f"crash {crash + 1}/{crashes} ({report.crash}): {len(box.transfers())} transfers recorded")

@@ -17,7 +17,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from gateway.harness import wait_until
+from gateway.harness import Sandbox, wait_until
 
 _FS_IOC_SHUTDOWN, _NOLOGFLUSH = 0x8004587D, 2  # _IOR('X', 125, __u32); FS_SHUTDOWN_FLAGS_NOLOGFLUSH
 
@@ -73,6 +73,15 @@ class Ext4Image:
                 if folder in command or any(p == folder or p.startswith(f"{folder}/") for p in places):
                     found.add(int(proc.name))
         return found
+
+
+def power_cut(image: Ext4Image, box: Sandbox) -> None:
+    """The power goes under ``box``'s data dir (on ``image``), and the machine reboots: this process lets go of
+    the ledger, the filesystem stops dead, `serve` and all else on it is killed, and the image is mounted again."""
+    box.close_ledger()
+    image.cut_power()
+    box.stop(signal.SIGKILL)
+    image.mount()
 
 
 def _run(*command: str) -> None:

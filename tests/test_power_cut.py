@@ -19,7 +19,7 @@ import pytest
 from gateway import samples
 from gateway.chaos import run_chaos
 from gateway.harness import Sandbox, openssh_sftp
-from gateway.powercut import Ext4Image
+from gateway.powercut import Ext4Image, power_cut
 
 KV, PK = "kv-bau-zh", "pk-bau-zh"
 
@@ -86,10 +86,8 @@ def test_an_upload_the_client_was_told_is_stored_survives_a_power_cut(disk: Ext4
             f"put {tmp_path / 'renamed.json'} renamed.filepart\nrename renamed.filepart renamed.json\n",
         )
         assert done.returncode == 0, done.stderr
-        disk.cut_power()
-        box.stop(signal.SIGKILL)
+        power_cut(disk, box)  # and the reboot
 
-        disk.mount()  # the reboot
         assert sorted(p.name for p in box.folder(KV, "outbox").iterdir()) == ["direct.json", "renamed.json"]
         box.start()
         rows = box.wait_settled(2, timeout=60)
@@ -120,11 +118,8 @@ def test_a_dossier_a_local_program_dropped_is_intact_after_a_power_cut_once_the_
         sent = samples.dossier_bytes(doc)
         (box.folder(KV, "outbox") / "local.json").write_bytes(sent)
         box.wait_for(lambda: box.transfers(), 30, "local.json recorded")
-        box.close_ledger()
-        disk.cut_power()
-        box.stop(signal.SIGKILL)
+        power_cut(disk, box)  # and the reboot, now with workers
 
-        disk.mount()  # the reboot, now with workers
         box.env["FLAM_GATEWAY_WORKERS"] = "4"
         box.start(listen="")
         [transfer] = box.wait_settled(1, timeout=60)
