@@ -227,8 +227,14 @@ class Gateway:
             ctx.Process(target=self._worker_main, args=(loops,), name=f"flam-gateway-worker-{p}")
             for p, loops in enumerate(per_process)
         ]
-        for process in processes:
-            process.start()
+        # SIGTERM waits (blocked, so pending) until a child has its own handler: a stop in the moment after the
+        # fork would otherwise hit the parent's handler copied into the child, and the child would run on.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            for process in processes:
+                process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return processes
 
     def _worker_main(self, loops: list[int]) -> None:
@@ -237,6 +243,7 @@ class Gateway:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # held since the fork (see _start_workers)
         workers = [self.worker(index) for index in loops]  # built here: ledger and keyring once, before threads
         threads = [
             threading.Thread(target=w.run, args=(stop, self.wake), name=f"worker-{i}")
