@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -144,11 +145,16 @@ class Sandbox:
         fingerprint = generate_key(gnupg, organ_id, f"{organ_id}@organs.invalid")
         (keys_dir / "pgp.asc").write_text(export_public_key(gnupg, fingerprint))
         with Keyring(gnupg) as ring:  # the organ learns the key that signs its deliveries
-            ring.import_key(self.cli("gateway-key", "export").stdout)
+            ring.import_key(self.gateway_public_key)
         self.cli("organ", "pgp-key", "import", organ_id, str(keys_dir / "pgp.asc"))
         self.cli("organ", "ssh-key", "add", organ_id, str(ssh_key) + ".pub")
         self.organs[organ_id] = OrganKeys(organ_id, ssh_key, gnupg, fingerprint)
         return self.organs[organ_id]
+
+    @cached_property
+    def gateway_public_key(self) -> str:
+        """The key that signs deliveries, as `flam-gateway gateway-key export` gives it to organs (asked once)."""
+        return self.cli("gateway-key", "export").stdout
 
     def gateway_fingerprint(self) -> str:
         """The fingerprint of the key that signs deliveries, as `flam-gateway init` reports it."""
