@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """flam-gateway benchmarks: each prints figures beside its baseline and writes them to a JSON file.
 
-    python scripts/bench.py batch --count 1000 --runs 3      # a drop of N dossiers vs a gpg loop
+    python scripts/bench.py batch --count 1000 --runs 5      # a drop of N dossiers vs a gpg loop
     python scripts/bench.py all                              # every benchmark of the Performance section
     python scripts/bench.py batch --database-url postgresql+psycopg://postgres@127.0.0.1/test   # on PostgreSQL
     python scripts/bench.py sftp --dir /srv/flam-bench       # on the filesystem of your data directory
@@ -539,7 +539,9 @@ def main() -> None:
     parser.add_argument("what", choices=["batch", "latency", "sftp", "memory", "concurrency", "all"])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--pdf-bytes", type=int, default=50_000)
-    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument(
+        "--runs", type=int, default=3, help="batch runs, each against its own gpg loop; the median is judged"
+    )
     defaults = Settings()
     parser.add_argument("--workers", type=int, default=defaults.workers, help="worker loops (default: the gateway's)")
     parser.add_argument("--openpgp", choices=OPENPGP_ENGINES, default=defaults.openpgp, help="the OpenPGP engine")
