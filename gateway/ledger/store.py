@@ -123,16 +123,11 @@ class Ledger(OrganDirectory, AuditTrail):
         it, and a crash of the process loses nothing. Only for commits whose loss costs nothing (a lease).
         """
         with self._writer, self.engine.connect() as conn:
-            if durable:
-                with conn.begin():
-                    yield conn
-            elif self.is_sqlite:
-                with unsynced(conn), conn.begin():
-                    yield conn
-            else:
-                with conn.begin():
+            relaxed = not durable and self.is_sqlite  # SQLite's setting is per connection, set around the transaction
+            with unsynced(conn) if relaxed else contextlib.nullcontext(), conn.begin():
+                if not durable and not self.is_sqlite:  # PostgreSQL's is per transaction
                     conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                    yield conn
+                yield conn
 
     @contextmanager
     def core_read(self) -> Iterator[Connection]:
