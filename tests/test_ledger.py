@@ -12,6 +12,7 @@ from gateway.errors import AdminError, IllegalTransition, Problem
 from gateway.folders import new_transfer_id
 from gateway.ledger import statements as sql
 from gateway.ledger.models import Transfer, TransferData, utc
+from gateway.ledger.sqlite import SqliteWriter
 from gateway.ledger.store import Ledger, StaleTransition
 from gateway.lifecycle import State
 
@@ -143,22 +144,33 @@ def test_an_expired_lease_or_a_released_one_can_be_claimed_again(ledger: Ledger)
     assert ledger.transfer(transfer.id).lease_owner is None, "the last step ends the lease in its transaction"
 
 
-def test_a_claim_does_not_wait_for_the_disk_but_the_steps_after_it_do(ledger: Ledger) -> None:
-    # A lease lost in a power cut is only taken again, so its commit skips the log's sync; a step's commit
-    # syncs the log, and with it every commit before it. The relaxed setting must never outlive the claim.
+def test_a_claim_does_not_wait_for_the_disk_but_the_steps_after_it_do(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lease lost in a power cut is only taken again, so its commit does not wait for the disk; a step's commit
+    # does, and with it every commit before it. SQLite runs with synchronous=NORMAL in WAL mode and the ledger
+    # syncs the log after each durable commit; PostgreSQL turns synchronous_commit off for the claim's
+    # transaction only.
     transfer = received(ledger)
-    setting = "PRAGMA synchronous" if ledger.is_sqlite else "SHOW synchronous_commit"
-    durable, relaxed = (2, 1) if ledger.is_sqlite else ("on", "off")  # SQLite: FULL, NORMAL
+    if ledger.is_sqlite:
+        syncs: list[str] = []
+        sync_log = SqliteWriter.sync_log
+        monkeypatch.setattr(SqliteWriter, "sync_log", lambda writer: (syncs.append("sync"), sync_log(writer))[1])
+        with ledger.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert ledger.claim("node-a:0", NOW, timedelta(minutes=5)) is not None
+        assert syncs == [], "a claim does not sync the log"
+        assert ledger.transition(transfer.id, State.RECEIVED, State.REJECTED, NOW, release=True)
+        assert syncs == ["sync"], "a step syncs it once it has committed"
+        return
     with ledger.core_tx(durable=False) as conn:  # what a claim commits in
-        assert conn.exec_driver_sql(setting).scalar() == relaxed
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
     for _ in range(3):  # the pool hands the claim's connection out again
         assert ledger.claim("node-a:0", NOW, timedelta(minutes=5)) is not None
         with ledger.engine.connect() as conn:
-            assert conn.exec_driver_sql(setting).scalar() == durable
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
         ledger.release(transfer.id)
-    assert ledger.transition(transfer.id, State.RECEIVED, State.REJECTED, NOW, release=True)
-    with ledger.engine.connect() as conn:
-        assert conn.exec_driver_sql(setting).scalar() == durable
 
 
 def test_the_transition_table_is_enforced(ledger: Ledger) -> None:

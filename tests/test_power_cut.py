@@ -85,8 +85,9 @@ sys.stdin.read()
 
 
 def test_what_the_sqlite_ledger_recorded_survives_a_power_cut_the_moment_after(disk: Ext4Image) -> None:
-    # Every commit but a claim's syncs SQLite's WAL before it returns (synchronous=FULL), and the worker moves files
-    # on only then. With synchronous=NORMAL, as the ledger ran until the eighth session, the last steps are gone here.
+    # Every commit but a claim's is on disk before the ledger returns (its log synced after the writer lock is let
+    # go: SqliteWriter.sync_log), and the worker moves files on only then. With synchronous=NORMAL and no such sync,
+    # as the ledger ran until the eighth session, the last steps are gone here.
     url = f"sqlite:///{disk.folder / 'ledger.sqlite3'}"
     command = [sys.executable, "-c", _RECORDER, url, "20"]
     with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as recorder:

@@ -3,7 +3,9 @@
 SQLite ignores ``FOR UPDATE SKIP LOCKED``, so every write transaction starts with ``BEGIN IMMEDIATE`` (no
 double claims, no lock-upgrade deadlocks), and writers queue on a lock of their own instead of in SQLite's
 busy handler, which sleeps in steps of up to 100 ms and left workers idle while the database was free.
-Readers start a plain ``BEGIN`` and never wait for the writer (WAL mode).
+Readers start a plain ``BEGIN`` and never wait for the writer (WAL mode). A commit does not sync the log
+itself: the ledger calls :meth:`SqliteWriter.sync_log` after each commit that must be durable, once the writer
+lock is let go, so that no writer waits for another's disk.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class SqliteWriter:
         database = url.split(":///", 1)[1] if ":///" in url else ""
         self._thread_lock = threading.Lock()
         self._path = f"{database}.writer.lock" if database and database != ":memory:" else None
+        self._log = f"{database}-wal" if self._path else None
         self._fd: int | None = None
         self._pid = 0
 
@@ -66,16 +69,23 @@ class SqliteWriter:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._thread_lock.release()
 
+    def sync_log(self) -> None:
+        """Put every commit made so far on disk: ``fdatasync`` of the write-ahead log, outside the writer lock.
 
-@contextmanager
-def unsynced(conn: Any) -> Iterator[None]:
-    """Around a transaction on ``conn``: its commit does not sync the WAL (the next commit that does covers it)."""
-    raw = conn.connection.dbapi_connection
-    raw.execute("PRAGMA synchronous=NORMAL")  # outside the transaction: it applies to the next commit
-    try:
-        yield
-    finally:
-        raw.execute("PRAGMA synchronous=FULL")
+        The log only grows by whole commits, in commit order, so this covers the caller's commit and any made
+        since; writers syncing at the same moment share one journal commit of the filesystem. No log file: every
+        commit is in the database file, synced by the checkpoint that removed the log.
+        """
+        if self._log is None:
+            return
+        try:
+            fd = os.open(self._log, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
 
 def _begin(conn: Any) -> None:
@@ -85,11 +95,12 @@ def _begin(conn: Any) -> None:
 def _connect(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # let the "begin" hook issue BEGIN IMMEDIATE itself
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    # FULL: each commit is on disk when it returns. With NORMAL a power cut could roll back the last commits while
-    # the files they recorded had moved on (a dossier delivered, its spool wiped, the ledger back at RECEIVED);
-    # measured at no cost on a 2,000-dossier batch (ratios 0.42-0.45 either way).
-    cur.execute("PRAGMA synchronous=FULL")
+    wal = cur.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    # NORMAL in WAL mode: a commit does not sync the log (the ledger syncs it after a durable commit, outside the
+    # writer lock: SqliteWriter.sync_log), and a power cut cannot corrupt the database. Without that sync a power
+    # cut could roll back the last commits while the files they recorded had moved on (a dossier delivered, its
+    # spool wiped, the ledger back at RECEIVED). Where WAL mode is refused, FULL syncs each commit itself.
+    cur.execute("PRAGMA synchronous=NORMAL" if wal else "PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=60000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

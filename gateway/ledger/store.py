@@ -31,7 +31,7 @@ from gateway.ledger.models import (
     TransferData,
     utc,
 )
-from gateway.ledger.sqlite import SqliteWriter, reading, sqlite_engine, unsynced
+from gateway.ledger.sqlite import SqliteWriter, reading, sqlite_engine
 from gateway.lifecycle import State
 
 
@@ -86,6 +86,7 @@ class Ledger(OrganDirectory, AuditTrail):
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         SQLModel.metadata.create_all(self.engine)
         self._upgrade()
+        self._sync_log()
 
     def _upgrade(self) -> None:
         """Bring a ledger made by an earlier version up to date: indexes that tables created then lack."""
@@ -102,10 +103,12 @@ class Ledger(OrganDirectory, AuditTrail):
         """One write transaction: committed on success, rolled back on any error.
 
         On SQLite writers (threads and processes) queue on a lock here instead of in SQLite's busy handler,
-        which sleeps in steps of up to 100 ms and left the workers idle while the database was free.
+        which sleeps in steps of up to 100 ms and left the workers idle while the database was free; the commit
+        is on disk when this returns (the log is synced after the lock is let go).
         """
         with self._writer, Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
+        self._sync_log()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -117,17 +120,22 @@ class Ledger(OrganDirectory, AuditTrail):
     def core_tx(self, *, durable: bool = True) -> Iterator[Connection]:
         """:meth:`tx` on a bare connection, for the workers' hot path (an ORM session costs ~30 us more).
 
-        ``durable=False``: the commit returns without waiting for the disk (SQLite in WAL mode without its own
-        sync, PostgreSQL with ``synchronous_commit`` off). Both logs are written in commit order and every
-        durable commit syncs all before it, so a power cut can lose such a commit only with every commit after
-        it, and a crash of the process loses nothing. Only for commits whose loss costs nothing (a lease).
+        ``durable=False``: the commit returns without waiting for the disk (on SQLite its log is not synced
+        after it, PostgreSQL runs it with ``synchronous_commit`` off). Both logs are written in commit order and
+        every durable commit syncs all before it, so a power cut can lose such a commit only with every commit
+        after it, and a crash of the process loses nothing. Only for commits whose loss costs nothing (a lease).
         """
-        with self._writer, self.engine.connect() as conn:
-            relaxed = not durable and self.is_sqlite  # SQLite's setting is per connection, set around the transaction
-            with unsynced(conn) if relaxed else contextlib.nullcontext(), conn.begin():
-                if not durable and not self.is_sqlite:  # PostgreSQL's is per transaction
-                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                yield conn
+        with self._writer, self.engine.connect() as conn, conn.begin():
+            if not durable and not self.is_sqlite:  # PostgreSQL's setting is per transaction
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            yield conn
+        if durable:
+            self._sync_log()
+
+    def _sync_log(self) -> None:
+        """After a durable commit on SQLite: sync its log (PostgreSQL's commit waited for its own)."""
+        if isinstance(self._writer, SqliteWriter):
+            self._writer.sync_log()
 
     @contextmanager
     def core_read(self) -> Iterator[Connection]:
