@@ -46,9 +46,11 @@ class SqliteWriter:
 
     def __init__(self, url: str) -> None:
         database = url.split(":///", 1)[1] if ":///" in url else ""
+        # absolute: the same files whatever the working directory is when a process first takes the lock
+        file = os.path.abspath(database) if database and database != ":memory:" else None
         self._thread_lock = threading.Lock()
-        self._path = f"{database}.writer.lock" if database and database != ":memory:" else None
-        self._log = f"{database}-wal" if self._path else None
+        self._path = f"{file}.writer.lock" if file else None
+        self._log = f"{file}-wal" if file else None
         self._fd: int | None = None
         self._pid = 0
 
