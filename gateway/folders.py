@@ -55,10 +55,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync_file(path: Path, *, data_only: bool = False) -> None:
+    """fsync ``path``; ``data_only``: fdatasync (its data and size, not its times: no journal commit for an
+    overwrite in place)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        (os.fdatasync if data_only else os.fsync)(fd)
     finally:
         os.close(fd)
 

@@ -14,11 +14,14 @@ import fcntl
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlmodel import create_engine
+
+from gateway.folders import fsync_file
 
 _reading = threading.local()
 
@@ -50,7 +53,7 @@ class SqliteWriter:
         file = os.path.abspath(database) if database and database != ":memory:" else None
         self._thread_lock = threading.Lock()
         self._path = f"{file}.writer.lock" if file else None
-        self._log = f"{file}-wal" if file else None
+        self._log = Path(f"{file}-wal") if file else None
         self._fd: int | None = None
         self._pid = 0
 
@@ -78,16 +81,9 @@ class SqliteWriter:
         since; writers syncing at the same moment share one journal commit of the filesystem. No log file: every
         commit is in the database file, synced by the checkpoint that removed the log.
         """
-        if self._log is None:
-            return
-        try:
-            fd = os.open(self._log, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
+        if self._log is not None:
+            with suppress(FileNotFoundError):
+                fsync_file(self._log, data_only=True)
 
 
 def _begin(conn: Any) -> None:
