@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied
 
-from gateway.folders import UPLOAD_PREFIX, rename_durably, start_writeback
+from gateway.folders import UPLOAD_PREFIX, publish_durably, rename_durably, start_writeback
 from gateway.sftp.jail import AREAS, Jail, Place
 from gateway.sftp.spares import SparePool
 
@@ -287,7 +287,6 @@ class _Sftp(asyncssh.SFTPServer):
             if handle.temp is None:
                 self._audit("download", f"{handle.place.virtual} {handle.count} bytes")
             elif protocol_close:
-                os.fsync(handle.fd)  # durable before the client hears "ok" (a thread hand-off costs more)
                 self._commit(handle)
             else:
                 handle.temp.unlink(missing_ok=True)
@@ -299,7 +298,8 @@ class _Sftp(asyncssh.SFTPServer):
         assert handle.temp is not None
         info = os.fstat(handle.fd)
         try:
-            rename_durably(handle.temp, handle.place.real)  # the name too, before the client hears "ok"
+            # data and name on disk before the client hears "ok" (here: a thread hand-off costs more)
+            publish_durably(handle.fd, handle.temp, handle.place.real)
         except FileExistsError:
             handle.temp.unlink(missing_ok=True)
             raise self._refuse("upload", SFTPFailure(f"{handle.place.virtual} exists already")) from None
