@@ -10,6 +10,7 @@ folder after the reboot, has never entered the outbox, and is dropped again late
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import samples
+from gateway.crypto import Keyring
+from gateway.errors import GatewayFault
 from gateway.folders import fsync_tree
 from gateway.harness import Sandbox
 from gateway.ledger.models import Transfer
@@ -94,12 +97,32 @@ def check_consistent(box: Sandbox, expected: dict[str, bool], final: bool) -> li
             problems.append(f"{name}: {receipts[rows[0].id]} receipts")
     if len(inbox) != sum(expected.values()):
         problems.append(f"inbox holds {len(inbox)} files for {sum(expected.values())} valid dossiers")
+    problems += _not_as_sent(box, inbox, known)
     leftovers = [p for p in (box.data_dir / "spool").rglob("*") if p.is_file()]
     leftovers += [p for p in box.folder(SENDER, "outbox").iterdir()]
     problems += [f"left behind: {p}" for p in leftovers]
     fsck = box.cli("fsck", "--json", check=False)
     if fsck.returncode != 0 or json.loads(fsck.stdout):
         problems.append(f"fsck: {fsck.stdout[:2000]}")
+    return problems
+
+
+def _not_as_sent(box: Sandbox, inbox: list[Path], known: dict[tuple[str | None, str], Transfer]) -> list[str]:
+    """Deliveries the recipient cannot decrypt, whose signature fails, or whose bytes are not those received."""
+    problems = []
+    with Keyring(box.organs[RECIPIENT].gnupg) as ring:
+        for path in inbox:
+            if (transfer := known.get((RECIPIENT, path.name))) is None:
+                continue  # named above
+            try:
+                got = ring.decrypt(path)
+            except GatewayFault as exc:
+                problems.append(f"inbox file {path.name}: {exc}")
+                continue
+            if not got.signature_valid:
+                problems.append(f"inbox file {path.name}: the gateway's signature does not verify")
+            elif hashlib.sha256(got.data or b"").hexdigest() != transfer.sha256:
+                problems.append(f"inbox file {path.name} is not the file received as {transfer.file_name}")
     return problems
 
 
