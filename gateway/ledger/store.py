@@ -7,7 +7,6 @@ hash-chained audit trail (gateway.ledger.chain). PostgreSQL claims with ``SKIP L
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 from collections.abc import Iterator, Sequence
@@ -71,22 +70,34 @@ class Moved:
         return DueReceipt(self.transfer, self.receipt) if self.receipt is not None else None
 
 
+class _PostgresWriters:
+    """PostgreSQL's side of :class:`SqliteWriter`: writers need no turn of their own (the server locks rows), and
+    a durable commit has waited for its log when it returns."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def sync_log(self) -> None:
+        return None
+
+
 class Ledger(OrganDirectory, AuditTrail):
     """Transactional access to the ledger tables."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self._writer: SqliteWriter | contextlib.nullcontext[None] = (
-            SqliteWriter(url) if self.is_sqlite else contextlib.nullcontext()
-        )
+        self._writer: SqliteWriter | _PostgresWriters = SqliteWriter(url) if self.is_sqlite else _PostgresWriters()
         if self.is_sqlite:
             self.engine = sqlite_engine(url)
         else:
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         SQLModel.metadata.create_all(self.engine)
         self._upgrade()
-        self._sync_log()
+        self._writer.sync_log()
 
     def _upgrade(self) -> None:
         """Bring a ledger made by an earlier version up to date: indexes that tables created then lack."""
@@ -108,7 +119,7 @@ class Ledger(OrganDirectory, AuditTrail):
         """
         with self._writer, Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
-        self._sync_log()
+        self._writer.sync_log()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -130,11 +141,6 @@ class Ledger(OrganDirectory, AuditTrail):
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             yield conn
         if durable:
-            self._sync_log()
-
-    def _sync_log(self) -> None:
-        """After a durable commit on SQLite: sync its log (PostgreSQL's commit waited for its own)."""
-        if isinstance(self._writer, SqliteWriter):
             self._writer.sync_log()
 
     @contextmanager
