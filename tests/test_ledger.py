@@ -6,12 +6,13 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import insert, inspect, text
 
 from gateway.errors import AdminError, IllegalTransition, Problem
 from gateway.folders import new_transfer_id
+from gateway.ledger import direct
 from gateway.ledger import statements as sql
-from gateway.ledger.models import Transfer, TransferData, utc
+from gateway.ledger.models import Event, Transfer, TransferData, utc
 from gateway.ledger.sqlite import SqliteWriter
 from gateway.ledger.store import Ledger, StaleTransition
 from gateway.lifecycle import State
@@ -278,3 +279,23 @@ def test_a_ledger_made_by_an_earlier_version_gets_the_claim_indexes_and_the_dire
         assert claimed.directory.find_organ("pk-bau-zh") is not None
     finally:
         upgraded.close()
+
+
+def test_what_a_step_records_reads_back_the_same_through_the_admin_views(ledger: Ledger) -> None:
+    # Claims and steps run on the driver's own cursor; the CLI's views read through SQLAlchemy's ORM.
+    transfer = received(ledger)
+    claimed = ledger.claim("node-a:0", NOW, timedelta(minutes=5))
+    moved = ledger.transition(
+        transfer.id, State.RECEIVED, State.VALIDATED, NOW + timedelta(seconds=1), message_id="m-1", test=True
+    )
+    stored = TransferData.model_validate(ledger.transfer(transfer.id).model_dump())
+    assert moved.transfer == stored
+    assert (stored.test, stored.lease_until, stored.lease_owner) == (True, claimed.transfer.lease_until, "node-a:0")
+    assert utc(stored.updated_at) == NOW + timedelta(seconds=1)
+
+
+def test_a_hot_statement_missing_a_column_with_a_default_is_refused(ledger: Ledger) -> None:
+    # SQLAlchemy fills in column defaults in the execution machinery the hot path skips: no silent NULL.
+    event = {"at": NOW, "action": "login", "detail": "", "prev_hash": "", "hash": ""}
+    with pytest.raises(ValueError, match=r"no value for \['ok'\]"), ledger.core_tx() as conn:
+        direct.execute(conn, insert(Event.__table__), [event])

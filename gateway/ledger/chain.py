@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, text
 from sqlmodel import Session, select
 
+from gateway.ledger import direct
 from gateway.ledger.models import Event, utc
 
 GENESIS = "0" * 64
@@ -114,11 +115,11 @@ class AuditTrail:
             return
         if not self.is_sqlite:
             conn.execute(_TAKE_CHAIN_LOCK)
-        last = conn.execute(_LAST_HASH).scalar()
+        last = (direct.first(conn, _LAST_HASH) or {"hash": None})["hash"]
         for event in events:
             event["prev_hash"] = last or GENESIS
             event["hash"] = last = _event_hash(event)
-        conn.execute(_INSERT_EVENT, events)
+        direct.execute(conn, _INSERT_EVENT, events)
 
 
 def new_event(

@@ -19,6 +19,7 @@ from sqlalchemy import Connection
 from sqlmodel import Session, select
 
 from gateway.errors import AdminError
+from gateway.ledger import direct
 from gateway.ledger import statements as sql
 from gateway.ledger.models import ORGAN_KINDS, Organ, OrganData, Route, SshKey
 
@@ -40,7 +41,7 @@ class DirectorySnapshot:
 
 def _directory_version(conn: Connection) -> int:
     """The current directory version (0 before the first change)."""
-    return conn.execute(sql.DIRECTORY_VERSION).scalar() or 0
+    return (direct.first(conn, sql.DIRECTORY_VERSION) or {"version": 0})["version"]
 
 
 def _load_snapshot(conn: Connection, version: int) -> DirectorySnapshot:

@@ -87,7 +87,8 @@ class SqliteWriter:
 
 
 def _begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN" if getattr(_reading, "active", False) else "BEGIN IMMEDIATE")
+    # on the driver's connection: SQLAlchemy's execution machinery costs several times the statement here
+    conn.connection.driver_connection.execute("BEGIN" if getattr(_reading, "active", False) else "BEGIN IMMEDIATE")
 
 
 def _connect(dbapi_conn: Any, _record: Any) -> None:

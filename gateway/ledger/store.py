@@ -20,6 +20,7 @@ from sqlmodel import Session, SQLModel, create_engine, select
 
 from gateway import lifecycle
 from gateway.errors import Problem, status_for
+from gateway.ledger import direct
 from gateway.ledger import statements as sql
 from gateway.ledger.chain import AuditTrail, new_event
 from gateway.ledger.directory import DirectorySnapshot, OrganDirectory
@@ -192,10 +193,10 @@ class Ledger(OrganDirectory, AuditTrail):
         """
         with self.core_tx(durable=False) as conn:
             _mark_written(conn, written)
-            row = conn.execute(sql.CLAIM, {"now": now, "until": now + lease, "owner": owner}).mappings().first()
+            row = direct.first(conn, sql.CLAIM, {"now": now, "until": now + lease, "owner": owner})
             if row is None:
                 return None
-            return Claimed(TransferData.model_validate(dict(row)), self._current_directory(conn))
+            return Claimed(TransferData.model_validate(row), self._current_directory(conn))
 
     def release(self, transfer_id: str, *, error: str | None = None, retry_at: datetime | None = None) -> None:
         """End a lease; with ``error``, count a failed attempt and wait until ``retry_at``."""
@@ -286,8 +287,7 @@ class Ledger(OrganDirectory, AuditTrail):
         if code is not None:
             changes["status_code"] = code
         with self.core_tx() as conn:
-            moved = conn.execute(sql.MOVE_TRANSFER, {"tid": transfer_id, "source": source.value, **changes})
-            row = moved.mappings().first()
+            row = direct.first(conn, sql.MOVE_TRANSFER, {"tid": transfer_id, "source": source.value, **changes})
             if row is None:
                 raise StaleTransition(f"{transfer_id} is not {source.value}")
             if (State.RECEIVED, State.VALIDATED) in hops and row["message_id"]:
@@ -296,7 +296,7 @@ class Ledger(OrganDirectory, AuditTrail):
                     "message_id": row["message_id"],
                     "transfer_id": transfer_id,
                 }
-                if conn.execute(sql.RESERVE_MESSAGE_ID[conn.dialect.name], reservation).first() is None:
+                if direct.first(conn, sql.RESERVE_MESSAGE_ID[conn.dialect.name], reservation) is None:
                     raise _DuplicateMessageId  # rolls the step back; transition() records a 201 instead
             receipt = (
                 _owe_receipt(conn, transfer_id, code, info or target.value, now, problems) if code is not None else None
@@ -314,7 +314,7 @@ class Ledger(OrganDirectory, AuditTrail):
                 for _, hop_target in hops
             ]
             self._chain(conn, events)
-        return Moved(TransferData.model_validate(dict(row)), receipt)
+        return Moved(TransferData.model_validate(row), receipt)
 
     def add_receipt(self, transfer_id: str, code: int, info: str, now: datetime) -> bool:
         """Owe a receipt that is no transition (701: will expire soon); False if it is owed already."""
@@ -406,14 +406,14 @@ def _owe_receipt(
     errors = json.dumps([p.as_dict() for p in problems], ensure_ascii=False)
     receipt = {"transfer_id": transfer_id, "status_code": code, "status_info": info, "errors": errors}
     receipt |= {"event_time": now, "written": False}
-    if conn.execute(sql.OWE_RECEIPT[conn.dialect.name], receipt).first() is None:
+    if direct.first(conn, sql.OWE_RECEIPT[conn.dialect.name], receipt) is None:
         return None
     return ReceiptData.model_validate(receipt)
 
 
 def _mark_written(conn: Connection, written: Sequence[tuple[str, int]]) -> None:
     if written:
-        conn.execute(sql.RECEIPT_WRITTEN, [{"tid": tid, "code": code} for tid, code in written])
+        direct.execute(conn, sql.RECEIPT_WRITTEN, [{"tid": tid, "code": code} for tid, code in written])
 
 
 def _known_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
