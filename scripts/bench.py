@@ -5,6 +5,7 @@
     python scripts/bench.py all                              # every benchmark of the Performance section
     python scripts/bench.py batch --database-url postgresql+psycopg://postgres@127.0.0.1/test   # on PostgreSQL
     python scripts/bench.py sftp --dir /srv/flam-bench       # on the filesystem of your data directory
+    python scripts/bench.py ledger                           # the ledger's part of a dossier alone (not in `all`)
 
 Timings live here, never in tests. Every run uses the real `flam-gateway serve`, the real gpg and real clients.
 """
@@ -23,14 +24,19 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from gateway import samples
 from gateway.config import OPENPGP_ENGINES, Settings
-from gateway.folders import filesystem_of
+from gateway.folders import filesystem_of, new_transfer_id
 from gateway.harness import Sandbox, fresh_schema, openssh_sftp
+from gateway.ledger.models import TransferData
+from gateway.ledger.store import Ledger
+from gateway.lifecycle import State
 
 SENDER, RECIPIENT = "kv-bau-zh", "pk-bau-zh"
 LEDGER = {"url": ""}  # --database-url: every gateway of the run gets a fresh schema in that database
@@ -141,6 +147,44 @@ def run_batch(args: argparse.Namespace) -> dict[str, Any]:
         f"ratio {summary['ratio']:.2f} (target ≤ 0.5)"
     )
     return {"count": args.count, "pdf_bytes": args.pdf_bytes, "openpgp": args.openpgp, "runs": runs, "median": summary}
+
+
+def run_ledger(args: argparse.Namespace) -> dict[str, float]:
+    """The ledger's part of ``--count`` dossiers, in this process on one thread: each claimed, recorded through
+    VALIDATED to ENCRYPTED, then DELIVERED with its receipt, marked written by the next claim (what a worker asks
+    of the ledger for a dossier). CPU and wall time per dossier; no files, no crypto."""
+    url = _SCHEMAS.enter_context(fresh_schema(LEDGER["url"])) if LEDGER["url"] else ""
+    url = url or f"sqlite:///{tempfile.mkdtemp(prefix='fg-', dir=PLACE['dir'] or None)}/ledger.db"
+    ledger = Ledger(url)
+    now = datetime.now(UTC)
+    for organ, kind in ((SENDER, "control_body"), (RECIPIENT, "joint_committee")):
+        ledger.add_organ(organ, kind, organ, now)
+    arrivals = [TransferData.arrival(new_transfer_id(), SENDER, f"r{i}.json", now) for i in range(args.count)]
+    for i in range(0, args.count, 100):
+        ledger.receive(arrivals[i : i + 100])
+    written: list[tuple[str, int]] = []
+    cpu, start = time.process_time(), time.perf_counter()
+    for i in range(args.count):
+        now = datetime.now(UTC)
+        claimed = ledger.claim("bench:0", now, timedelta(minutes=5), written)
+        assert claimed is not None
+        tid = claimed.transfer.id
+        envelope = {"message_id": str(uuid.uuid4()), "dossier_id": f"d-{i}", "recipient_id": RECIPIENT, "form": "json"}
+        ledger.transition(tid, State.RECEIVED, State.ENCRYPTED, now, via=[State.VALIDATED], **envelope)
+        moved = ledger.transition(tid, State.ENCRYPTED, State.DELIVERED, now, release=True, delivered_name=f"{i}.pgp")
+        assert moved.receipt is not None
+        written = [(tid, moved.receipt.status_code)]
+    ledger.mark_written(written)
+    figures = {
+        "cpu_ms_per_dossier": (time.process_time() - cpu) * 1000 / args.count,
+        "wall_ms_per_dossier": (time.perf_counter() - start) * 1000 / args.count,
+    }
+    ledger.close()
+    print(
+        f"ledger ({_ledger_name()}) alone, {args.count} dossiers on one thread: CPU "
+        f"{figures['cpu_ms_per_dossier']:.2f} ms per dossier, wall {figures['wall_ms_per_dossier']:.2f} ms"
+    )
+    return figures
 
 
 def _ledger_name() -> str:
@@ -541,7 +585,7 @@ def run_concurrency(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["batch", "latency", "sftp", "memory", "concurrency", "all"])
+    parser.add_argument("what", choices=["batch", "latency", "sftp", "memory", "concurrency", "all", "ledger"])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--pdf-bytes", type=int, default=50_000)
     parser.add_argument(
@@ -585,6 +629,8 @@ def main() -> None:
         ):
             if args.what in (name, "all"):
                 results[name] = run(args)
+        if args.what == "ledger":
+            results["ledger_path"] = run_ledger(args)
     print_targets(results)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"results written to {args.json}")
@@ -626,6 +672,8 @@ def print_targets(results: dict[str, Any]) -> None:
         failed = len(concurrency["failures"])
         figure = f"{failed} failed; uploads {concurrency['upload_s']:.1f} s, delivered {concurrency['total_s']:.1f} s"
         rows.append((f"{concurrency['sessions']} sessions", figure, "0 failures", failed == 0))
+    if not rows:  # `ledger` alone: no target of the issue
+        return
     table = Table(title=f"targets (ledger: {results['ledger']})")
     for column in ("benchmark", "gateway vs baseline", "target", "met"):
         table.add_column(column)
