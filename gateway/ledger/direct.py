@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.sql import ClauseElement
 
 Params = Mapping[str, Any]
+_NO_PARAMS: Params = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,22 @@ class _Prepared:
 _prepared: dict[tuple[ClauseElement, str, frozenset[str], bool], _Prepared] = {}
 
 
-def execute(conn: Connection, statement: ClauseElement, params: Params | Sequence[Params] = {}) -> Any:  # noqa: B006
-    """Run ``statement`` with ``params`` (one mapping, or a list: one row each) in ``conn``'s transaction; the
-    driver's cursor, to fetch from."""
+def execute(conn: Connection, statement: ClauseElement, params: Params | Sequence[Params] = _NO_PARAMS) -> None:
+    """Run ``statement`` with ``params`` (one mapping, or a list: one row each) in ``conn``'s transaction."""
+    _run(conn, statement, params).close()
+
+
+def first(conn: Connection, statement: ClauseElement, params: Params = _NO_PARAMS) -> dict[str, Any] | None:
+    """The first row ``statement`` returns, by column name; None when it returns none."""
+    cursor = _run(conn, statement, params)
+    try:
+        row = cursor.fetchone()
+        return None if row is None else dict(zip([c[0] for c in cursor.description], row, strict=True))
+    finally:
+        cursor.close()
+
+
+def _run(conn: Connection, statement: ClauseElement, params: Params | Sequence[Params]) -> Any:
     many = not isinstance(params, Mapping)
     rows: Sequence[Params] = params if many else [params]  # type: ignore[assignment,list-item]
     prepared = _prepare(conn, statement, rows[0] if rows else {}, many)
@@ -46,13 +61,6 @@ def execute(conn: Connection, statement: ClauseElement, params: Params | Sequenc
     else:
         cursor.execute(prepared.sql, bound[0])
     return cursor
-
-
-def first(conn: Connection, statement: ClauseElement, params: Params = {}) -> dict[str, Any] | None:  # noqa: B006
-    """The first row ``statement`` returns, by column name; None when it returns none."""
-    cursor = execute(conn, statement, params)
-    row = cursor.fetchone()
-    return None if row is None else dict(zip([c[0] for c in cursor.description], row, strict=True))
 
 
 def _prepare(conn: Connection, statement: ClauseElement, params: Params, many: bool) -> _Prepared:

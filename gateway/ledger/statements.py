@@ -1,5 +1,6 @@
 """The ledger's hot-path statements, built once at import (building a statement costs more than SQLite
-running it). Parameters are bound by name at execution: ``tid`` a transfer id, ``code`` a status code, …
+running it) and run by gateway.ledger.direct. Parameters are bound by name at execution: ``tid`` a transfer id,
+``code`` a status code, …
 """
 
 from __future__ import annotations
