@@ -63,7 +63,7 @@ def fsck(gw: Gateway, repair: bool = False) -> list[Finding]:
                 found("picked_up_unnoticed", inbox_file, transfer.id, True, "delivery gone from the inbox: FETCHED")
         if state in WORKABLE and transfer.attempts:
             found("retrying", "", transfer.id, False, f"{transfer.attempts} failed attempt(s): {transfer.last_error}")
-    delivered = {(t.recipient_id, t.delivered_name) for t in gw.ledger.transfers(state=State.DELIVERED.value)}
+    delivered = set(gw.ledger.delivered_files())
     for inbox in gw.folders.organs.glob("*/inbox"):
         for path in inbox.iterdir():
             if not is_temp_name(path.name) and (inbox.parent.name, path.name) not in delivered:

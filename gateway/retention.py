@@ -35,7 +35,7 @@ def expire_deliveries(worker: Worker, settings: Settings) -> tuple[int, int]:
     expire_after = timedelta(days=settings.expire_after_days)
     warn_at = expire_after - timedelta(days=settings.warn_before_expiry_days)
     warned = expired = 0
-    for transfer in worker.ledger.transfers(state=State.DELIVERED.value):
+    for transfer in worker.ledger.transfers(state=State.DELIVERED.value, changed_before=now - warn_at):
         age = now - utc(transfer.updated_at)
         inbox_file = worker.folders.inbox(transfer.recipient_id or "") / (transfer.delivered_name or "")
         if age >= expire_after:

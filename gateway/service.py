@@ -30,7 +30,6 @@ from gateway.handlers.encrypt import Crypto
 from gateway.intake import Intake
 from gateway.ledger.audit_buffer import AuditBuffer
 from gateway.ledger.store import Ledger
-from gateway.lifecycle import State
 from gateway.retention import expire_deliveries
 from gateway.sftp.hostkeys import ensure_host_keys
 from gateway.worker import Worker, orphan_spool_files
@@ -139,9 +138,8 @@ class Gateway:
     def reconcile_pickups(self) -> None:
         """Deliveries gone from their inbox while nobody watched (gateway down, dropped events) are fetched."""
         worker = self.worker()
-        for transfer in self.ledger.transfers(state=State.DELIVERED.value):
-            recipient, name = transfer.recipient_id or "", transfer.delivered_name or ""
-            if recipient and name and not (self.folders.inbox(recipient) / name).exists():
+        for recipient, name in self.ledger.delivered_files():
+            if not (self.folders.inbox(recipient) / name).exists():
                 worker.pick_up(recipient, name)
 
     def serve(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:

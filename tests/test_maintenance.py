@@ -86,6 +86,17 @@ def test_an_uncollected_delivery_is_warned_about_then_expires(gw: Gateway, clock
     assert receipt_codes(gw) == [100, 204, 701]
 
 
+def test_a_delivery_picked_up_while_nobody_watched_is_fetched_at_the_next_round(gw: Gateway, clock: Clock) -> None:
+    deliver(gw, "a.json", samples.dossier_bytes(samples.make_dossier(KV, PK, now=clock())))
+    (delivered,) = gw.ledger.transfers(state="delivered")
+    gw.reconcile_pickups()
+    assert gw.ledger.transfer(delivered.id).state == "delivered", "still in the inbox"
+    (gw.folders.inbox(PK) / delivered.delivered_name).unlink()  # the gateway was down, or the event was lost
+    gw.reconcile_pickups()
+    assert gw.ledger.transfer(delivered.id).state == "fetched"
+    assert receipt_codes(gw) == [100, 110]
+
+
 def test_purge_destroys_old_quarantine_and_ledger_rows(gw: Gateway, clock: Clock) -> None:
     deliver(gw, "bad.json", b"{broken")
     (rejected,) = gw.ledger.transfers(state="rejected")

@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
 from gateway.ledger.models import WAITING, DirectoryVersion, MessageId, Organ, Receipt, Route, Transfer
+from gateway.lifecycle import State
 
 TRANSFERS = Transfer.__table__  # type: ignore[attr-defined]
 RECEIPTS = Receipt.__table__  # type: ignore[attr-defined]
@@ -64,4 +65,9 @@ CLAIM = (
     .where(TRANSFERS.c.id == OLDEST_WORKABLE)
     .values(lease_until=bindparam("until"), lease_owner=bindparam("owner"))
     .returning(*TRANSFERS.c)
+)
+DELIVERED_FILES = select(TRANSFERS.c.recipient_id, TRANSFERS.c.delivered_name).where(
+    TRANSFERS.c.state == State.DELIVERED.value,
+    TRANSFERS.c.recipient_id.is_not(None),
+    TRANSFERS.c.delivered_name.is_not(None),
 )

@@ -363,19 +363,30 @@ class Ledger(OrganDirectory, AuditTrail):
         organ_id: str | None = None,
         state: str | None = None,
         states: Sequence[State] = (),
+        changed_before: datetime | None = None,
         limit: int | None = None,
     ) -> list[Transfer]:
+        """Transfers by id, of one organ (as sender or recipient), in ``state`` or ``states``, last changed at or
+        before ``changed_before``, the first ``limit`` of them: those filters that are given."""
         with self.read() as s:
             query = select(Transfer).order_by(Transfer.id)
             if organ_id is not None:
                 query = query.where(or_(Transfer.sender_id == organ_id, Transfer.recipient_id == organ_id))
             if state is not None:
                 query = query.where(Transfer.state == state)
+            if changed_before is not None:
+                query = query.where(Transfer.updated_at <= changed_before)
             if states:
                 query = query.where(Transfer.state.in_([st.value for st in states]))  # type: ignore[attr-defined]
             if limit is not None:
                 query = query.limit(limit)
             return list(s.exec(query))
+
+    def delivered_files(self) -> list[tuple[str, str]]:
+        """(recipient, file name in its inbox) of every delivery not yet picked up: two columns, no ORM objects
+        (maintenance asks for them every ``rescan_seconds``, and a night's backlog can be tens of thousands)."""
+        with self.core_read() as conn:
+            return [(recipient, name) for recipient, name in conn.execute(sql.DELIVERED_FILES)]
 
     def delivered_as(self, recipient_id: str, name: str) -> Transfer | None:
         """The delivered transfer whose file in ``recipient_id``'s inbox is called ``name``."""
