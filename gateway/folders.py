@@ -170,23 +170,18 @@ def start_writeback(fd: int) -> None:
     _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
-def rename_durably(src: Path, dst: Path) -> None:
-    """``rename_no_replace``, then an fsync of ``dst``'s folder: once it returns, a power cut keeps the new name."""
-    rename_no_replace(src, dst)
-    fsync_dir(dst.parent)
+def rename_durably(src: Path, dst: Path, fd: int | None = None) -> None:
+    """``rename_no_replace``, then an fsync of the file open as ``fd`` (if given) and of ``dst``'s folder: once it
+    returns, a power cut keeps the new name, and with ``fd`` the data under it.
 
-
-def publish_durably(fd: int, src: Path, dst: Path) -> None:
-    """Rename the file open as ``fd`` from ``src`` to ``dst`` (never replacing), then fsync it and ``dst``'s folder:
-    once it returns, a power cut keeps the data under the new name.
-
-    Renaming before the fsync lets one journal commit carry both (on ext4 the file's fsync commits the pending
-    rename with it, and the folder's fsync finds nothing left to write): one commit instead of two. The name is
-    visible a moment before the data is durable, as a local program's export is; what takes it from there syncs
-    it itself (intake does), and a power cut in that moment leaves what a power cut leaves of such an export.
+    Syncing the file after the rename lets one journal commit carry both (on ext4 the file's fsync commits the
+    pending rename with it, and the folder's fsync finds nothing left to write): one commit instead of two. The
+    name is visible a moment before the data is durable, as a local program's export is; what takes it from there
+    syncs it itself (intake does), and a power cut in that moment leaves what a power cut leaves of such an export.
     """
     rename_no_replace(src, dst)
-    os.fsync(fd)
+    if fd is not None:
+        os.fsync(fd)
     fsync_dir(dst.parent)
 
 

@@ -115,7 +115,7 @@ class AuditTrail:
             return
         if not self.is_sqlite:
             conn.execute(_TAKE_CHAIN_LOCK)
-        last = (direct.first(conn, _LAST_HASH) or {"hash": None})["hash"]
+        last = direct.scalar(conn, _LAST_HASH)
         for event in events:
             event["prev_hash"] = last or GENESIS
             event["hash"] = last = _event_hash(event)

@@ -49,6 +49,12 @@ def first(conn: Connection, statement: ClauseElement, params: Params = _NO_PARAM
         cursor.close()
 
 
+def scalar(conn: Connection, statement: ClauseElement, params: Params = _NO_PARAMS) -> Any:
+    """The first column of the first row ``statement`` returns; None when it returns none."""
+    row = first(conn, statement, params)
+    return None if row is None else next(iter(row.values()))
+
+
 def _run(conn: Connection, statement: ClauseElement, params: Params | Sequence[Params]) -> Any:
     many = not isinstance(params, Mapping)
     rows: Sequence[Params] = params if many else [params]  # type: ignore[assignment,list-item]

@@ -41,7 +41,7 @@ class DirectorySnapshot:
 
 def _directory_version(conn: Connection) -> int:
     """The current directory version (0 before the first change)."""
-    return (direct.first(conn, sql.DIRECTORY_VERSION) or {"version": 0})["version"]
+    return direct.scalar(conn, sql.DIRECTORY_VERSION) or 0
 
 
 def _load_snapshot(conn: Connection, version: int) -> DirectorySnapshot:

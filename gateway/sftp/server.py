@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied
 
-from gateway.folders import UPLOAD_PREFIX, publish_durably, rename_durably, start_writeback
+from gateway.folders import UPLOAD_PREFIX, rename_durably, start_writeback
 from gateway.sftp.jail import AREAS, Jail, Place
 from gateway.sftp.spares import SparePool
 
@@ -299,7 +299,7 @@ class _Sftp(asyncssh.SFTPServer):
         info = os.fstat(handle.fd)
         try:
             # data and name on disk before the client hears "ok" (here: a thread hand-off costs more)
-            publish_durably(handle.fd, handle.temp, handle.place.real)
+            rename_durably(handle.temp, handle.place.real, handle.fd)
         except FileExistsError:
             handle.temp.unlink(missing_ok=True)
             raise self._refuse("upload", SFTPFailure(f"{handle.place.virtual} exists already")) from None
