@@ -85,8 +85,9 @@ class Intake:
     def notice(self, path: Path | str, delay: float, *, renamed_in: bool = False) -> None:
         """Look at ``path`` after ``delay`` seconds; a file renamed in (or committed by SFTP) is complete."""
         with self._cv:
-            heapq.heappush(self._due, (time.monotonic() + delay, str(path), renamed_in))
-            self._cv.notify()
+            heapq.heappush(self._due, entry := (time.monotonic() + delay, str(path), renamed_in))
+            if self._due[0] is entry:  # due before all others: the waiting thread must wake earlier than planned
+                self._cv.notify()
 
     def run_due(self, stop: threading.Event) -> None:
         """Collect noticed files as they fall due, in batches, until ``stop`` is set."""
@@ -223,15 +224,21 @@ class _Events(FileSystemEventHandler):
         self.intake = intake
 
     def on_closed(self, event: FileSystemEvent) -> None:
-        self.intake.notice(_text(event.src_path), self.intake.settle)
+        self._notice(event.src_path, self.intake.settle)
 
     def on_created(self, event: FileSystemEvent) -> None:
         # a file moved in from outside the watched tree arrives as a creation: it is taken once settled
-        self.intake.notice(_text(event.src_path), self.intake.settle)
+        self._notice(event.src_path, self.intake.settle)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        self.intake.notice(_text(event.dest_path), 0.0, renamed_in=True)
+        self._notice(event.dest_path, 0.0, renamed_in=True)
         self._maybe_pickup(_text(event.src_path))
+
+    def _notice(self, path: str | bytes, delay: float, *, renamed_in: bool = False) -> None:
+        # temp names are never taken (each SFTP upload's hidden file, a writer's .part): not even queued
+        text = _text(path)
+        if not is_temp_name(os.path.basename(text)):
+            self.intake.notice(text, delay, renamed_in=renamed_in)
 
     def on_deleted(self, event: FileSystemEvent) -> None:
         self._maybe_pickup(_text(event.src_path))
