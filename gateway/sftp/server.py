@@ -233,7 +233,7 @@ class _Sftp(asyncssh.SFTPServer):
                 place = self.jail.file(path, areas=("outbox",))
             except SFTPPermissionDenied as exc:
                 raise self._refuse("write", exc) from None
-            if place.real.exists() or place.real.is_symlink():
+            if os.path.lexists(place.real):  # any entry, a dangling link too
                 raise self._refuse("write", SFTPFailure(f"{place.virtual} exists already; uploads never overwrite"))
             temp = place.real.parent / f"{UPLOAD_PREFIX}{secrets.token_hex(8)}.upload"
             fd = self.door.spares.take(temp)
