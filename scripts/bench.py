@@ -338,7 +338,8 @@ def run_sftp(args: argparse.Namespace) -> dict[str, Any]:
     Two references run beside them: sshd with the client's fsync of each file (`put -f`, both uploads), and
     asyncssh's own SFTPServer with nothing of the gateway (the small files). ``--sftp-rounds`` rounds (default
     5), the servers' order reversed every other round (file creation on an ext4 without a journal slows for
-    minutes after mass deletions, which would favour whichever server goes later); medians.
+    minutes after mass deletions, which would favour whichever server goes later), the disk synced before each
+    timed upload (no server pays for the writeback of an earlier benchmark or round); medians.
     """
     box = two_organs({"workers": args.workers})
     try:
@@ -421,7 +422,9 @@ def _sftp_round(
     cd = f"cd {server.folder}\n" if server.folder else ""
     record = {}
     if server.big:
+        os.sync()  # no server pays for the writeback of an earlier benchmark, round or generated file
         record["big_mb_s"] = args.big_mib * 1.048576 / _openssh_put(server.port, key, server.user, f"{cd}put {big}\n")
+    os.sync()
     server_before, client_before = _tree_cpu(server.pid) if server.pid else 0.0, _children_cpu()
     small_s = _openssh_put(server.port, key, server.user, f"{cd}lcd {small_dir}\n{server.put} *.part\n")
     time.sleep(0.5)  # sshd reaps the session's process, and the gateway's watcher catches up
