@@ -14,7 +14,7 @@ import secrets
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -275,18 +275,14 @@ class _Sftp(asyncssh.SFTPServer):
     def fsync(self, handle: _Handle) -> None:
         os.fsync(handle.fd)
 
-    def close(self, handle: _Handle) -> Awaitable[None]:
+    def close(self, handle: _Handle) -> None:
         # asyncssh calls close() from SFTPServerHandler._process_close for the client's FXP_CLOSE, and from
         # SFTPServerHandler._cleanup for every handle still open when the connection is gone (asyncssh
-        # sftp.py, _process_close and _cleanup). Only the first is a finished upload; the caller is read
-        # here, synchronously, before the work is handed to a coroutine.
-        return self._close(handle, protocol_close=sys._getframe(1).f_code.co_name == "_process_close")
-
-    async def _close(self, handle: _Handle, *, protocol_close: bool) -> None:
+        # sftp.py, _process_close and _cleanup). Only the first is a finished upload; its caller tells which.
         try:
             if handle.temp is None:
                 self._audit("download", f"{handle.place.virtual} {handle.count} bytes")
-            elif protocol_close:
+            elif sys._getframe(1).f_code.co_name == "_process_close":
                 self._commit(handle)
             else:
                 handle.temp.unlink(missing_ok=True)
