@@ -41,18 +41,23 @@ def execute(conn: Connection, statement: ClauseElement, params: Params | Sequenc
 
 def first(conn: Connection, statement: ClauseElement, params: Params = _NO_PARAMS) -> dict[str, Any] | None:
     """The first row ``statement`` returns, by column name; None when it returns none."""
-    cursor = _run(conn, statement, params)
-    try:
-        row = cursor.fetchone()
-        return None if row is None else dict(zip([c[0] for c in cursor.description], row, strict=True))
-    finally:
-        cursor.close()
+    row, description = _first_row(conn, statement, params)
+    return None if row is None else dict(zip([c[0] for c in description], row, strict=True))
 
 
 def scalar(conn: Connection, statement: ClauseElement, params: Params = _NO_PARAMS) -> Any:
     """The first column of the first row ``statement`` returns; None when it returns none."""
-    row = first(conn, statement, params)
-    return None if row is None else next(iter(row.values()))
+    row, _ = _first_row(conn, statement, params)
+    return None if row is None else row[0]
+
+
+def _first_row(conn: Connection, statement: ClauseElement, params: Params) -> tuple[Sequence[Any] | None, Any]:
+    """The driver's first row (or None) and the cursor's column description."""
+    cursor = _run(conn, statement, params)
+    try:
+        return cursor.fetchone(), cursor.description
+    finally:
+        cursor.close()
 
 
 def _run(conn: Connection, statement: ClauseElement, params: Params | Sequence[Params]) -> Any:
