@@ -158,18 +158,6 @@ def rename_no_replace(src: Path | str, dst: Path | str) -> None:
         )
 
 
-_SYNC_FILE_RANGE_WRITE = 2
-_libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-
-
-def start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing ``fd``'s dirty pages now, without waiting (sync_file_range).
-
-    Called while a large upload streams in, so that the fsync at its end has little left to wait for.
-    """
-    _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-
 def rename_durably(src: Path, dst: Path, fd: int | None = None) -> None:
     """``rename_no_replace``, then an fsync of the file open as ``fd`` (if given) and of ``dst``'s folder: once it
     returns, a power cut keeps the new name, and with ``fd`` the data under it.

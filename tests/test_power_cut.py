@@ -115,6 +115,14 @@ def test_an_upload_the_client_was_told_is_stored_survives_a_power_cut(disk: Ext4
             doc = samples.make_dossier(KV, PK, attachments=[("bericht.pdf", samples.make_pdf(20_000))])
             sent[name] = samples.dossier_bytes(doc)
             (tmp_path / name).write_bytes(sent[name])
+        # larger than the door's background flushes (every 32 MiB): the last part is on disk by the close's fsync
+        scan = samples.make_pdf(36 << 20)
+        package = samples.write_package(
+            tmp_path / "large.zip",
+            samples.make_dossier(KV, PK, attachments=[("scan.pdf", scan)], embed=False),
+            {"scan.pdf": scan},
+        )
+        sent[package.name] = package.read_bytes()
 
         # The power goes the moment the client has its answers, before anything else touches the disk: the
         # gateway's watcher is held still so that its own fsyncs cannot make the uploads durable by the way.
@@ -123,17 +131,22 @@ def test_an_upload_the_client_was_told_is_stored_survives_a_power_cut(disk: Ext4
             port,
             KV,
             box.organs[KV].ssh_key,
-            f"cd /outbox\nput {tmp_path / 'direct.json'}\n"
+            f"cd /outbox\nput {tmp_path / 'direct.json'}\nput {package}\n"
             f"put {tmp_path / 'renamed.json'} renamed.filepart\nrename renamed.filepart renamed.json\n",
         )
         assert done.returncode == 0, done.stderr
         power_cut(disk, box)  # and the reboot
 
-        assert sorted(p.name for p in box.folder(KV, "outbox").iterdir()) == ["direct.json", "renamed.json"]
+        assert sorted(p.name for p in box.folder(KV, "outbox").iterdir()) == [
+            "direct.json",
+            "large.zip",
+            "renamed.json",
+        ]
         box.start()
-        rows = box.wait_settled(2, timeout=60)
+        rows = box.wait_settled(3, timeout=60)
         assert sorted((t.file_name, t.state) for t in rows) == [
             ("direct.json", "delivered"),
+            ("large.zip", "delivered"),
             ("renamed.json", "delivered"),
         ]
         for t in rows:

@@ -15,6 +15,7 @@ import stat
 import sys
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,11 +23,13 @@ from typing import Any, Protocol
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied
 
-from gateway.folders import UPLOAD_PREFIX, rename_durably, start_writeback
+from gateway.folders import UPLOAD_PREFIX, rename_durably
 from gateway.sftp.jail import AREAS, Jail, Place
 from gateway.sftp.spares import SparePool
 
-_WRITEBACK_BYTES = 8 << 20  # start writing a large upload to disk every 8 MiB: its closing fsync stays short
+# A large upload is put on disk every 32 MiB while it streams in, on a thread: the fsync before the close's "ok"
+# then waits for the last few MiB, not for a backlog (measured: 0.75-1.0 s for 512 MiB on a journaled ext4).
+_FLUSH_BYTES = 32 << 20
 RECENT_SECONDS = 300.0  # how long stat/setstat still answer for a committed upload the gateway took away
 # No chacha20-poly1305: OpenSSH clients then choose AES-CTR with an EtM MAC, which asyncssh runs about twice
 # as fast (measured: 210 vs 109 MB/s). GCM stays for clients that prefer it; CBC and arcfour are gone.
@@ -73,7 +76,8 @@ class _Handle:
     place: Place
     temp: Path | None = None  # uploads: the hidden file written until the protocol close
     count: int = 0
-    unsynced: int = 0  # bytes written since the last writeback was started
+    flushed: int = 0  # bytes written when the last background flush began
+    flushing: Future[None] | None = None  # that flush
 
 
 @dataclass
@@ -82,6 +86,7 @@ class _Door:
     hooks: DoorHooks
     limits: DoorLimits
     spares: SparePool
+    flusher: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, "upload-flush"))
     sessions: dict[str, int] = field(default_factory=dict)
     connections: dict[asyncssh.SSHServerConnection, float] = field(default_factory=dict)
 
@@ -257,12 +262,11 @@ class _Sftp(asyncssh.SFTPServer):
     def write(self, handle: _Handle, offset: int, data: bytes) -> int:
         if handle.temp is None:
             raise SFTPPermissionDenied("opened for reading")
-        written = os.pwrite(handle.fd, data, offset)
-        handle.count += written
-        handle.unsynced += written
-        if handle.unsynced >= _WRITEBACK_BYTES:
-            start_writeback(handle.fd)
-            handle.unsynced = 0
+        handle.count += os.pwrite(handle.fd, data, offset)
+        if handle.count - handle.flushed >= _FLUSH_BYTES and (handle.flushing is None or handle.flushing.done()):
+            _raise_flush_error(handle)
+            handle.flushed = handle.count
+            handle.flushing = self.door.flusher.submit(_sync_and_close, os.dup(handle.fd))
         return len(data)
 
     def fstat(self, handle: _Handle) -> os.stat_result:
@@ -292,6 +296,11 @@ class _Sftp(asyncssh.SFTPServer):
 
     def _commit(self, handle: _Handle) -> None:
         assert handle.temp is not None
+        try:
+            _raise_flush_error(handle)
+        except OSError:
+            handle.temp.unlink(missing_ok=True)
+            raise
         info = os.fstat(handle.fd)
         try:
             # data and name on disk before the client hears "ok" (here: a thread hand-off costs more)
@@ -369,6 +378,24 @@ class _Sftp(asyncssh.SFTPServer):
         return os.statvfs(self.jail.root)
 
 
+def _sync_and_close(fd: int) -> None:
+    """On a flush thread: put what was written through ``fd`` (a duplicate of an upload's) on disk, then close it."""
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _raise_flush_error(handle: _Handle) -> None:
+    """Wait for the upload's background flush; raise the write error it met.
+
+    The flush's duplicate shares the upload's open file, and the kernel reports a write error once per open
+    file: if the flush got it, the closing fsync would not, and the client would hear "ok".
+    """
+    if handle.flushing is not None:
+        handle.flushing.result()
+
+
 class Door:
     """A listening SFTP door; ``port`` is the bound port (useful with port 0)."""
 
@@ -391,6 +418,7 @@ class Door:
         for conn in list(self._door.connections):
             conn.close()
         await self._server.wait_closed()
+        self._door.flusher.shutdown()
         self._door.spares.close()
 
 
