@@ -6,15 +6,17 @@ CI runs as root, so it runs there.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway import samples
-from gateway.harness import Sandbox
+from gateway.harness import Sandbox, openssh_sftp
 
 KV, PK = "kv-bau-zh", "pk-bau-zh"
 
@@ -73,5 +75,40 @@ def test_a_full_disk_delays_dossiers_and_loses_nothing(small_disk: Path) -> None
             assert list(box.folder(KV, "receipts").glob(f"*_100_{t.id}.receipt.json"))
         assert not [p for p in (box.data_dir / "spool").rglob("*") if p.is_file()], "no spool or temp left"
         assert "No space left on device" in box.log.read_text(), "the admin is told"
+    finally:
+        box.close()
+
+
+def test_an_upload_that_meets_a_full_disk_fails_and_leaves_nothing(small_disk: Path, tmp_path: Path) -> None:
+    box = Sandbox(root=small_disk, settings={"settle_seconds": 0.1, "rescan_seconds": 1})
+    try:
+        box.cli("init")
+        box.add_organ(KV, "control_body")
+        box.add_organ(PK, "joint_committee")
+        box.allow(KV, PK)
+        port = box.start()
+        assert port is not None
+        local = tmp_path / "full.json"
+        local.write_bytes(
+            samples.dossier_bytes(samples.make_dossier(KV, PK, attachments=[("a.pdf", samples.make_pdf(2_000_000))]))
+        )
+        put = f"cd /outbox\nput {local}\n"
+
+        filler = fill(box.data_dir, leave=500_000)
+        done = openssh_sftp(port, KV, box.organs[KV].ssh_key, put)
+        assert done.returncode != 0, "the client is told the upload failed"
+        time.sleep(1.5)  # longer than the settle and rescan times: a stored partial file would be taken by now
+        assert not list(box.folder(KV, "outbox").iterdir()), "neither a partial file nor its hidden upload file"
+        assert box.process.poll() is None, "the gateway stays up"
+
+        filler.unlink()  # space returns: the same upload goes through
+        done = openssh_sftp(port, KV, box.organs[KV].ssh_key, put)
+        assert done.returncode == 0, done.stderr
+        transfer = box.wait_transfer("full.json", "delivered")
+        assert box.decrypt(PK, box.folder(PK, "inbox") / transfer.delivered_name).data == local.read_bytes()
+        time.sleep(2.5)  # two maintenance rounds: a partial file kept anywhere (the spool too) would be recorded
+        assert [(t.file_name, t.state) for t in box.transfers()] == [("full.json", "delivered")]
+        actions = [e["action"] for e in json.loads(box.cli("audit", "list", "--organ", KV, "--json").stdout)]
+        assert "upload_failed" in actions and "upload" in actions
     finally:
         box.close()

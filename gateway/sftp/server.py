@@ -76,6 +76,7 @@ class _Handle:
     place: Place
     temp: Path | None = None  # uploads: the hidden file written until the protocol close
     count: int = 0
+    failed: bool = False  # a write failed (a full disk, an I/O error): the upload is never stored
     flushed: int = 0  # bytes written when the last background flush began
     flushing: Future[None] | None = None  # that flush
 
@@ -262,11 +263,16 @@ class _Sftp(asyncssh.SFTPServer):
     def write(self, handle: _Handle, offset: int, data: bytes) -> int:
         if handle.temp is None:
             raise SFTPPermissionDenied("opened for reading")
-        handle.count += os.pwrite(handle.fd, data, offset)
-        if handle.count - handle.flushed >= _FLUSH_BYTES and (handle.flushing is None or handle.flushing.done()):
-            _raise_flush_error(handle)
-            handle.flushed = handle.count
-            handle.flushing = self.door.flusher.submit(_sync_and_close, os.dup(handle.fd))
+        try:
+            _write_all(handle.fd, data, offset)
+            handle.count += len(data)
+            if handle.count - handle.flushed >= _FLUSH_BYTES and (handle.flushing is None or handle.flushing.done()):
+                _raise_flush_error(handle)
+                handle.flushed = handle.count
+                handle.flushing = self.door.flusher.submit(_sync_and_close, os.dup(handle.fd))
+        except OSError:
+            handle.failed = True  # the client hears this error; its close then discards the upload
+            raise
         return len(data)
 
     def fstat(self, handle: _Handle) -> os.stat_result:
@@ -277,7 +283,11 @@ class _Sftp(asyncssh.SFTPServer):
             os.utime(handle.fd, (attrs.atime or attrs.mtime, attrs.mtime))
 
     def fsync(self, handle: _Handle) -> None:
-        os.fsync(handle.fd)
+        try:
+            os.fsync(handle.fd)
+        except OSError:
+            handle.failed = True  # the kernel reports a write error once: the close's own fsync would not see it
+            raise
 
     def close(self, handle: _Handle) -> None:
         # asyncssh calls close() from SFTPServerHandler._process_close for the client's FXP_CLOSE, and from
@@ -286,20 +296,27 @@ class _Sftp(asyncssh.SFTPServer):
         try:
             if handle.temp is None:
                 self._audit("download", f"{handle.place.virtual} {handle.count} bytes")
-            elif sys._getframe(1).f_code.co_name == "_process_close":
-                self._commit(handle)
+            elif sys._getframe(1).f_code.co_name != "_process_close":
+                self._discard(handle, "upload_aborted")
+            elif handle.failed:
+                self._discard(handle, "upload_failed")
+                raise SFTPFailure(f"{handle.place.virtual} was not stored: a write to it failed")
             else:
-                handle.temp.unlink(missing_ok=True)
-                self._audit("upload_aborted", f"{handle.place.virtual} after {handle.count} bytes", False)
+                self._commit(handle)
         finally:
             os.close(handle.fd)
+
+    def _discard(self, handle: _Handle, action: str) -> None:
+        assert handle.temp is not None
+        handle.temp.unlink(missing_ok=True)
+        self._audit(action, f"{handle.place.virtual} after {handle.count} bytes", False)
 
     def _commit(self, handle: _Handle) -> None:
         assert handle.temp is not None
         try:
             _raise_flush_error(handle)
         except OSError:
-            handle.temp.unlink(missing_ok=True)
+            self._discard(handle, "upload_failed")
             raise
         info = os.fstat(handle.fd)
         try:
@@ -376,6 +393,14 @@ class _Sftp(asyncssh.SFTPServer):
 
     def fstatvfs(self, handle: _Handle) -> Any:
         return os.statvfs(self.jail.root)
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset``: after a short write (the disk filling up) the next one raises."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _sync_and_close(fd: int) -> None:
