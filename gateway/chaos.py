@@ -147,10 +147,7 @@ def run_chaos(
     try:
         if image is not None:
             image.create()
-        box.cli("init")
-        box.add_organ(SENDER, "control_body")
-        box.add_organ(RECIPIENT, "joint_committee")
-        box.allow(SENDER, RECIPIENT)
+        box.init_pair(SENDER, RECIPIENT)
         staged = box.data_dir / "staged"  # on the outboxes' filesystem: a drop is one rename
         expected = stage(staged, count, seed)
         fsync_tree(staged)

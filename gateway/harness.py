@@ -163,6 +163,13 @@ class Sandbox:
     def allow(self, sender: str, recipient: str) -> None:
         self.cli("route", "allow", sender, recipient)
 
+    def init_pair(self, sender: str, recipient: str) -> None:
+        """``init``, then a control body ``sender`` allowed to send to a joint committee ``recipient``."""
+        self.cli("init")
+        self.add_organ(sender, "control_body")
+        self.add_organ(recipient, "joint_committee")
+        self.allow(sender, recipient)
+
     # -- the service ------------------------------------------------------------------------------------
 
     def start(self, listen: str = "127.0.0.1:0", timeout: float = 60) -> int | None:

@@ -48,10 +48,7 @@ def two_organs(settings: dict[str, Any]) -> Sandbox:
     url = _SCHEMAS.enter_context(fresh_schema(LEDGER["url"])) if LEDGER["url"] else ""
     root = Path(tempfile.mkdtemp(prefix="fg-", dir=PLACE["dir"])) if PLACE["dir"] else None
     box = Sandbox(root, database_url=url, settings={"settle_seconds": 0.2, "rescan_seconds": 5, **settings})
-    box.cli("init")
-    box.add_organ(SENDER, "control_body")
-    box.add_organ(RECIPIENT, "joint_committee")
-    box.allow(SENDER, RECIPIENT)
+    box.init_pair(SENDER, RECIPIENT)
     return box
 
 

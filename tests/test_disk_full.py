@@ -51,10 +51,7 @@ def test_a_full_disk_delays_dossiers_and_loses_nothing(small_disk: Path) -> None
         root=small_disk, settings={"settle_seconds": 0.1, "rescan_seconds": 1, "listen": "", "retry_max_seconds": 1}
     )
     try:
-        box.cli("init")
-        box.add_organ(KV, "control_body")
-        box.add_organ(PK, "joint_committee")
-        box.allow(KV, PK)
+        box.init_pair(KV, PK)
         sent = {}
         for i in range(3):
             doc = samples.make_dossier(KV, PK, attachments=[("big.pdf", samples.make_pdf(1_000_000, seed=i))])
@@ -82,10 +79,7 @@ def test_a_full_disk_delays_dossiers_and_loses_nothing(small_disk: Path) -> None
 def test_an_upload_that_meets_a_full_disk_fails_and_leaves_nothing(small_disk: Path, tmp_path: Path) -> None:
     box = Sandbox(root=small_disk, settings={"settle_seconds": 0.1, "rescan_seconds": 1})
     try:
-        box.cli("init")
-        box.add_organ(KV, "control_body")
-        box.add_organ(PK, "joint_committee")
-        box.allow(KV, PK)
+        box.init_pair(KV, PK)
         port = box.start()
         assert port is not None
         local = tmp_path / "full.json"

@@ -24,10 +24,7 @@ def two_organs(root: Path, database_url: str = "", **settings: object) -> Sandbo
     root.mkdir()
     settings = {"settle_seconds": 0.1, "rescan_seconds": 1, "listen": "", **settings}
     box = Sandbox(root=root, database_url=database_url, settings=settings)
-    box.cli("init")
-    box.add_organ(KV, "control_body")
-    box.add_organ(PK, "joint_committee")
-    box.allow(KV, PK)
+    box.init_pair(KV, PK)
     return box
 
 

@@ -104,10 +104,7 @@ def test_what_the_sqlite_ledger_recorded_survives_a_power_cut_the_moment_after(d
 def test_an_upload_the_client_was_told_is_stored_survives_a_power_cut(disk: Ext4Image, tmp_path: Path) -> None:
     box = Sandbox(root=disk.folder.parent, settings={"settle_seconds": 0.2, "rescan_seconds": 1})
     try:
-        box.cli("init")
-        box.add_organ(KV, "control_body")
-        box.add_organ(PK, "joint_committee")
-        box.allow(KV, PK)
+        box.init_pair(KV, PK)
         port = box.start()
         assert port is not None
         sent = {}
@@ -163,10 +160,7 @@ def test_a_dossier_a_local_program_dropped_is_intact_after_a_power_cut_once_the_
     settings = {"settle_seconds": 0.2, "rescan_seconds": 1, "listen": "", "workers": 0}
     box = Sandbox(root=disk.folder.parent, settings=settings)
     try:
-        box.cli("init")
-        box.add_organ(KV, "control_body")
-        box.add_organ(PK, "joint_committee")
-        box.allow(KV, PK)
+        box.init_pair(KV, PK)
         box.start(listen="")
         doc = samples.make_dossier(KV, PK, attachments=[("bericht.pdf", samples.make_pdf(20_000))])
         sent = samples.dossier_bytes(doc)
