@@ -10,10 +10,12 @@ import stat
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from gateway import samples
+from gateway.handlers.rules import SWISS_TIME
 
 SENDER, RECIPIENT, OTHER, DISABLED = "kv-bau-zh", "pk-bau-zh", "canton-ge", "pk-off"
 PDF = samples.make_pdf(3_000, seed=99)
@@ -194,10 +196,14 @@ SCHEMA: list[tuple[str, bytes]] = [
     ("mandate-no-control.json", mutated(_set("/dossier/control", None), message_type="control_mandate")),
 ]
 
+# The samples' control period ends 30 days before today (Swiss time): a start 10 days ago comes after its end.
+# (A fixed "2026-10-31" did until the period's end reached it, on 2026-11-30.)
+_TEN_DAYS_AGO = (datetime.now(SWISS_TIME).date() - timedelta(days=10)).isoformat()
+
 RULES: list[tuple[str, bytes, str]] = [
     ("uid-checksum.json", _schema("/dossier/employer/uid", "CHE-116.281.711"), "UID_CHECKSUM"),
     ("ahv-checksum.json", _schema("/dossier/workers/0/ahv_number", "756.1234.5678.90"), "AHV_CHECKSUM"),
-    ("period-order.json", _schema("/dossier/control/period/from", "2026-10-31"), "DATE_ORDER"),
+    ("period-order.json", _schema("/dossier/control/period/from", _TEN_DAYS_AGO), "DATE_ORDER"),
     ("period-after-control.json", _schema("/dossier/control/period/to", "2099-12-31"), "DATE_ORDER"),
     ("control-future.json", _schema("/dossier/control/date", "2099-01-01"), "DATE_IN_FUTURE"),
     ("created-future.json", _schema("/envelope/created_at", "2099-01-01T00:00:00+01:00"), "DATE_IN_FUTURE"),
