@@ -2,7 +2,8 @@
 
 The door only moves bytes and tells the rest of the gateway through :class:`DoorHooks`; it never
 validates or encrypts. An upload is written to a hidden ``.sftp-*.upload`` file in the outbox and
-renamed to its name only when the client closes it in the protocol; a dropped connection discards it.
+renamed to its name only when the client closes it in the protocol; a dropped connection, or a write that
+failed, discards it.
 """
 
 from __future__ import annotations
