@@ -1,11 +1,12 @@
 """Intake: notices complete files in outboxes and deliveries removed from inboxes.
 
-A file counts as complete when its writer closed it and it then stayed unchanged for the settle time,
-or at once when it was renamed into the outbox. Temp names (see ``folders.is_temp_name``) are never
-taken; a name with an unknown suffix is taken (to be rejected with 200) only after a grace time.
-The outbox file is renamed into the private spool (the commit: a rename succeeds once, whichever node
-or thread tries), then recorded as RECEIVED. A start-up scan and a periodic rescan catch what arrived
-while the gateway was down or what an overflowing inotify queue dropped.
+A file counts as complete when its writer closed it and it then stayed unchanged for the settle time
+(by its change time, which only the kernel sets), or at once when it was renamed into the outbox. Temp
+names (see ``folders.is_temp_name``) are never taken; a name with an unknown suffix is taken (to be
+rejected with 200) only after a grace time. The outbox file is renamed into the private spool (the
+commit: a rename succeeds once, whichever node or thread tries), then recorded as RECEIVED. A start-up
+scan and a periodic rescan catch what arrived while the gateway was down or what an overflowing inotify
+queue dropped.
 """
 
 from __future__ import annotations
@@ -155,7 +156,10 @@ class Intake:
         wait = (0.0 if renamed_in else self.settle) if known else self.grace
         if not stat.S_ISREG(info.st_mode):
             wait = max(self.settle, 1.0)  # folders, links and pipes: rejected once they stay put
-        age = time.time() - info.st_mtime
+        # the change time, not the modification time: the kernel sets it at every write, rename or change of
+        # times, and no writer can set it, so a file stamped in the future (a writer's clock ahead, `put -p`,
+        # `cp -p`) is not held until that time comes
+        age = time.time() - info.st_ctime
         if age < wait:
             self.notice(path, wait - age + 0.05, renamed_in=renamed_in)
             return None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,6 +226,23 @@ def test_a_recipient_without_a_usable_key_holds_the_dossier_until_it_has_one(box
     box.wait_for(lambda: box.ledger.transfer(transfer.id).state == "delivered", 30, "delivery after key import")
     delivered = box.folder(GE, "inbox") / box.ledger.transfer(transfer.id).delivered_name
     assert box.decrypt(ge.id, delivered).data == samples.dossier_bytes(doc)
+
+
+def test_files_stamped_in_the_future_by_a_clock_that_runs_ahead_are_taken_at_once(box: Sandbox) -> None:
+    # A legacy host whose clock runs a day ahead: its export keeps that time as the file's modification time
+    # (written in place and closed, or copied with its times and renamed in). Intake judges a file's quiet time
+    # by the kernel's own change time, so neither waits for that day to come.
+    ahead = time.time() + 86_400
+    outbox = box.folder(KV, "outbox")
+    in_place = outbox / "ahead-in-place.json"
+    in_place.write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+    os.utime(in_place, (ahead, ahead))
+    copied = outbox / ".ahead-copied.json.tmp"
+    copied.write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+    os.utime(copied, (ahead, ahead))
+    copied.rename(outbox / "ahead-copied.json")
+    assert settled(box, "ahead-in-place.json").status_code == 100
+    assert settled(box, "ahead-copied.json").status_code == 100
 
 
 def test_a_file_dropped_while_the_gateway_is_down_is_delivered_after_start(box: Sandbox) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -128,6 +129,18 @@ def test_an_upload_is_taken_when_the_client_closes_it_without_waiting_to_settle(
         fh.write(data)
     transfer = box.wait_for(lambda: next((t for t in box.transfers() if t.file_name == "closed.json"), None), 30)
     assert transfer is not None, "taken at the protocol close, not after the 120 s settle time"
+
+
+def test_an_upload_keeping_a_time_in_the_future_is_taken_at_the_close(box: Sandbox, tmp_path: Path) -> None:
+    # `put -p` sends the local file's times; the client's clock runs a day ahead of the gateway's.
+    local = tmp_path / "ahead.json"
+    local.write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+    ahead = time.time() + 86_400
+    os.utime(local, (ahead, ahead))
+    done = openssh_sftp(box, KV, f"cd outbox\nput -p {local}\n")
+    assert done.returncode == 0, done.stderr
+    transfer = box.wait_for(lambda: next((t for t in box.transfers() if t.file_name == "ahead.json"), None), 30)
+    assert transfer is not None, "taken at the protocol close, not when the client's clock says it was written"
 
 
 def test_a_connection_dropped_mid_upload_leaves_nothing(box: Sandbox) -> None:
