@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import re
 import secrets
@@ -171,6 +172,28 @@ def rename_durably(src: Path, dst: Path, fd: int | None = None) -> None:
     if fd is not None:
         os.fsync(fd)
     fsync_dir(dst.parent)
+
+
+def held_for_writing(path: Path) -> bool | None:
+    """Whether a process on this host has ``path`` open for writing; None when this process cannot tell.
+
+    Linux grants a read lease only on a file that nobody has open for writing; the probe gives it back at once.
+    A lease needs the file's owner or CAP_LEASE, and a filesystem that has leases (otherwise None). While it is
+    held, a writer's open would send the holder SIGIO, whose default ends the process: a prober ignores SIGIO.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except BlockingIOError:
+        return True  # a writer holds a write lease on it (Samba does for a client that may still write)
+    except OSError:
+        return False  # gone, or unreadable: what takes it next finds that out
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return True if exc.errno == errno.EAGAIN else None
+    finally:
+        os.close(fd)  # gives the lease back
+    return False
 
 
 def move_no_replace(src: Path, dst: Path) -> bool:

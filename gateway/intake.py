@@ -36,7 +36,7 @@ from watchdog.observers import Observer
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
 from gateway.clock import Clock
-from gateway.folders import Folders, fsync_dir, is_temp_name, new_transfer_id
+from gateway.folders import Folders, fsync_dir, held_for_writing, is_temp_name, new_transfer_id
 from gateway.ledger.models import TransferData
 from gateway.ledger.store import Ledger
 
@@ -70,6 +70,7 @@ class Intake:
         self._due: list[tuple[float, str, bool]] = []  # heap of (monotonic due time, path, renamed in)
         self._cv = threading.Condition()
         self._observer: Observer | None = None
+        self._blind = False  # warned that a writer's open file could not be probed
 
     # -- events -----------------------------------------------------------------------------------------
 
@@ -163,6 +164,8 @@ class Intake:
         if age < wait:
             self.notice(path, wait - age + 0.05, renamed_in=renamed_in)
             return None
+        if not renamed_in and stat.S_ISREG(info.st_mode) and self._still_written(path):
+            return None  # its writer paused for longer than the settle time: its close notices the file again
         sender_id, transfer_id = path.parent.parent.name, new_transfer_id()
         spooled = self.folders.spooled(sender_id, transfer_id, path.name)
         spooled.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +174,17 @@ class Intake:
         except FileNotFoundError:
             return None
         return sender_id, transfer_id, path.name, spooled
+
+    def _still_written(self, path: Path) -> bool:
+        held = held_for_writing(path)
+        if held is None and not self._blind:
+            self._blind = True
+            log.warning(
+                "cannot tell whether %s is still being written (leases need the file's owner or CAP_LEASE): "
+                "files written in place are taken once unchanged for the settle time",
+                path,
+            )
+        return bool(held)
 
     def _record(self, collected: list[tuple[str, str, str, Path]]) -> int:
         if not collected:

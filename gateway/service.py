@@ -153,6 +153,7 @@ class Gateway:
         children += self._start_workers()
         threads = [threading.Thread(target=self.intake.run_due, args=(stop,), name="intake")]
         threads.append(threading.Thread(target=self._maintain, args=(stop,), name="maintenance"))
+        signal.signal(signal.SIGIO, signal.SIG_IGN)  # intake's lease probe (folders.held_for_writing)
         self.intake.start_watching()
         for thread in threads:
             thread.start()
