@@ -246,14 +246,15 @@ def test_files_stamped_in_the_future_by_a_clock_that_runs_ahead_are_taken_at_onc
 
 
 def test_a_file_its_writer_still_holds_open_is_not_taken_while_the_writer_pauses(box: Sandbox) -> None:
-    # A local export writes the first half, then stops for longer than the settle time and the rescan interval
-    # (a slow query, a busy disk) before it writes the rest. It has not closed the file, so the file is not
-    # complete: the gateway waits for the close.
+    # A local export creates its file, then stops for longer than the settle time and the rescan interval (a
+    # slow query, a busy disk) before it writes the first half, and again before the rest. It has not closed the
+    # file, so the file is not complete: the gateway waits for the close.
     data = samples.dossier_bytes(samples.make_dossier(KV, PK))
     with open(box.folder(KV, "outbox") / "paused.json", "wb") as fh:
+        time.sleep(1.5)
         fh.write(data[: len(data) // 2])
         fh.flush()
-        time.sleep(3)
+        time.sleep(1.5)
         fh.write(data[len(data) // 2 :])
     assert settled(box, "paused.json").status_code == 100
     assert [t.file_name for t in box.transfers()].count("paused.json") == 1
