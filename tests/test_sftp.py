@@ -15,6 +15,7 @@ import pytest
 
 from gateway import harness, samples
 from gateway.harness import Sandbox
+from gateway.sftp.server import RECENT_UPLOADS
 
 KV, PK, CANTON = "kv-bau-zh", "pk-bau-zh", "canton-zh"
 
@@ -121,6 +122,24 @@ def test_stat_and_setstat_right_after_upload_succeed_although_the_gateway_took_t
         box.wait_transfer("quick.json", "delivered")
         assert sftp.stat("/outbox/quick.json").st_size == len(data)
         sftp.utime("/outbox/quick.json", (1_700_000_000, 1_700_000_000))
+
+
+def test_a_long_session_is_answered_for_its_last_uploads_only(box: Sandbox, tmp_path: Path) -> None:
+    # A night's export in one session; paramiko's put confirms each upload with a stat, which the door answers
+    # although the gateway took the file at once. It remembers a session's last RECENT_UPLOADS uploads, not all:
+    # a session of 20,000 grew the door by 19 MiB, past 100 MB of RSS.
+    names = [f"night-{i:03d}.json" for i in range(RECENT_UPLOADS + 4)]
+    for name in names:
+        (tmp_path / name).write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+    with paramiko_sftp(box, KV) as sftp:
+        for name in names:
+            sftp.put(str(tmp_path / name), f"/outbox/{name}")  # raises if the stat after it fails
+        box.wait_for(lambda: not any(box.folder(KV, "outbox").iterdir()), 60, "every upload taken")
+        assert sftp.stat(f"/outbox/{names[-1]}").st_size == (tmp_path / names[-1]).stat().st_size
+        with pytest.raises(FileNotFoundError):
+            sftp.stat(f"/outbox/{names[0]}")
+    for name in names:
+        box.wait_transfer(name, "delivered")
 
 
 def test_an_upload_is_taken_when_the_client_closes_it_without_waiting_to_settle(box: Sandbox) -> None:
