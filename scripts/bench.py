@@ -6,6 +6,7 @@
     python scripts/bench.py batch --database-url postgresql+psycopg://postgres@127.0.0.1/test   # on PostgreSQL
     python scripts/bench.py sftp --dir /srv/flam-bench       # on the filesystem of your data directory
     python scripts/bench.py ledger                           # the ledger's part of a dossier alone (not in `all`)
+    python scripts/bench.py soak --rounds 30                 # one gateway, many nights: RSS per process (not in `all`)
 
 Timings live here, never in tests. Every run uses the real `flam-gateway serve`, the real gpg and real clients.
 """
@@ -493,6 +494,44 @@ def run_memory(args: argparse.Namespace) -> dict[str, Any]:
         box.close()
 
 
+def run_soak(args: argparse.Namespace) -> dict[str, Any]:
+    """One gateway for ``--rounds`` nights of ``--count`` dossiers, each delivered and picked up; after each night
+    the RSS of every process of `serve`, so that growth over a long run shows."""
+    box = two_organs({"workers": args.workers, "listen": "127.0.0.1:0", "openpgp": args.openpgp})
+    try:
+        box.start()
+        serve = box.process.pid  # type: ignore[union-attr]
+        processes = _process_tree(serve)
+        outbox, inbox = box.folder(SENDER, "outbox"), box.folder(RECIPIENT, "inbox")
+        nights: list[dict[str, Any]] = [{"rss_mib": [_status_kib(p, "VmRSS") / 1024 for p in processes]}]
+        print("soak at start: RSS MiB (serve, then its children) " + " ".join(f"{m:.1f}" for m in nights[0]["rss_mib"]))
+        for night in range(1, args.rounds + 1):
+            staged = control_reports(box.root / f"night-{night}", args.count, args.pdf_bytes)
+            start = time.perf_counter()
+            for path in staged:
+                path.rename(outbox / path.name)
+            box.wait_for(lambda: len(os.listdir(inbox)) >= args.count, 3600, "the night's deliveries")
+            delivered = time.perf_counter() - start
+            for path in inbox.iterdir():
+                path.unlink()  # the recipient picks everything up: 110 for each
+            box.wait_for(
+                lambda n=night * args.count: (
+                    box.ledger.count_by_state().get("fetched", 0) >= n and not box.ledger.due_receipts()
+                ),
+                3600,
+                "the pick-ups",
+            )
+            rss = [_status_kib(p, "VmRSS") / 1024 for p in processes]
+            nights.append({"delivered_s": delivered, "rss_mib": rss})
+            print(
+                f"soak night {night}: {args.count} delivered in {delivered:.1f} s, all picked up; "
+                "RSS MiB " + " ".join(f"{m:.1f}" for m in rss)
+            )
+        return {"count": args.count, "nights": nights}
+    finally:
+        box.close()
+
+
 def _process_tree(pid: int) -> list[int]:
     """``pid`` and all its descendants, from /proc's children lists."""
     found, todo = [], [pid]
@@ -586,7 +625,7 @@ def run_concurrency(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["batch", "latency", "sftp", "memory", "concurrency", "all", "ledger"])
+    parser.add_argument("what", choices=["batch", "latency", "sftp", "memory", "concurrency", "all", "ledger", "soak"])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--pdf-bytes", type=int, default=50_000)
     parser.add_argument(
@@ -603,6 +642,7 @@ def main() -> None:
     parser.add_argument("--package-mib", type=int, default=2048)
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--per-session", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=30, help="soak: nights of --count dossiers")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--database-url", default="", help="a PostgreSQL database for the ledgers (default: SQLite)")
     parser.add_argument(
@@ -632,6 +672,8 @@ def main() -> None:
                 results[name] = run(args)
         if args.what == "ledger":
             results["ledger_path"] = run_ledger(args)
+        if args.what == "soak":
+            results["soak"] = run_soak(args)
     print_targets(results)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"results written to {args.json}")
