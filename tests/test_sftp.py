@@ -138,8 +138,14 @@ def test_a_long_session_is_answered_for_its_last_uploads_only(box: Sandbox, tmp_
         assert sftp.stat(f"/outbox/{names[-1]}").st_size == (tmp_path / names[-1]).stat().st_size
         with pytest.raises(FileNotFoundError):
             sftp.stat(f"/outbox/{names[0]}")
-    for name in names:
-        box.wait_transfer(name, "delivered")
+    box.wait_for(
+        lambda: (
+            set(names) <= {t.file_name for t in box.transfers() if t.state == "delivered"}
+            and not box.ledger.due_receipts()
+        ),
+        60,
+        "every upload delivered, its receipt written",
+    )
 
 
 def test_an_upload_is_taken_when_the_client_closes_it_without_waiting_to_settle(box: Sandbox) -> None:
