@@ -155,7 +155,8 @@ class Intake:
             return None
         known = path.name.lower().endswith(KNOWN_SUFFIXES)
         wait = (0.0 if renamed_in else self.settle) if known else self.grace
-        if not stat.S_ISREG(info.st_mode):
+        regular = stat.S_ISREG(info.st_mode)
+        if not regular:
             wait = max(self.settle, 1.0)  # folders, links and pipes: rejected once they stay put
         # the change time, not the modification time: the kernel sets it at every write, rename or change of
         # times, and no writer can set it, so a file stamped in the future (a writer's clock ahead, `put -p`,
@@ -164,7 +165,7 @@ class Intake:
         if age < wait:
             self.notice(path, wait - age + 0.05, renamed_in=renamed_in)
             return None
-        if not renamed_in and stat.S_ISREG(info.st_mode) and self._still_written(path):
+        if regular and not renamed_in and self._still_written(path):
             return None  # its writer paused for longer than the settle time: its close notices the file again
         sender_id, transfer_id = path.parent.parent.name, new_transfer_id()
         spooled = self.folders.spooled(sender_id, transfer_id, path.name)
