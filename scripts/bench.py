@@ -496,7 +496,7 @@ def run_memory(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     """One gateway for ``--rounds`` nights of ``--count`` dossiers, each delivered and picked up; after each night
-    the RSS of every process of `serve`, so that growth over a long run shows."""
+    the RSS of every process of `serve`, and its peak during the night, so that growth over a long run shows."""
     box = two_organs({"workers": args.workers, "listen": "127.0.0.1:0", "openpgp": args.openpgp})
     try:
         box.start()
@@ -507,6 +507,8 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         print("soak at start: RSS MiB (serve, then its children) " + " ".join(f"{m:.1f}" for m in nights[0]["rss_mib"]))
         for night in range(1, args.rounds + 1):
             staged = control_reports(box.root / f"night-{night}", args.count, args.pdf_bytes)
+            for pid in processes:
+                _reset_peak(pid)
             start = time.perf_counter()
             for path in staged:
                 path.rename(outbox / path.name)
@@ -522,10 +524,14 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
                 "the pick-ups",
             )
             rss = [_status_kib(p, "VmRSS") / 1024 for p in processes]
-            nights.append({"delivered_s": delivered, "rss_mib": rss})
+            peak = [_status_kib(p, "VmHWM") / 1024 for p in processes]
+            nights.append({"delivered_s": delivered, "rss_mib": rss, "peak_rss_mib": peak})
             print(
                 f"soak night {night}: {args.count} delivered in {delivered:.1f} s, all picked up; "
-                "RSS MiB " + " ".join(f"{m:.1f}" for m in rss)
+                "RSS MiB "
+                + " ".join(f"{m:.1f}" for m in rss)
+                + "; the night's peak "
+                + " ".join(f"{m:.1f}" for m in peak)
             )
         return {"count": args.count, "nights": nights}
     finally:
@@ -542,6 +548,12 @@ def _process_tree(pid: int) -> list[int]:
             with contextlib.suppress(OSError):
                 todo += [int(c) for c in task.read_text().split()]
     return found
+
+
+def _reset_peak(pid: int) -> None:
+    """Start ``pid``'s peak RSS (VmHWM) afresh from its current RSS."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def _status_kib(pid: int, field: str) -> int:
