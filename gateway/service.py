@@ -27,6 +27,7 @@ from gateway.crypto import Keyring
 from gateway.errors import GatewayFault
 from gateway.folders import Folders, power_cut_risk
 from gateway.handlers.encrypt import Crypto
+from gateway.heap import give_back, one_arena
 from gateway.intake import Intake
 from gateway.ledger.audit_buffer import AuditBuffer
 from gateway.ledger.store import Ledger
@@ -144,6 +145,7 @@ class Gateway:
 
     def serve(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
         """Run intake, workers, maintenance and the SFTP door until ``stop`` is set."""
+        one_arena()  # before any thread: a gateway that runs for months would otherwise creep (heap.py)
         self.init()
         if (risk := power_cut_risk(self.folders.root)) is not None:
             log.warning("data dir at risk: %s", risk)
@@ -186,6 +188,7 @@ class Gateway:
                 except Exception:  # the database may be restarting: retried next round
                     log.exception("maintenance task %s failed", getattr(task, "__name__", task))
             self.wake.set()
+            give_back()
 
     def _start_door(self) -> multiprocessing.process.BaseProcess:
         """Fork the SFTP door into its own process (its event loop then never waits for the workers' GIL)."""

@@ -24,6 +24,7 @@ from sqlmodel import create_engine
 from gateway.folders import fsync_file
 
 _reading = threading.local()
+_CACHE_LIMIT = 4 << 20  # bytes of SQLite memory per process (soft: a statement that needs more still gets it)
 
 
 def sqlite_engine(url: str) -> Engine:
@@ -102,4 +103,7 @@ def _connect(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL" if wal else "PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=60000")
     cur.execute("PRAGMA foreign_keys=ON")
+    # for the whole process: each connection's page cache would fill to 2 MiB as the ledger grows, and a gateway
+    # process holds several connections for months; past the limit SQLite reuses its pages instead
+    cur.execute(f"PRAGMA soft_heap_limit={_CACHE_LIMIT}")
     cur.close()
