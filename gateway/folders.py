@@ -43,6 +43,15 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIXES) or name.lower().endswith(TEMP_SUFFIXES)
 
 
+def text_name(name: str) -> str:
+    """A file name read from the disk, as text that the ledger and receipts can hold.
+
+    Python decodes the bytes of a name that are not UTF-8 (a Latin-1 export, say) to lone surrogates, which no
+    database accepts; they become U+FFFD, which the dossier rules then reject (``parse.name_problems``).
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def safe_component(text: str, limit: int = 80) -> str:
     """``text`` reduced to characters that are safe in any file name, for receipt names."""
     return _SAFE.sub("_", text)[:limit].strip("._") or "file"

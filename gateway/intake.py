@@ -36,7 +36,7 @@ from watchdog.observers import Observer
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
 from gateway.clock import Clock
-from gateway.folders import Folders, fsync_dir, held_for_writing, is_temp_name, new_transfer_id
+from gateway.folders import Folders, fsync_dir, held_for_writing, is_temp_name, new_transfer_id, text_name
 from gateway.ledger.models import TransferData
 from gateway.ledger.store import Ledger
 
@@ -119,8 +119,12 @@ class Intake:
         for sender_dir in self.folders.spool_in.iterdir():
             for entry in sender_dir.iterdir():
                 transfer_id, _, name = entry.name.partition(".")
-                if len(transfer_id) == 32:
-                    found.append((sender_dir.name, transfer_id, name, entry))
+                if len(transfer_id) != 32:
+                    continue
+                if text_name(name) != name:  # spooled by a gateway before text_name: never recordable
+                    entry = entry.rename(self.folders.spooled(sender_dir.name, transfer_id, text_name(name)))
+                    name = entry.name.partition(".")[2]
+                found.append((sender_dir.name, transfer_id, name, entry))
         known = self.ledger.known_transfer_ids([transfer_id for _, transfer_id, _, _ in found])
         return self._record([f for f in found if f[1] not in known])
 
@@ -167,14 +171,14 @@ class Intake:
             return None
         if regular and not renamed_in and self._still_written(path):
             return None  # its writer paused for longer than the settle time: its close notices the file again
-        sender_id, transfer_id = path.parent.parent.name, new_transfer_id()
-        spooled = self.folders.spooled(sender_id, transfer_id, path.name)
+        sender_id, transfer_id, name = path.parent.parent.name, new_transfer_id(), text_name(path.name)
+        spooled = self.folders.spooled(sender_id, transfer_id, name)
         spooled.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(path, spooled)  # the commit: only one collector wins
         except FileNotFoundError:
             return None
-        return sender_id, transfer_id, path.name, spooled
+        return sender_id, transfer_id, name, spooled
 
     def _still_written(self, path: Path) -> bool:
         held = held_for_writing(path)

@@ -260,6 +260,41 @@ def test_a_file_its_writer_still_holds_open_is_not_taken_while_the_writer_pauses
     assert [t.file_name for t in box.transfers()].count("paused.json") == 1
 
 
+def test_a_name_that_is_not_utf8_is_rejected_and_holds_up_none_of_the_files_beside_it(box: Sandbox) -> None:
+    # A legacy host writes its file names in Latin-1 ("Zürich" with the single byte 0xFC). The ledger and the
+    # receipts hold text, so such a name cannot be kept as it is: the file is rejected (200) with the bytes that
+    # are not UTF-8 shown as U+FFFD, and the dossier renamed in with it, in the same batch of intake, is delivered.
+    staging, outbox = os.fsencode(box.root / "latin1-export"), os.fsencode(box.folder(KV, "outbox"))
+    os.mkdir(staging)
+    names = [b"Z\xfcrich-bericht.json", b"Bern-bericht.json"]
+    for name in names:
+        with open(staging + b"/" + name, "wb") as fh:
+            fh.write(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+    for name in names:
+        os.rename(staging + b"/" + name, outbox + b"/" + name)
+    assert settled(box, "Bern-bericht.json").status_code == 100
+    transfer = settled(box, "Z\ufffdrich-bericht.json")
+    assert (transfer.state, transfer.status_code) == ("rejected", 200)
+    receipt = receipt_for(box, transfer.id, 200)
+    assert receipt["file"] == "Z\ufffdrich-bericht.json"
+    assert [e["code"] for e in receipt["errors"]] == ["FILE_NAME"]
+
+
+def test_a_name_that_is_not_utf8_left_in_the_spool_by_an_earlier_release_is_rejected_at_start(box: Sandbox) -> None:
+    # Until the seventeenth session intake renamed such a file into its spool and then failed to record it, at
+    # every round, together with every file of its batch. After the upgrade the start finds it there.
+    box.stop()
+    spool = box.data_dir / "spool" / "in" / KV
+    spool.mkdir(parents=True, exist_ok=True)
+    stuck = os.fsencode(spool) + b"/" + f"{time.time_ns() // 1_000_000:012x}{'0' * 20}".encode() + b".Gen\xe8ve.json"
+    with open(stuck, "wb") as fh:
+        fh.write(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+    box.start(listen="")
+    transfer = settled(box, "Gen\ufffdve.json")
+    assert (transfer.state, transfer.status_code) == ("rejected", 200)
+    assert [e["code"] for e in receipt_for(box, transfer.id, 200)["errors"]] == ["FILE_NAME"]
+
+
 def test_a_file_dropped_while_the_gateway_is_down_is_delivered_after_start(box: Sandbox) -> None:
     box.stop()
     doc = samples.make_dossier(KV, PK)

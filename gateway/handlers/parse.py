@@ -63,9 +63,11 @@ MAX_NAME_BYTES = 200
 
 
 def name_problems(name: str) -> list[Problem]:
-    """File names must be printable, without direction marks, and at most 200 bytes (receipts name them)."""
+    """File names must be UTF-8, printable, without direction marks, and at most 200 bytes (receipts name them)."""
     if any(ord(c) < 32 or ord(c) == 127 or c in _BIDI_AND_INVISIBLE for c in name):
         return [Problem("FILE_NAME", "", "the file name contains control or text-direction characters")]
+    if "\ufffd" in name:  # where intake found bytes that are not UTF-8 (folders.text_name)
+        return [Problem("FILE_NAME", "", "the file name is not UTF-8 (shown with \ufffd for the bytes that are not)")]
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         return [Problem("FILE_NAME", "", f"the file name is longer than {MAX_NAME_BYTES} bytes")]
     return []
