@@ -168,6 +168,33 @@ def test_an_upload_keeping_a_time_in_the_future_is_taken_at_the_close(box: Sandb
     assert transfer is not None, "taken at the protocol close, not when the client's clock says it was written"
 
 
+def test_an_upload_named_in_latin1_is_refused_at_its_open_and_the_audit_trail_goes_on(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    # A legacy client sends its file names in Latin-1 ("Zürich" with the single byte 0xFC). The ledger, the audit
+    # trail and the receipts hold text, so the door refuses such a name when the client opens it: the client sees
+    # its upload fail at once, nothing is stored, and the door goes on auditing (until the seventeenth session the
+    # name reached the audit trail, whose every later write then failed).
+    local = tmp_path / "latin1.json"
+    local.write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+    refused = subprocess.run(
+        ["sftp", *ssh_options(box, KV), "-P", str(box.port), "-b", "-", f"{KV}@127.0.0.1"],
+        input=b"cd outbox\nput " + os.fsencode(local) + b" Z\xfcrich.json\n",
+        capture_output=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0 and b"Permission denied" in refused.stderr
+    assert openssh_sftp(box, KV, f"cd outbox\nput {local} Zuerich.json\n").returncode == 0
+    box.wait_transfer("Zuerich.json", "delivered")
+
+    def audited() -> list[str] | None:
+        events = json.loads(box.cli("audit", "list", "--organ", KV, "--json").stdout)
+        details = [e["detail"] for e in events if e["action"] in ("refused", "upload")]
+        return details if any("Zuerich.json" in d for d in details) else None
+
+    assert any("paths must be UTF-8" in d for d in box.wait_for(audited, 30, "the upload's audit event"))
+
+
 def test_a_connection_dropped_mid_upload_leaves_nothing(box: Sandbox) -> None:
     outbox = box.folder(KV, "outbox")
     sftp = paramiko_sftp(box, KV)

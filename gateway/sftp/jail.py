@@ -15,7 +15,7 @@ from pathlib import Path
 
 from asyncssh import SFTPNoSuchFile, SFTPPermissionDenied
 
-from gateway.folders import UPLOAD_PREFIX
+from gateway.folders import UPLOAD_PREFIX, text_name
 
 AREAS = ("outbox", "inbox", "receipts")
 
@@ -42,6 +42,8 @@ class Jail:
         text = os.fsdecode(raw) if isinstance(raw, bytes) else raw
         if any(ord(c) < 32 or ord(c) == 127 for c in text):
             raise SFTPPermissionDenied("control characters are not allowed in paths")
+        if text_name(text) != text:  # the ledger, the audit trail and receipts hold names as text
+            raise SFTPPermissionDenied("paths must be UTF-8")
         virtual = posixpath.normpath("/" + text.lstrip("/")) if text not in ("", ".") else "/"
         parts = [p for p in virtual.split("/") if p]
         if not parts:
