@@ -268,8 +268,12 @@ class _Events(FileSystemEventHandler):
 
     def _maybe_pickup(self, src: str) -> None:
         path = Path(src)
-        if path.parent.name == "inbox" and path.parent.parent.parent == self.intake.folders.organs:
+        if path.parent.name != "inbox" or path.parent.parent.parent != self.intake.folders.organs:
+            return
+        try:
             self.intake.on_pickup(path.parent.parent.name, path.name)
+        except Exception:  # raised here, it would end watchdog's thread, and every later event with it
+            log.exception("could not record the removal of %s; the next maintenance round looks again", path)
 
 
 def _text(path: str | bytes) -> str:

@@ -342,3 +342,24 @@ def test_vendors_check_files_offline(box: Sandbox, tmp_path: Path) -> None:
     assert done.returncode == 1
     codes = {e["code"] for e in json.loads(done.stdout)["errors"]}
     assert {"UID_CHECKSUM", "AMOUNT_DECIMALS"} <= codes, "every error is listed"
+
+
+def test_the_watcher_outlives_a_removal_it_cannot_look_up(tmp_path: Path) -> None:
+    # The recipient's software on the gateway host writes a scratch file with a Latin-1 name into its inbox and
+    # removes it. The watcher asks the ledger whether that removal was a pick-up; a question the ledger cannot
+    # answer (this one, or any while the database restarts) must not end the watcher, which would leave every
+    # later drop and pick-up to the periodic rescan (five minutes here).
+    sandbox = Sandbox(tmp_path, settings={"settle_seconds": 0.2, "rescan_seconds": 300, "listen": ""})
+    try:
+        sandbox.init_pair(KV, PK)
+        sandbox.start(listen="")
+        scratch = os.fsencode(sandbox.folder(PK, "inbox")) + b"/Z\xfcrich.pdf"
+        with open(scratch, "wb") as fh:
+            fh.write(b"%PDF-")
+        os.unlink(scratch)
+        sandbox.drop(KV, "after.json", samples.dossier_bytes(samples.make_dossier(KV, PK)))
+        transfer = sandbox.wait_transfer("after.json", "delivered", timeout=20)
+        (sandbox.folder(PK, "inbox") / transfer.delivered_name).unlink()
+        sandbox.wait_transfer("after.json", "fetched", timeout=20)
+    finally:
+        sandbox.close()
