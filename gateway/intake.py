@@ -121,8 +121,8 @@ class Intake:
                 transfer_id, _, name = entry.name.partition(".")
                 if len(transfer_id) != 32:
                     continue
-                if text_name(name) != name:  # spooled by a gateway before text_name: never recordable
-                    entry = entry.rename(self.folders.spooled(sender_dir.name, transfer_id, text_name(name)))
+                if (text := text_name(name)) != name:  # spooled by a gateway before text_name: never recordable
+                    entry = entry.rename(self.folders.spooled(sender_dir.name, transfer_id, text))
                     name = entry.name.partition(".")[2]
                 found.append((sender_dir.name, transfer_id, name, entry))
         known = self.ledger.known_transfer_ids([transfer_id for _, transfer_id, _, _ in found])
