@@ -77,15 +77,15 @@ def ssh_options(key: Path) -> list[str]:
 
 
 def openssh_sftp(
-    port: int, user: str, key: Path, commands: str, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
+    port: int, user: str, key: Path, commands: str | bytes, timeout: float = 60
+) -> subprocess.CompletedProcess[Any]:
     """Run the OpenSSH `sftp` client in batch mode against 127.0.0.1:``port``: each line of ``commands`` in turn,
-    stopping at the first that fails (the exit code then is not 0)."""
+    stopping at the first that fails (the exit code then is not 0). Bytes in, bytes out: names in any encoding."""
     return subprocess.run(
         ["sftp", *ssh_options(key), "-P", str(port), "-b", "-", f"{user}@127.0.0.1"],
         input=commands,
         capture_output=True,
-        text=True,
+        text=isinstance(commands, str),
         timeout=timeout,
     )
 

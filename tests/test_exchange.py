@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway import samples
+from gateway.folders import Folders, new_transfer_id
 from gateway.harness import Sandbox
 
 KV, PK, CANTON, GE = "kv-bau-zh", "pk-bau-zh", "canton-zh", "canton-ge"
@@ -284,11 +285,9 @@ def test_a_name_that_is_not_utf8_left_in_the_spool_by_an_earlier_release_is_reje
     # Until the seventeenth session intake renamed such a file into its spool and then failed to record it, at
     # every round, together with every file of its batch. After the upgrade the start finds it there.
     box.stop()
-    spool = box.data_dir / "spool" / "in" / KV
-    spool.mkdir(parents=True, exist_ok=True)
-    stuck = os.fsencode(spool) + b"/" + f"{time.time_ns() // 1_000_000:012x}{'0' * 20}".encode() + b".Gen\xe8ve.json"
-    with open(stuck, "wb") as fh:
-        fh.write(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+    stuck = Folders(box.data_dir).spooled(KV, new_transfer_id(), os.fsdecode(b"Gen\xe8ve.json"))
+    stuck.parent.mkdir(parents=True, exist_ok=True)
+    stuck.write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
     box.start(listen="")
     transfer = settled(box, "Gen\ufffdve.json")
     assert (transfer.state, transfer.status_code) == ("rejected", 200)

@@ -38,7 +38,9 @@ def ssh_options(box: Sandbox, organ: str, key: Path | None = None) -> list[str]:
     return harness.ssh_options(key or box.organs[organ].ssh_key)
 
 
-def openssh_sftp(box: Sandbox, organ: str, commands: str, key: Path | None = None) -> subprocess.CompletedProcess:
+def openssh_sftp(
+    box: Sandbox, organ: str, commands: str | bytes, key: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run the OpenSSH `sftp` client in batch mode as ``organ``."""
     assert box.port is not None
     return harness.openssh_sftp(box.port, organ, key or box.organs[organ].ssh_key, commands)
@@ -177,12 +179,7 @@ def test_an_upload_named_in_latin1_is_refused_at_its_open_and_the_audit_trail_go
     # name reached the audit trail, whose every later write then failed).
     local = tmp_path / "latin1.json"
     local.write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
-    refused = subprocess.run(
-        ["sftp", *ssh_options(box, KV), "-P", str(box.port), "-b", "-", f"{KV}@127.0.0.1"],
-        input=b"cd outbox\nput " + os.fsencode(local) + b" Z\xfcrich.json\n",
-        capture_output=True,
-        timeout=60,
-    )
+    refused = openssh_sftp(box, KV, b"cd outbox\nput " + os.fsencode(local) + b" Z\xfcrich.json\n")
     assert refused.returncode != 0 and b"Permission denied" in refused.stderr
     assert openssh_sftp(box, KV, f"cd outbox\nput {local} Zuerich.json\n").returncode == 0
     box.wait_transfer("Zuerich.json", "delivered")
