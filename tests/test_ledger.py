@@ -12,6 +12,7 @@ from gateway.errors import AdminError, IllegalTransition, Problem
 from gateway.folders import new_transfer_id
 from gateway.ledger import direct
 from gateway.ledger import statements as sql
+from gateway.ledger.audit_buffer import AuditBuffer
 from gateway.ledger.models import Event, Transfer, TransferData, utc
 from gateway.ledger.sqlite import SqliteWriter
 from gateway.ledger.store import Ledger, StaleTransition
@@ -257,6 +258,25 @@ def test_the_audit_chain_detects_tampering(ledger: Ledger) -> None:
     with ledger.engine.begin() as conn:
         conn.execute(text("UPDATE event SET ok = :t WHERE action = 'login_failed'"), {"t": True})
     assert ledger.verify_chain()[1] != [], "an altered event breaks the chain"
+
+
+def test_an_access_event_the_database_refuses_is_written_escaped_and_holds_up_none_after_it(ledger: Ledger) -> None:
+    setup_organs(ledger)
+    buffer = AuditBuffer(ledger)
+    unstorable = "outbox/Z\udcfcrich.json" if ledger.is_sqlite else "outbox/a\x00b.json"  # no UTF-8; NUL in PostgreSQL
+    for detail in ("outbox/before.json", unstorable, "outbox/after.json"):
+        buffer.add(NOW, "upload", detail, "kv-bau-zh", True, "127.0.0.1:50000")
+    buffer.flush()
+    written = [(e.action, e.detail, e.organ_id) for e in ledger.events(audit_only=True)][-3:]
+    assert written == [
+        ("upload", "outbox/before.json", "kv-bau-zh"),
+        ("unwritable", f"action 'upload' organ 'kv-bau-zh' peer '127.0.0.1:50000' detail {unstorable!a}", None),
+        ("upload", "outbox/after.json", "kv-bau-zh"),
+    ]
+    buffer.add(NOW, "download", "inbox/next.pgp", "kv-bau-zh", True, "127.0.0.1:50000")
+    buffer.flush()
+    assert ledger.events(audit_only=True)[-1].detail == "inbox/next.pgp", "nothing is left over to hold up a round"
+    assert ledger.verify_chain()[1] == []
 
 
 def test_a_ledger_made_by_an_earlier_version_gets_the_claim_indexes_and_the_directory_version(ledger_url: str) -> None:

@@ -4,6 +4,10 @@ A busy door produces several events per file (login, listing, upload, download, 
 its own transaction made the database the door's bottleneck; the buffer writes them every ``interval``
 seconds in one transaction, in order. A crash can lose at most the last interval's access events (never a
 transfer's state, which the ledger writes synchronously).
+
+A batch that fails is written event by event: an event the database refuses whatever happens (text it cannot
+store) is written as ``unwritable`` with its fields escaped to ASCII, so that it never holds up the events after
+it; when the database itself fails, the events wait for the next round, in order.
 """
 
 from __future__ import annotations
@@ -36,12 +40,33 @@ class AuditBuffer:
         if events:
             try:
                 self.ledger.audit_many(events)
-            except Exception:  # the database may be restarting: keep the events for the next round
-                log.exception("could not write %d audit events; retrying", len(events))
-                with self._lock:
-                    self._events[:0] = events
+            except Exception:
+                log.exception("could not write %d audit events; writing them one by one", len(events))
+                if left := self._one_by_one(events):
+                    with self._lock:
+                        self._events[:0] = left
+
+    def _one_by_one(self, events: list[AuditEvent]) -> list[AuditEvent]:
+        """Write each event alone, an unwritable one escaped; returns those left for the next round."""
+        for i, event in enumerate(events):
+            try:
+                self.ledger.audit_many([event])
+            except Exception:
+                try:
+                    self.ledger.audit_many([_escaped(event)])
+                except Exception:  # the database itself fails (restarting?): this event and the rest wait
+                    log.exception("could not write %d audit events; retrying", len(events) - i)
+                    return events[i:]
+                log.error("audit event %r could not be written as it was; written escaped", event)
+        return []
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(self.interval):
             self.flush()
         self.flush()
+
+
+def _escaped(event: AuditEvent) -> AuditEvent:
+    """``event`` as one the database always takes: its texts in ``ascii()`` form in the detail, no organ or peer."""
+    fields = f"action {event.action!a} organ {event.organ_id!a} peer {event.peer!a}"
+    return AuditEvent(event.at, "unwritable", f"{fields} detail {event.detail!a}", None, event.ok, None)
