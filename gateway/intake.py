@@ -139,11 +139,9 @@ class Intake:
                     collected.append(taken)
             except Exception:  # a strange entry must not stop intake: the next scan retries
                 log.exception("intake of %s failed; the next scan retries", path)
-        for folder in {spooled.parent for *_, spooled in collected}:
-            fsync_dir(folder)
         try:
             return self._record(collected)
-        except Exception:  # the database may be down: the spool files are recorded by recover_spool later
+        except Exception:  # the disk or the database failed: the spool files are recorded by recover_spool later
             log.exception("could not record %d collected files; retrying from the spool", len(collected))
             return 0
 
@@ -194,6 +192,8 @@ class Intake:
     def _record(self, collected: list[tuple[str, str, str, Path]]) -> int:
         if not collected:
             return 0
+        for folder in {spooled.parent for *_, spooled in collected}:
+            fsync_dir(folder)  # the renames into the spool must outlast a power cut before the ledger answers for them
         now = self.clock()
         transfers = []
         for sender_id, transfer_id, name, spooled in collected:

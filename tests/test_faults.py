@@ -1,5 +1,5 @@
 """Faults of a production night: a hanging gpg, the gpg-agent gone, PostgreSQL restarted under load, a
-recipient key withdrawn mid-batch, an inotify queue overflow.
+recipient key withdrawn mid-batch, an inotify queue overflow, a disk that fails one fsync.
 
 Nothing is lost: the dossier waits, is retried with backoff, the sender hears 500 when it takes long,
 and everything is delivered once the fault is gone.
@@ -7,6 +7,7 @@ and everything is delivered once the fault is gone.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -14,8 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from gateway import intake as intake_module
 from gateway import samples
+from gateway.clock import system_clock
+from gateway.folders import Folders, fsync_dir
 from gateway.harness import Sandbox
+from gateway.intake import Intake
+from gateway.ledger.store import Ledger
 
 KV, PK = "kv-bau-zh", "pk-bau-zh"
 
@@ -165,3 +171,34 @@ def test_an_inotify_queue_overflow_loses_nothing(short_tmp: Path) -> None:
         assert box.process.poll() is None
     finally:
         box.close()
+
+
+def test_a_spool_folder_that_fails_its_fsync_once_costs_intake_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk hiccups (EIO) as intake makes a batch's renames into the spool durable: the batch is not recorded
+    then, since a power cut could still undo the renames, and the next round records it, once; intake goes on."""
+    folders, ledger = Folders(tmp_path / "data"), Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    folders.create()
+    folders.create_organ(KV)
+    intake = Intake(
+        ledger, folders, system_clock, settle=0, grace=0, on_received=lambda: None, on_pickup=lambda *_: None
+    )
+    failures = iter([OSError(errno.EIO, "Input/output error")])
+
+    def hiccup(folder: Path) -> None:
+        if (error := next(failures, None)) is not None:
+            raise error
+        fsync_dir(folder)
+
+    monkeypatch.setattr(intake_module, "fsync_dir", hiccup)
+    try:
+        (folders.outbox(KV) / "a.json").write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+        assert intake.scan() == 0, "not recorded while the renames may not last"
+        assert not list(folders.outbox(KV).iterdir()), "but taken from the outbox into the spool"
+        assert intake.recover_spool() == 1 and intake.recover_spool() == 0
+        assert [(t.sender_id, t.file_name, t.state) for t in ledger.transfers()] == [(KV, "a.json", "received")]
+        (folders.outbox(KV) / "b.json").write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+        assert intake.scan() == 1, "intake goes on"
+    finally:
+        ledger.close()
