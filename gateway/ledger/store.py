@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, or_, text, update
+from sqlalchemy import Connection, delete, func, make_url, or_, text, update
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from gateway import lifecycle
-from gateway.errors import Problem, status_for
+from gateway.errors import GatewayFault, Problem, status_for
 from gateway.ledger import direct
 from gateway.ledger import statements as sql
 from gateway.ledger.chain import AuditTrail, new_event
@@ -89,15 +90,19 @@ class Ledger(OrganDirectory, AuditTrail):
     """Transactional access to the ledger tables."""
 
     def __init__(self, url: str) -> None:
+        """Open the ledger at ``url`` (creating its tables); GatewayFault ``LEDGER_UNAVAILABLE`` says why not."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._writer: SqliteWriter | _PostgresWriters = SqliteWriter(url) if self.is_sqlite else _PostgresWriters()
-        if self.is_sqlite:
-            self.engine = sqlite_engine(url)
-        else:
-            self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
-        SQLModel.metadata.create_all(self.engine)
-        self._upgrade()
+        try:
+            if self.is_sqlite:
+                self.engine = sqlite_engine(url)
+            else:
+                self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+            SQLModel.metadata.create_all(self.engine)
+            self._upgrade()
+        except (SQLAlchemyError, ImportError) as exc:  # a wrong URL, a database down or missing, no such data dir
+            raise _unavailable(url, exc) from exc
         self._writer.sync_log()
 
     def _upgrade(self) -> None:
@@ -433,3 +438,19 @@ def _known_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
     for i in range(0, len(ids), 500):
         known.update(conn.execute(sql.KNOWN_IDS, {"ids": list(ids[i : i + 500])}).scalars())
     return known
+
+
+def _unavailable(url: str, exc: Exception) -> GatewayFault:
+    """The admin's words for a ledger that cannot be opened: where (no password), why, and what to check."""
+    try:
+        where = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        where = "the configured database_url"
+    why = " ".join(str(exc.orig if isinstance(exc, DBAPIError) else exc).split())
+    if url.startswith("sqlite") and "unable to open" in why:
+        hint = "does the data dir exist? `flam-gateway init` creates it"
+    elif isinstance(exc, DBAPIError):
+        hint = "is the database running, and does it exist?"
+    else:
+        hint = "the ledger is SQLite (sqlite:///PATH) or PostgreSQL (postgresql+psycopg://USER@HOST/DATABASE)"
+    return GatewayFault(f"cannot open the ledger at {where}: {why} ({hint})", code="LEDGER_UNAVAILABLE")
