@@ -290,7 +290,12 @@ def host_key_list(ctx: click.Context, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--listen", default=None, help="SFTP address HOST:PORT (default 127.0.0.1:2222; '' for none).")
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 @click.pass_context
 def serve(ctx: click.Context, listen: str | None, log_level: str) -> None:
     """Run the gateway in the foreground (SIGTERM/SIGINT stop it cleanly)."""
@@ -376,7 +381,7 @@ def audit() -> None:
 
 @audit.command("list")
 @click.option("--organ", "organ_id", default=None)
-@click.option("--limit", default=200, show_default=True)
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def audit_list(ctx: click.Context, organ_id: str | None, limit: int, as_json: bool) -> None:

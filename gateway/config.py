@@ -6,7 +6,9 @@ Every key is documented in ``config/gateway.example.toml``. The environment vari
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -16,6 +18,23 @@ from gateway.errors import AdminError
 from gateway.limits import Limits
 
 OPENPGP_ENGINES = ("sequoia", "gpg")
+_LISTEN = re.compile(r"(\[[0-9A-Fa-f:.%]+\]|[^:\[\]]*):(?P<port>[0-9]{1,5})")
+# numbers that must be above zero (0 would stop the gateway's work or spin it); every other may be 0
+_ABOVE_ZERO = {
+    "workers",
+    "rescan_seconds",
+    "expire_after_days",
+    "gpg_timeout_seconds",
+    "retry_max_seconds",
+    "login_timeout_seconds",
+    "idle_timeout_seconds",
+    "max_sessions_total",
+    "max_message_bytes",
+    "max_json_bytes",
+    "max_zip_entries",
+    "max_zip_ratio",
+    "max_zip_expanded_bytes",
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +69,20 @@ class Settings:
     def __post_init__(self) -> None:
         if self.openpgp not in OPENPGP_ENGINES:
             raise AdminError("CONFIG_INVALID", f"setting 'openpgp': {self.openpgp!r} is not one of {OPENPGP_ENGINES}")
+        if self.listen and not ((found := _LISTEN.fullmatch(self.listen)) and int(found["port"]) <= 65535):
+            raise AdminError(
+                "CONFIG_INVALID",
+                f"setting 'listen': {self.listen!r} is not HOST:PORT (127.0.0.1:2222, [::1]:2222, :2222 for every "
+                "address, '' for no SFTP door)",
+            )
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            positive = f.name in _ABOVE_ZERO
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                bound = "it must be greater than 0" if positive else "it must be 0 or more"
+                raise AdminError("CONFIG_INVALID", f"setting {f.name!r}: {value!r} is out of range ({bound})")
 
     def __repr__(self) -> str:
         url = self.database_url
