@@ -15,6 +15,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from gateway import admin
 from gateway.clock import system_clock
@@ -29,8 +30,10 @@ from gateway.retention import purge
 from gateway.service import Gateway, notify_systemd
 from gateway.sftp.hostkeys import host_key_fingerprints
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# no console markup: what is printed holds senders' file names and admins' input, and "[/x]" in a name would
+# otherwise be eaten as a style or end the command with rich's MarkupError
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def _gw(ctx: click.Context) -> Gateway:
@@ -44,7 +47,7 @@ def _print(rows: Sequence[dict[str, Any]], columns: Iterable[str], as_json: bool
     table = Table(title=title)
     cols = list(columns)
     for col in cols:
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # never cut a value short: ids are copied from these tables
     for row in rows:
         table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in cols])
     out.print(table)
@@ -368,8 +371,11 @@ def transfers_show(ctx: click.Context, message_id: str, as_json: bool) -> None:
         return
     for t in found:
         out.print(
-            f"[bold]{t['file']}[/] {t['sender_id']} → {t['recipient_id']}  state={t['state']} "
-            f"status={t['status_code']}  transfer {t['id']}"
+            Text.assemble(
+                (t["file"], "bold"),
+                f" {t['sender_id']} → {t['recipient_id']}  state={t['state']} status={t['status_code']}  "
+                f"transfer {t['id']}",
+            )
         )
         _print(t["events"], ["at", "action", "detail", "ok"], False, "timeline")
 
@@ -396,7 +402,7 @@ def audit_verify(ctx: click.Context) -> None:
     """Recompute the hash chain of the audit trail; exit 1 if any event was altered."""
     count, bad = _gw(ctx).ledger.verify_chain()
     if bad:
-        err.print(f"[red]audit chain broken at event id(s) {bad[:20]}[/] ({count} events checked)")
+        err.print(Text.assemble((f"audit chain broken at event id(s) {bad[:20]}", "red"), f" ({count} events checked)"))
         ctx.exit(1)
     out.print(f"audit chain intact: {count} events")
 
@@ -406,7 +412,7 @@ def demo() -> None:
     """Run the whole story in a temporary folder on a free local port (three organs, SFTP, gpg), then exit."""
     from gateway.demo import run_demo  # paramiko is only needed here
 
-    run_demo(out)
+    run_demo(Console(soft_wrap=True))  # the demo's own words, with their styles
 
 
 @cli.command("fsck")
@@ -449,6 +455,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.Abort:
         sys.exit(130)
     except GatewayError as exc:
-        err.print(f"[red]error {exc.code}[/]: {exc.message}")
+        err.print(Text.assemble((f"error {exc.code}", "red"), f": {exc.message}"))
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

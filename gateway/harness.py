@@ -108,6 +108,7 @@ class Sandbox:
         self.data_dir = self.root / "data"
         self.env = {**os.environ, "FLAM_GATEWAY_HOME": str(self.data_dir), "FLAM_GATEWAY_DATABASE_URL": database_url}
         self.env.pop("NOTIFY_SOCKET", None)
+        self.env["COLUMNS"] = "250"  # the CLI's tables as wide as their values: no cell folded over two lines
         for key, value in (settings or {}).items():
             self.env[f"FLAM_GATEWAY_{key.upper()}"] = str(value)
         self.organs: dict[str, OrganKeys] = {}

@@ -110,6 +110,18 @@ json_values = st.recursive(
 )
 
 
+def test_a_file_named_in_console_markup_is_shown_to_the_admin_as_it_is(box: Sandbox) -> None:
+    name = "[bold]Entwurf[red]2026.json"  # the admin's views took it for styles: they showed "Entwurf2026.json"
+    box.drop(SENDER, name, samples.dossier_bytes(samples.make_dossier(SENDER, RECIPIENT)))
+    transfer = box.wait_transfer(name, "delivered")
+    listed = box.cli("transfers", "list", "--organ", SENDER)
+    assert f" {name} " in listed.stdout, listed.stdout
+    shown = box.cli("transfers", "show", transfer.id)
+    assert shown.stdout.startswith(f"{name} {SENDER} → {RECIPIENT}"), shown.stdout
+    (local := box.root / name).write_bytes(samples.dossier_bytes(samples.make_dossier(SENDER, RECIPIENT)))
+    assert box.cli("check", str(local), "--sender", SENDER).stdout == f"{name}: valid\n"
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=st.binary(max_size=2_000), suffix=st.sampled_from([".json", ".zip", ".txt"]))
 def test_fuzz_arbitrary_bytes_never_crash_the_checks(raw: bytes, suffix: str) -> None:

@@ -278,6 +278,21 @@ def test_wrong_key_unknown_user_and_disabled_organ_are_refused_alike(box: Sandbo
     assert len(failed) >= 3 and all(e["peer"].startswith("127.0.0.1:") for e in failed)
 
 
+def test_a_stranger_logging_in_under_a_name_in_console_markup_is_shown_as_it_is_in_the_audit_list(
+    box: Sandbox,
+) -> None:
+    stranger = "[/x][bold]root"  # `audit list` ended with a traceback on it before: no admin could read the trail
+    assert openssh_sftp(box, stranger, "ls\n", key=box.organs[PK].ssh_key).returncode != 0
+
+    def failed_login() -> bool:
+        events = json.loads(box.cli("audit", "list", "--limit", "20", "--json").stdout)
+        return any(e["action"] == "login_failed" and stranger in e["detail"] for e in events)
+
+    box.wait_for(failed_login, 20, "the stranger's failed login in the audit trail")
+    shown = box.cli("audit", "list", "--limit", "20", check=False)
+    assert shown.returncode == 0 and f"'{stranger}'" in shown.stdout, shown.stdout + shown.stderr
+
+
 def test_sessions_per_organ_are_capped(box: Sandbox) -> None:
     sessions = [paramiko_sftp(box, PK) for _ in range(3)]
     try:
