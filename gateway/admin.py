@@ -51,8 +51,15 @@ def add_ssh_key(gw: Gateway, organ_id: str, file: Path) -> str:
     """Store an OpenSSH public key an organ may log in with; returns its SHA256 fingerprint."""
     import asyncssh  # imported where used: `serve` loads it in the SFTP door process only
 
+    text = _read_text(file)
+    if "PRIVATE KEY" in text:
+        raise AdminError(
+            "SSH_KEY_PRIVATE",
+            f"{file} is a private key: ask the organ for its public key (the .pub file); a private key that has "
+            "left its owner should be replaced",
+        )
     try:
-        key = asyncssh.import_public_key(_read_text(file))
+        key = asyncssh.import_public_key(text)
     except (asyncssh.KeyImportError, ValueError) as exc:
         raise AdminError("SSH_KEY_INVALID", f"{file} is not an OpenSSH public key: {exc}") from exc
     fingerprint = key.get_fingerprint("sha256")

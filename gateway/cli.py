@@ -40,6 +40,14 @@ def _gw(ctx: click.Context) -> Gateway:
     return ctx.find_object(Gateway)  # type: ignore[return-value]
 
 
+def _known_organ(ctx: click.Context, organ_id: str | None) -> Gateway:
+    """The gateway, once ``organ_id`` (a filter) is known: a misspelt organ is an error, not an empty list."""
+    gw = _gw(ctx)
+    if organ_id is not None:
+        gw.ledger.organ(organ_id)
+    return gw
+
+
 def _print(rows: Sequence[dict[str, Any]], columns: Iterable[str], as_json: bool, title: str) -> None:
     if as_json:
         click.echo(json.dumps(list(rows), ensure_ascii=False, indent=2, default=str))
@@ -313,6 +321,8 @@ def serve(ctx: click.Context, listen: str | None, log_level: str) -> None:
     def ready() -> None:
         where = f"SFTP on {gw.settings.listen.rpartition(':')[0]}:{gw.door_port}" if gw.settings.listen else "no SFTP"
         engine = f"OpenPGP by {gw.settings.openpgp}"
+        if not gw.settings.workers:
+            engine += "; deliveries paused (workers = 0): dossiers are received and wait"
         click.echo(f"flam-gateway ready: {where}, data dir {gw.folders.root}, {engine}", err=True)
         notify_systemd("READY=1")
 
@@ -354,7 +364,8 @@ def transfers() -> None:
 @click.pass_context
 def transfers_list(ctx: click.Context, as_json: bool, organ_id: str | None, status: str | None) -> None:
     """List transfers."""
-    rows = [admin.transfer_row(t) for t in _gw(ctx).ledger.transfers(organ_id=organ_id, state=status)]
+    gw = _known_organ(ctx, organ_id)
+    rows = [admin.transfer_row(t) for t in gw.ledger.transfers(organ_id=organ_id, state=status)]
     cols = ["created_at", "message_id", "dossier_id", "sender_id", "recipient_id", "state", "status_code", "file"]
     _print(rows, cols, as_json, "transfers")
 
@@ -392,7 +403,8 @@ def audit() -> None:
 @click.pass_context
 def audit_list(ctx: click.Context, organ_id: str | None, limit: int, as_json: bool) -> None:
     """List audit events, newest last."""
-    rows = [admin.event_row(e) for e in _gw(ctx).ledger.events(organ_id=organ_id, limit=limit)]
+    gw = _known_organ(ctx, organ_id)
+    rows = [admin.event_row(e) for e in gw.ledger.events(organ_id=organ_id, limit=limit)]
     _print(rows, ["at", "organ_id", "action", "detail", "ok", "peer"], as_json, "audit")
 
 

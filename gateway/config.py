@@ -21,7 +21,6 @@ OPENPGP_ENGINES = ("sequoia", "gpg")
 _LISTEN = re.compile(r"(\[[0-9A-Fa-f:.%]+\]|[^:\[\]]*):(?P<port>[0-9]{1,5})")
 # numbers that must be above zero (0 would stop the gateway's work or spin it); every other may be 0
 _ABOVE_ZERO = {
-    "workers",
     "rescan_seconds",
     "expire_after_days",
     "gpg_timeout_seconds",
@@ -43,7 +42,7 @@ class Settings:
 
     data_dir: Path = Path("gateway-data")
     database_url: str = ""  # empty: SQLite file ledger.sqlite3 in the data dir
-    workers: int = 4  # worker loops per node, spread as threads over one process per core
+    workers: int = 4  # worker loops per node, spread as threads over one process per core; 0: deliveries paused
     settle_seconds: float = 0.5  # a closed file must stay unchanged this long before intake
     rescan_seconds: float = 30.0  # periodic full scan (inotify can drop events)
     unknown_suffix_grace_seconds: float = 600.0  # unknown suffixes are rejected (200) after this

@@ -3,6 +3,7 @@ cannot be opened, a setting out of range, an address that is not HOST:PORT, an o
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,13 +34,14 @@ def test_an_admin_whose_ledger_cannot_be_opened_is_told_why_in_one_line(
 @pytest.mark.parametrize(
     ("settings", "args", "told"),
     [
-        ({"workers": "0"}, ("organ", "list"), "setting 'workers': 0 is out of range (it must be greater than 0)"),
+        ({"workers": "-1"}, ("organ", "list"), "setting 'workers': -1 is out of range (it must be 0 or more)"),
+        ({"rescan_seconds": "0"}, ("organ", "list"), "'rescan_seconds': 0.0 is out of range (it must be greater"),
         ({"rescan_seconds": "nan"}, ("organ", "list"), "setting 'rescan_seconds': nan is out of range"),
         ({"settle_seconds": "-1"}, ("organ", "list"), "setting 'settle_seconds': -1.0 is out of range (it must be 0"),
         ({"listen": "localhost"}, ("organ", "list"), "setting 'listen': 'localhost' is not HOST:PORT"),
         ({}, ("serve", "--listen", "2222"), "setting 'listen': '2222' is not HOST:PORT"),
     ],
-    ids=["no-workers", "rescan-nan", "settle-negative", "listen-no-port", "serve-listen-no-host"],
+    ids=["workers-negative", "rescan-zero", "rescan-nan", "settle-negative", "listen-no-port", "serve-listen-no-host"],
 )
 def test_a_setting_out_of_range_is_refused_before_anything_runs(
     tmp_path: Path, settings: dict[str, str], args: tuple[str, ...], told: str
@@ -64,3 +66,28 @@ def test_an_option_the_command_cannot_take_is_refused_with_its_name(
 ) -> None:
     done = Sandbox(root=tmp_path).cli(*args, check=False)
     assert done.returncode == 2 and told in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_an_organ_id_an_ssh_key_or_an_organ_filter_the_gateway_cannot_take_is_refused_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    box = Sandbox(root=tmp_path, settings={"listen": ""})
+    try:
+        box.cli("init")
+        done = box.cli("organ", "add", "../kv", "--kind", "control_body", "--name", "KV", check=False)
+        assert done.returncode == 2, done.stdout
+        assert done.stderr == "error ORGAN_ID: organ id '../kv' must match ^[a-z0-9][a-z0-9-]{1,62}$\n", done.stderr
+        box.cli("organ", "add", "kv-bau-zh", "--kind", "control_body", "--name", "KV")
+        private = tmp_path / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(private)], check=True)
+        done = box.cli("organ", "ssh-key", "add", "kv-bau-zh", str(private), check=False)
+        assert done.returncode == 2 and done.stderr.startswith(f"error SSH_KEY_PRIVATE: {private} is a private key")
+        box.cli("organ", "ssh-key", "add", "kv-bau-zh", f"{private}.pub")
+        for view in (("transfers", "list"), ("audit", "list")):
+            done = box.cli(*view, "--organ", "kv-bau-zhh", check=False)
+            assert (done.returncode, done.stderr) == (
+                2,
+                "error ORGAN_UNKNOWN: no organ 'kv-bau-zhh' (see `flam-gateway organ list`)\n",
+            )
+    finally:
+        box.close()

@@ -166,6 +166,7 @@ def test_a_dossier_a_local_program_dropped_is_intact_after_a_power_cut_once_the_
         sent = samples.dossier_bytes(doc)
         (box.folder(KV, "outbox") / "local.json").write_bytes(sent)
         box.wait_for(lambda: box.transfers(), 30, "local.json recorded")
+        assert "deliveries paused (workers = 0)" in box.log.read_text(), "serve says that it delivers nothing"
         power_cut(disk, box)  # and the reboot, now with workers
 
         box.env["FLAM_GATEWAY_WORKERS"] = "4"
