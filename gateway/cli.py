@@ -24,6 +24,7 @@ from gateway.errors import GatewayError
 from gateway.folders import power_cut_risk
 from gateway.fsck import fsck
 from gateway.handlers.inspect import inspect_file
+from gateway.handlers.parse import shown
 from gateway.ledger.models import ORGAN_KINDS
 from gateway.lifecycle import State
 from gateway.retention import purge
@@ -31,7 +32,8 @@ from gateway.service import Gateway, notify_systemd
 from gateway.sftp.hostkeys import host_key_fingerprints
 
 # no console markup: what is printed holds senders' file names and admins' input, and "[/x]" in a name would
-# otherwise be eaten as a style or end the command with rich's MarkupError
+# otherwise be eaten as a style or end the command with rich's MarkupError; values from the ledger also pass
+# through `shown`, since control characters in a name would steer the admin's terminal
 out = Console(soft_wrap=True, markup=False)
 err = Console(stderr=True, soft_wrap=True, markup=False)
 
@@ -57,7 +59,7 @@ def _print(rows: Sequence[dict[str, Any]], columns: Iterable[str], as_json: bool
     for col in cols:
         table.add_column(col, overflow="fold")  # never cut a value short: ids are copied from these tables
     for row in rows:
-        table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in cols])
+        table.add_row(*["" if row.get(c) is None else shown(str(row.get(c))) for c in cols])
     out.print(table)
 
 
@@ -343,9 +345,9 @@ def check(ctx: click.Context, file: Path, sender: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"valid": not errors, "errors": errors}, indent=2, ensure_ascii=False))
     elif errors:
-        _print(errors, ["status", "code", "path", "message"], False, f"{file.name}: {len(errors)} error(s)")
+        _print(errors, ["status", "code", "path", "message"], False, f"{shown(file.name)}: {len(errors)} error(s)")
     else:
-        out.print(f"{file.name}: valid")
+        out.print(f"{shown(file.name)}: valid")
     ctx.exit(1 if errors else 0)
 
 
@@ -383,7 +385,7 @@ def transfers_show(ctx: click.Context, message_id: str, as_json: bool) -> None:
     for t in found:
         out.print(
             Text.assemble(
-                (t["file"], "bold"),
+                (shown(t["file"]), "bold"),
                 f" {t['sender_id']} → {t['recipient_id']}  state={t['state']} status={t['status_code']}  "
                 f"transfer {t['id']}",
             )

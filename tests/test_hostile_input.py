@@ -110,7 +110,9 @@ json_values = st.recursive(
 )
 
 
-def test_a_file_named_in_console_markup_is_shown_to_the_admin_as_it_is(box: Sandbox) -> None:
+def test_file_names_made_to_fool_the_admin_are_shown_as_they_are_their_control_characters_escaped(
+    box: Sandbox,
+) -> None:
     name = "[bold]Entwurf[red]2026.json"  # the admin's views took it for styles: they showed "Entwurf2026.json"
     box.drop(SENDER, name, samples.dossier_bytes(samples.make_dossier(SENDER, RECIPIENT)))
     transfer = box.wait_transfer(name, "delivered")
@@ -120,6 +122,14 @@ def test_a_file_named_in_console_markup_is_shown_to_the_admin_as_it_is(box: Sand
     assert shown.stdout.startswith(f"{name} {SENDER} → {RECIPIENT}"), shown.stdout
     (local := box.root / name).write_bytes(samples.dossier_bytes(samples.make_dossier(SENDER, RECIPIENT)))
     assert box.cli("check", str(local), "--sender", SENDER).stdout == f"{name}: valid\n"
+
+    steering = "report\x1b]0;all clear\x07\x1b[8m\u202egnp.json"  # sets the title, hides text, turns it around
+    box.drop(SENDER, steering, b"{}")
+    rejected = box.wait_transfer(steering, "rejected")
+    listed = box.cli("transfers", "list", "--organ", SENDER)
+    assert "report\\x1b]0;all clear\\x07\\x1b[8m\\u202egnp.json" in listed.stdout, listed.stdout
+    assert not {"\x1b", "\x07", "\u202e"} & set(listed.stdout), "nothing the terminal would act on"
+    assert box.cli("transfers", "show", rejected.id).stdout.startswith("report\\x1b]0;all clear")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

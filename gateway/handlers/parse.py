@@ -62,9 +62,20 @@ _BIDI_AND_INVISIBLE = {
 MAX_NAME_BYTES = 200
 
 
+def _unprintable(c: str) -> bool:
+    """A control character (C0, DEL, C1) or one that turns or hides text (direction marks, zero-width)."""
+    return ord(c) < 32 or 127 <= ord(c) < 160 or c in _BIDI_AND_INVISIBLE
+
+
+def shown(text: str) -> str:
+    """``text`` with its control, direction and invisible characters written as escapes (``\\x1b``,
+    ``\\u202e``): what a terminal may print without being steered (colours, titles, text turned around)."""
+    return "".join(ascii(c)[1:-1] if _unprintable(c) else c for c in text)
+
+
 def name_problems(name: str) -> list[Problem]:
     """File names must be UTF-8, printable, without direction marks, and at most 200 bytes (receipts name them)."""
-    if any(ord(c) < 32 or ord(c) == 127 or c in _BIDI_AND_INVISIBLE for c in name):
+    if any(_unprintable(c) for c in name):
         return [Problem("FILE_NAME", "", "the file name contains control or text-direction characters")]
     if "\ufffd" in name:  # where intake found bytes that are not UTF-8 (folders.text_name)
         return [Problem("FILE_NAME", "", "the file name is not UTF-8 (shown with \ufffd for the bytes that are not)")]
