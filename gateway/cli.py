@@ -455,7 +455,7 @@ def purge_command(ctx: click.Context) -> None:
     out.print(
         f"expired {report.expired}, warned {report.warned}, quarantined originals destroyed "
         f"{report.quarantined_destroyed}, transfers purged {report.transfers_purged}, "
-        f"audit events purged {report.events_purged}"
+        f"audit events purged {report.events_purged}, uncollected receipts removed {report.receipts_removed}"
     )
 
 

@@ -1,15 +1,19 @@
 """Expiry and retention: uncollected deliveries expire (701 warning, then 204), old data is destroyed.
 
 EntsV Art. 13a keeps platform data for 12 months: ledger and audit rows older than ``retention_days`` and
-quarantined originals older than ``quarantine_days`` are purged. All of it runs against an injectable clock.
+quarantined originals older than ``quarantine_days`` are purged. Receipts a sender leaves in its folder are
+removed at the age an uncollected delivery expires (``expire_after_days``): legacy software that never reads
+them would otherwise fill the folder by a file per dossier for ever (the ledger keeps each status for the
+admin). All of it runs against an injectable clock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from gateway.config import Settings
 from gateway.handlers.receipt import STATUS_INFO
@@ -27,6 +31,7 @@ class PurgeReport:
     quarantined_destroyed: int
     transfers_purged: int
     events_purged: int
+    receipts_removed: int
 
 
 def expire_deliveries(worker: Worker, settings: Settings) -> tuple[int, int]:
@@ -71,4 +76,17 @@ def purge(worker: Worker, settings: Settings) -> PurgeReport:
     cutoff = now - timedelta(days=settings.retention_days)
     purged = worker.ledger.purge_transfers(cutoff, now)
     events = worker.ledger.purge_events(cutoff)
-    return PurgeReport(expired, warned, destroyed, purged, events)
+    receipts = _remove_old_receipts(worker, now - timedelta(days=settings.expire_after_days))
+    return PurgeReport(expired, warned, destroyed, purged, events, receipts)
+
+
+def _remove_old_receipts(worker: Worker, cutoff: datetime) -> int:
+    """Remove receipts written before ``cutoff`` that their sender has not collected; returns how many."""
+    removed, limit = 0, cutoff.timestamp()
+    for organ in worker.ledger.organs():
+        with contextlib.suppress(FileNotFoundError), os.scandir(worker.folders.receipts(organ.id)) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < limit:
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed

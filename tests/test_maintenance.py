@@ -115,6 +115,16 @@ def test_purge_destroys_old_quarantine_and_ledger_rows(gw: Gateway, clock: Clock
     assert gw.ledger.verify_chain()[1] == [], "the chain still verifies from its new start"
 
 
+def test_receipts_a_sender_never_collects_are_removed_when_a_delivery_would_expire(gw: Gateway, clock: Clock) -> None:
+    deliver(gw, "bad.json", b"{broken")  # its legacy software reads its inbox, never its receipts
+    assert receipt_codes(gw) == [200]
+    clock.advance(days=29)
+    assert purge(gw.worker(), gw.settings).receipts_removed == 0
+    clock.advance(days=2)
+    assert purge(gw.worker(), gw.settings).receipts_removed == 1 and receipt_codes(gw) == []
+    assert gw.ledger.transfers(state="rejected")[0].status_code == 200, "the ledger keeps the status"
+
+
 def test_fsck_reports_differences_and_repairs_the_safe_ones(gw: Gateway, clock: Clock) -> None:
     deliver(gw, "a.json", samples.dossier_bytes(samples.make_dossier(KV, PK, now=clock())))
     (delivered,) = gw.ledger.transfers(state="delivered")
