@@ -40,8 +40,8 @@ class AuditBuffer:
         if events:
             try:
                 self.ledger.audit_many(events)
-            except Exception:
-                log.exception("could not write %d audit events; writing them one by one", len(events))
+            except Exception as exc:  # the one-by-one round below logs the traceback if the database itself fails
+                log.warning("could not write %d audit events (%s); writing them one by one", len(events), exc)
                 if left := self._one_by_one(events):
                     with self._lock:
                         self._events[:0] = left
