@@ -34,6 +34,7 @@ from gateway.sftp.hostkeys import host_key_fingerprints
 # no console markup: what is printed holds senders' file names and admins' input, and "[/x]" in a name would
 # otherwise be eaten as a style or end the command with rich's MarkupError; values from the ledger also pass
 # through `shown`, since control characters in a name would steer the admin's terminal
+_log = logging.getLogger(__name__)
 out = Console(soft_wrap=True, markup=False)
 err = Console(stderr=True, soft_wrap=True, markup=False)
 
@@ -319,6 +320,9 @@ def serve(ctx: click.Context, listen: str | None, log_level: str) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # by default SIGHUP ends a process, and systemd's Restart=on-failure counts that as a clean stop: a habitual
+    # `kill -HUP` (or a log rotation script's) would leave the gateway down for good
+    signal.signal(signal.SIGHUP, lambda *_: _log.warning("SIGHUP ignored: settings are read at start only"))
 
     def ready() -> None:
         where = f"SFTP on {gw.settings.listen.rpartition(':')[0]}:{gw.door_port}" if gw.settings.listen else "no SFTP"

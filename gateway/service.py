@@ -33,11 +33,12 @@ from gateway.ledger.audit_buffer import AuditBuffer
 from gateway.ledger.store import Ledger
 from gateway.retention import expire_deliveries
 from gateway.sftp.hostkeys import ensure_host_keys
+from gateway.wakeup import Wakeup
 from gateway.worker import Worker, orphan_spool_files
 
 log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
+_PR_SET_PDEATHSIG, _PR_SET_NAME = 1, 15
 _WORKER_NICENESS = 5
 
 
@@ -57,8 +58,12 @@ class Gateway:
     def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
         self.settings, self.clock = settings, clock
         self.folders = Folders(settings.data_dir)
-        self.wake = threading.Event()
         self.door_port: int | None = None
+
+    @cached_property
+    def wake(self) -> Wakeup:
+        """Set when intake records work; the worker processes sleep on it (handed to them as they are forked)."""
+        return Wakeup()
 
     @cached_property
     def ledger(self) -> Ledger:
@@ -162,7 +167,8 @@ class Gateway:
         self.intake.scan()
         if ready is not None:
             ready()
-        stop.wait()
+        ended = _first_to_end(children, stop)
+        stop.set()
         for child in children:
             child.terminate()  # SIGTERM: the door closes its sessions, workers finish their step
         for child in children:
@@ -170,6 +176,13 @@ class Gateway:
         self.intake.stop_watching()
         for thread in threads:
             thread.join(timeout=30)
+        if ended is not None:
+            how = f"killed by {signal.Signals(-ended.exitcode).name}" if (ended.exitcode or 0) < 0 else "exited"
+            raise GatewayFault(
+                f"{ended.name} ended unexpectedly ({how}, code {ended.exitcode}); the gateway stopped so that its "
+                "supervisor starts it afresh (nothing is lost: the next start finishes what was half done)",
+                code="CHILD_ENDED",
+            )
 
     def _maintain(self, stop: threading.Event) -> None:
         worker = self.worker()
@@ -207,9 +220,12 @@ class Gateway:
         return process
 
     def _become_child(self) -> None:
-        """In a forked child: die with the gateway, and open our own database connections and keyring."""
+        """In a forked child: die with the gateway, go by a name of our own in `ps` and `top` (flam-sftp,
+        flam-worker-0, ...), and open our own database connections and keyring."""
         parent = os.getppid()
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive a killed gateway
+        name = multiprocessing.current_process().name.replace("flam-gateway-", "flam-")
+        _libc.prctl(_PR_SET_NAME, name.encode()[:15])
         if os.getppid() != parent:
             os._exit(1)
         self.ledger.engine.dispose(close=False)  # the parent's connections stay the parent's
@@ -221,12 +237,11 @@ class Gateway:
         core) and spread the ``workers`` loops over them as threads: a loop waits on gpg, fsync and the
         ledger's write lock for a good part of each dossier, and another loop of the same process runs then."""
         ctx = multiprocessing.get_context("fork")
-        self.wake = ctx.Event()  # type: ignore[assignment]
         count = self.settings.workers
         processes_wanted = min(count, os.cpu_count() or 1)
         per_process = [list(range(p, count, processes_wanted)) for p in range(processes_wanted)]
         processes = [
-            ctx.Process(target=self._worker_main, args=(loops,), name=f"flam-gateway-worker-{p}")
+            ctx.Process(target=self._worker_main, args=(loops, self.wake), name=f"flam-gateway-worker-{p}")
             for p, loops in enumerate(per_process)
         ]
         # SIGTERM waits (blocked, so pending) until a child has its own handler: a stop in the moment after the
@@ -239,7 +254,7 @@ class Gateway:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return processes
 
-    def _worker_main(self, loops: list[int]) -> None:
+    def _worker_main(self, loops: list[int], wake: Wakeup) -> None:
         self._become_child()
         os.nice(_WORKER_NICENESS)  # people waiting on an SFTP session come before the batch behind them
         stop = threading.Event()
@@ -248,7 +263,7 @@ class Gateway:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # held since the fork (see _start_workers)
         workers = [self.worker(index) for index in loops]  # built here: ledger and keyring once, before threads
         threads = [
-            threading.Thread(target=w.run, args=(stop, self.wake), name=f"worker-{i}")
+            threading.Thread(target=w.run, args=(stop, wake), name=f"worker-{i}")
             for i, w in zip(loops, workers, strict=True)
         ]
         try:
@@ -305,6 +320,21 @@ class Gateway:
         flushing.set()
         flusher.join(timeout=10)
         ledger.close()
+
+
+def _first_to_end(
+    children: list[multiprocessing.process.BaseProcess], stop: threading.Event
+) -> multiprocessing.process.BaseProcess | None:
+    """Wait for ``stop``; returns a child that ended before it (killed by the OOM killer, crashed), if any.
+
+    Such a child is not forked again: the parent's threads run by now, and a fork then could copy a lock one of
+    them holds. The gateway stops instead, with an error, and its supervisor (systemd) starts it afresh; a gateway
+    without its door or its workers must not look alive.
+    """
+    while not stop.wait(1.0):
+        if ended := next((child for child in children if not child.is_alive()), None):
+            return ended
+    return None
 
 
 class DoorHooks:

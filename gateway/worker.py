@@ -26,6 +26,7 @@ from gateway.ledger.store import DueReceipt, Ledger, StaleTransition
 from gateway.lifecycle import RECORDED_WITH_NEXT, WORKABLE, State
 from gateway.limits import Limits
 from gateway.pipeline import Context, Step, advance, spool_paths
+from gateway.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 FAULT_RECEIPT_AFTER = 3  # failed attempts before the sender is told (500: nothing lost, retrying)
@@ -62,7 +63,7 @@ class Worker:
             hold=self.hold,
         )
 
-    def run(self, stop: threading.Event, wake: threading.Event) -> None:
+    def run(self, stop: threading.Event, wake: Wakeup) -> None:
         """Work until ``stop`` is set; sleep on ``wake`` (set by intake) when there is nothing to claim."""
         while not stop.is_set():
             try:
@@ -73,7 +74,6 @@ class Worker:
                 busy = False
             if not busy:
                 wake.wait(timeout=1.0)
-                wake.clear()
         with contextlib.suppress(Exception):  # else the next start writes these receipts once more
             self.flush_written()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -202,3 +203,33 @@ def test_a_spool_folder_that_fails_its_fsync_once_costs_intake_nothing(
         assert intake.scan() == 1, "intake goes on"
     finally:
         ledger.close()
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+@pytest.mark.parametrize("which", ["flam-gateway-worker-0", "flam-gateway-sftp"])
+def test_a_worker_or_the_door_killed_alone_stops_the_gateway_for_its_supervisor_and_loses_nothing(
+    short_tmp: Path, which: str
+) -> None:
+    """The OOM killer takes one of serve's processes: serve must not go on without it, looking alive (no
+    deliveries, or no SFTP); it stops with an error, and the next start delivers what waited."""
+    box = two_organs(short_tmp / "box")
+    try:
+        box.start(listen="127.0.0.1:0")
+        os.kill(box.process.pid, signal.SIGHUP)  # a log rotation's habit: ignored, said so
+        box.wait_for(lambda: "SIGHUP ignored" in box.log.read_text(), 10, "the SIGHUP noted")
+        names = {Path(f"/proc/{pid}/comm").read_text().strip(): pid for pid in children_of(box.process.pid)}
+        assert box.process.poll() is None and set(names) == {"flam-sftp", "flam-worker-0", "flam-worker-1"}, names
+        os.kill(names[which.replace("flam-gateway-", "flam-")], signal.SIGKILL)
+        assert box.process.wait(timeout=30) == 2
+        said = box.log.read_text()
+        assert f"error CHILD_ENDED: {which} ended unexpectedly (killed by SIGKILL, code -9)" in said, said
+        box.wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in names.values()), 10, "all gone")
+
+        box.drop(KV, "after.json", samples.dossier_bytes(samples.make_dossier(KV, PK)))
+        box.start(listen="127.0.0.1:0")
+        assert box.wait_transfer("after.json", "delivered").state == "delivered"
+    finally:
+        box.close()
