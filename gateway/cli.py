@@ -367,11 +367,12 @@ def transfers() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--organ", "organ_id", default=None, help="Only transfers sent by or to this organ.")
 @click.option("--status", default=None, type=click.Choice([s.value for s in State]), help="Only this state.")
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(min=1), help="The newest this many.")
 @click.pass_context
-def transfers_list(ctx: click.Context, as_json: bool, organ_id: str | None, status: str | None) -> None:
-    """List transfers."""
+def transfers_list(ctx: click.Context, as_json: bool, organ_id: str | None, status: str | None, limit: int) -> None:
+    """List transfers, newest last."""
     gw = _known_organ(ctx, organ_id)
-    rows = [admin.transfer_row(t) for t in gw.ledger.transfers(organ_id=organ_id, state=status)]
+    rows = [admin.transfer_row(t) for t in gw.ledger.transfers(organ_id=organ_id, state=status, limit=limit)]
     cols = ["created_at", "message_id", "dossier_id", "sender_id", "recipient_id", "state", "status_code", "file"]
     _print(rows, cols, as_json, "transfers")
 

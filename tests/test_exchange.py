@@ -325,6 +325,8 @@ def test_the_admin_sees_transfers_as_json_and_a_timeline(box: Sandbox) -> None:
     ]
     only_rejected = json.loads(box.cli("transfers", "list", "--json", "--status", "rejected").stdout)
     assert only_rejected and {r["state"] for r in only_rejected} == {"rejected"}
+    newest = json.loads(box.cli("transfers", "list", "--json", "--organ", KV, "--limit", "2").stdout)
+    assert newest == rows[-2:], "the newest two, newest last (a year's ledger is not printed whole by default)"
     assert box.cli("audit", "verify").returncode == 0
 
 

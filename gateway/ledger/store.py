@@ -372,9 +372,9 @@ class Ledger(OrganDirectory, AuditTrail):
         limit: int | None = None,
     ) -> list[Transfer]:
         """Transfers by id, of one organ (as sender or recipient), in ``state`` or ``states``, last changed at or
-        before ``changed_before``, the first ``limit`` of them: those filters that are given."""
+        before ``changed_before``, the newest ``limit`` of them: those filters that are given."""
         with self.read() as s:
-            query = select(Transfer).order_by(Transfer.id)
+            query = select(Transfer).order_by(Transfer.id.desc() if limit else Transfer.id)  # type: ignore[union-attr]
             if organ_id is not None:
                 query = query.where(or_(Transfer.sender_id == organ_id, Transfer.recipient_id == organ_id))
             if state is not None:
@@ -385,7 +385,8 @@ class Ledger(OrganDirectory, AuditTrail):
                 query = query.where(Transfer.state.in_([st.value for st in states]))  # type: ignore[attr-defined]
             if limit is not None:
                 query = query.limit(limit)
-            return list(s.exec(query))
+            rows = list(s.exec(query))
+        return rows[::-1] if limit else rows
 
     def delivered_files(self) -> list[tuple[str, str]]:
         """(recipient, file name in its inbox) of every delivery not yet picked up: two columns, no ORM objects
