@@ -1,5 +1,6 @@
 """Faults of a production night: a hanging gpg, the gpg-agent gone, PostgreSQL restarted under load, a
-recipient key withdrawn mid-batch, an inotify queue overflow, a disk that fails one fsync.
+recipient key withdrawn mid-batch, an inotify queue overflow, a disk that fails one fsync, one of serve's
+processes killed alone.
 
 Nothing is lost: the dossier waits, is retried with backoff, the sender hears 500 when it takes long,
 and everything is delivered once the fault is gone.
@@ -221,7 +222,7 @@ def test_a_worker_or_the_door_killed_alone_stops_the_gateway_for_its_supervisor_
         os.kill(box.process.pid, signal.SIGHUP)  # a log rotation's habit: ignored, said so
         box.wait_for(lambda: "SIGHUP ignored" in box.log.read_text(), 10, "the SIGHUP noted")
         names = {Path(f"/proc/{pid}/comm").read_text().strip(): pid for pid in children_of(box.process.pid)}
-        assert box.process.poll() is None and set(names) == {"flam-sftp", "flam-worker-0", "flam-worker-1"}, names
+        assert box.process.poll() is None and {"flam-sftp", "flam-worker-0"} <= set(names), names  # one per core
         os.kill(names[which.replace("flam-gateway-", "flam-")], signal.SIGKILL)
         assert box.process.wait(timeout=30) == 2
         said = box.log.read_text()
