@@ -440,7 +440,10 @@ def demo() -> None:
 @click.pass_context
 def fsck_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
     """Compare ledger and folders; exit 1 while differences remain that need an admin."""
-    findings = fsck(_gw(ctx), repair=repair)
+    gw = _gw(ctx)
+    if not repair and (pid := gw.folders.serving_pid()) is not None:
+        err.print(f"note: serve (pid {pid}) runs on this data dir; its work in progress may be listed too")
+    findings = fsck(gw, repair=repair)
     rows = [f.as_dict() for f in findings]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))

@@ -25,11 +25,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.errors import GatewayFault
+
 ORGAN_SUBDIRS = ("outbox", "inbox", "receipts")
 TEMP_PREFIXES = (".", "~")
 TEMP_SUFFIXES = (".part", ".partial", ".filepart", ".tmp")
 UPLOAD_PREFIX = ".sftp-"  # SFTP uploads are written beside their name, hidden, until the client's close
 _NAME_MAX = 255
+SERVE_LOCK = "serve.lock"  # in the data dir: held by the one `serve` that runs on it
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -229,6 +232,44 @@ class Folders:
         self.quarantine = self.root / "quarantine"
         self.gnupg = self.root / "gnupg"
         self.hostkeys = self.root / "hostkeys"
+
+    def hold_for_serve(self, wait: float = 5.0) -> None:
+        """Take the data dir for this `serve` until the process ends (a lock on ``serve.lock``, which holds our
+        pid); GatewayFault ``DATA_DIR_IN_USE`` when another serve still has it after ``wait`` seconds (one that is
+        ending lets go within them). Two on one data dir would sweep each other's uploads and free each other's
+        leases at start."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / SERVE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise GatewayFault(
+                        f"another flam-gateway serve (pid {self.serving_pid() or '?'}) runs on {self.root}; stop it "
+                        "first: two on one data dir would sweep each other's uploads",
+                        code="DATA_DIR_IN_USE",
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # the fd stays open, and the lock held, for the process's life
+
+    def serving_pid(self) -> str | None:
+        """The pid of the `serve` that holds this data dir, or None when none does."""
+        try:
+            fd = os.open(self.root / SERVE_LOCK, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 32).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)
+        return None
 
     def create(self) -> None:
         for path in (self.organs, self.spool_in, self.spool_out, self.tmp, self.quarantine, self.hostkeys):

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import AdminError
 from gateway.folders import is_temp_name
 from gateway.lifecycle import WORKABLE, State
 from gateway.pipeline import spool_paths
@@ -32,7 +33,12 @@ class Finding:
 
 
 def fsck(gw: Gateway, repair: bool = False) -> list[Finding]:
-    """Every difference between ledger and folders (repaired where ``repair`` and a safe step exists)."""
+    """Every difference between ledger and folders (repaired where ``repair`` and a safe step exists); repairs
+    only while no `serve` runs on the data dir (its work in progress would look like leftovers)."""
+    if repair and (pid := gw.folders.serving_pid()) is not None:
+        raise AdminError(
+            "DATA_DIR_IN_USE", f"serve (pid {pid}) runs on {gw.folders.root}: stop it before `fsck --repair`"
+        )
     findings: list[Finding] = []
     worker = gw.worker()
 

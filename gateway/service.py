@@ -151,6 +151,7 @@ class Gateway:
     def serve(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
         """Run intake, workers, maintenance and the SFTP door until ``stop`` is set."""
         one_arena()  # before any thread: a gateway that runs for months would otherwise creep (heap.py)
+        self.folders.hold_for_serve()
         self.init()
         if (risk := power_cut_risk(self.folders.root)) is not None:
             log.warning("data dir at risk: %s", risk)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import samples
 from gateway.harness import Sandbox
 
 
@@ -89,5 +90,28 @@ def test_an_organ_id_an_ssh_key_or_an_organ_filter_the_gateway_cannot_take_is_re
                 2,
                 "error ORGAN_UNKNOWN: no organ 'kv-bau-zhh' (see `flam-gateway organ list`)\n",
             )
+    finally:
+        box.close()
+
+
+def test_a_second_serve_on_a_data_dir_in_use_is_refused_and_so_is_fsck_repair_while_it_runs(tmp_path: Path) -> None:
+    box = Sandbox(root=tmp_path, settings={"listen": "", "settle_seconds": 0.1})
+    try:
+        box.init_pair("kv-bau-zh", "pk-bau-zh")
+        box.start(listen="")
+        in_flight = box.data_dir / "spool" / "tmp" / "in-flight.tmp"  # the first's work: a second start swept it
+        in_flight.write_bytes(b"half")
+        second = box.cli("serve", "--listen", "", check=False)  # an admin trying it by hand beside systemd's
+        told = f"error DATA_DIR_IN_USE: another flam-gateway serve (pid {box.process.pid}) runs on {box.data_dir}"
+        assert second.returncode == 2 and second.stderr.startswith(told), second.stderr
+        assert in_flight.read_bytes() == b"half"
+        in_flight.unlink()
+        repair = box.cli("fsck", "--repair", check=False)
+        assert repair.returncode == 2 and "DATA_DIR_IN_USE" in repair.stderr, repair.stderr
+        assert "runs on this data dir" in box.cli("fsck", check=False).stderr
+        box.drop("kv-bau-zh", "still.json", samples.dossier_bytes(samples.make_dossier("kv-bau-zh", "pk-bau-zh")))
+        assert box.wait_transfer("still.json", "delivered"), "the first serve went on untouched"
+        box.stop()
+        assert box.cli("fsck", "--repair").returncode == 0
     finally:
         box.close()
