@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,17 @@ from gateway.ledger.models import Event, Organ, Transfer, utc
 from gateway.service import Gateway
 
 ORGAN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+KEY_WARNING = timedelta(days=30)  # `organ list` and `fsck` warn this long before a recipient's key stops working
+
+
+def pgp_key_state(gw: Gateway, fingerprint: str | None) -> str:
+    """``usable``, ``expires within 30 days``, or the code of why deliveries cannot be encrypted to it now."""
+    now = gw.clock()
+    if (problem := gw.keyring.check_recipient(fingerprint, now)) is not None:
+        return problem.code
+    if gw.keyring.check_recipient(fingerprint, now + KEY_WARNING) is not None:
+        return f"expires within {KEY_WARNING.days} days"
+    return "usable"
 
 
 def add_organ(gw: Gateway, organ_id: str, kind: str, name: str, armor: bool = False) -> Organ:

@@ -138,12 +138,13 @@ def organ_list(ctx: click.Context, as_json: bool) -> None:
             "name": o.name,
             "active": o.active,
             "pgp_fingerprint": o.pgp_fingerprint,
+            "pgp_key": admin.pgp_key_state(gw, o.pgp_fingerprint),
             "armor": o.armor,
             "ssh_keys": keys.get(o.id, 0),
         }
         for o in gw.ledger.organs()
     ]
-    _print(rows, ["id", "kind", "name", "active", "pgp_fingerprint", "ssh_keys"], as_json, "organs")
+    _print(rows, ["id", "kind", "name", "active", "pgp_fingerprint", "pgp_key", "ssh_keys"], as_json, "organs")
 
 
 @organ.command("disable")

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.admin import pgp_key_state
 from gateway.errors import AdminError
 from gateway.folders import is_temp_name
 from gateway.lifecycle import WORKABLE, State
@@ -82,6 +83,10 @@ def fsck(gw: Gateway, repair: bool = False) -> list[Finding]:
             True,
             f"receipt {due.receipt.status_code} recorded but not written",
         )
+    for recipient in sorted({route.recipient_id for route in gw.ledger.routes()}):
+        fingerprint = gw.ledger.organ(recipient).pgp_fingerprint
+        if (state := pgp_key_state(gw, fingerprint)) != "usable":
+            found("pgp_key", recipient, None, False, f"{recipient}'s OpenPGP key {fingerprint or ''}: {state}")
     count, bad = gw.ledger.verify_chain()
     for event_id in bad:
         found("audit_chain", f"event {event_id}", None, False, f"audit event altered ({count} checked)")

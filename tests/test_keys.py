@@ -3,6 +3,7 @@ garbage), with a clear error in the CLI; the gateway key signs every delivery.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -86,6 +87,13 @@ def test_a_good_key_is_accepted_and_the_gateway_key_exported(box: Sandbox) -> No
     key_file = box.root / "good.asc"
     key_file.write_text(gpg(home, "--armor", "--export", fpr))
     assert fpr in box.cli("organ", "pgp-key", "import", "pk-bau-zh", str(key_file)).stdout
+    [organ] = json.loads(box.cli("organ", "list", "--json").stdout)
+    assert (organ["pgp_fingerprint"], organ["pgp_key"]) == (fpr, "usable")
+    soon = new_key(home, "soon <s@x.invalid>", expire="10d")
+    key_file.write_text(gpg(home, "--armor", "--export", soon))
+    box.cli("organ", "pgp-key", "import", "pk-bau-zh", str(key_file))
+    [organ] = json.loads(box.cli("organ", "list", "--json").stdout)
+    assert (organ["pgp_fingerprint"], organ["pgp_key"]) == (soon, "expires within 30 days")
     exported = box.cli("gateway-key", "export").stdout
     assert exported.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
 

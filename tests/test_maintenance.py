@@ -125,6 +125,23 @@ def test_receipts_a_sender_never_collects_are_removed_when_a_delivery_would_expi
     assert gw.ledger.transfers(state="rejected")[0].status_code == 200, "the ledger keeps the status"
 
 
+def test_a_recipient_key_that_will_expire_is_named_by_fsck_and_organ_list_a_month_ahead(
+    gw: Gateway, clock: Clock, short_tmp: Path
+) -> None:
+    assert fsck(gw) == [] and admin.pgp_key_state(gw, gw.ledger.organ(PK).pgp_fingerprint) == "usable"
+    fpr = generate_key(short_tmp / "pk2", PK, "pk2@example.invalid", expire="45d")  # the organ's new key
+    (short_tmp / "pk2.asc").write_text(export_public_key(short_tmp / "pk2", fpr))
+    admin.import_pgp_key(gw, PK, short_tmp / "pk2.asc")
+    assert fsck(gw) == []
+
+    clock.advance(days=20)
+    [finding] = fsck(gw)
+    assert (finding.kind, finding.path, finding.repaired) == ("pgp_key", PK, False)
+    assert finding.detail == f"{PK}'s OpenPGP key {fpr}: expires within 30 days"
+    clock.advance(days=30)
+    assert [f.detail for f in fsck(gw)] == [f"{PK}'s OpenPGP key {fpr}: KEY_EXPIRED"], "dossiers to it are held now"
+
+
 def test_fsck_reports_differences_and_repairs_the_safe_ones(gw: Gateway, clock: Clock) -> None:
     deliver(gw, "a.json", samples.dossier_bytes(samples.make_dossier(KV, PK, now=clock())))
     (delivered,) = gw.ledger.transfers(state="delivered")
