@@ -6,6 +6,7 @@ finds in its inbox and verifies the gateway's signature). ``serve`` runs as a re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -69,6 +70,18 @@ _SSH_OPTIONS = (
     "IdentitiesOnly=yes",
     "LogLevel=ERROR",
 )
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants, from /proc's children lists."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in task.read_text().split()]
+    return found
 
 
 def ssh_options(key: Path) -> list[str]:

@@ -34,7 +34,7 @@ from typing import Any
 from gateway import samples
 from gateway.config import OPENPGP_ENGINES, Settings
 from gateway.folders import filesystem_of, new_transfer_id
-from gateway.harness import Sandbox, fresh_schema, openssh_sftp
+from gateway.harness import Sandbox, fresh_schema, openssh_sftp, process_tree
 from gateway.ledger.models import TransferData
 from gateway.ledger.store import Ledger
 from gateway.lifecycle import State
@@ -109,7 +109,7 @@ def _children_cpu() -> float:
 def _tree_cpu(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its descendants, living or already waited for."""
     total = 0.0
-    for p in _process_tree(pid):
+    for p in process_tree(pid):
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
@@ -471,7 +471,7 @@ def run_memory(args: argparse.Namespace) -> dict[str, Any]:
         rows = box.wait_settled(1, timeout=3600)
         seconds = time.perf_counter() - start
         sampler.stop()
-        tree = _process_tree(pid)  # gpg has exited by now; its peak was sampled
+        tree = process_tree(pid)  # gpg has exited by now; its peak was sampled
         peak_rss_kib = max([*(_status_kib(p, "VmHWM") for p in tree), sampler.peak_rss_kib])
         processes = len(tree)
         print(
@@ -501,7 +501,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     try:
         box.start()
         serve = box.process.pid  # type: ignore[union-attr]
-        processes = _process_tree(serve)
+        processes = process_tree(serve)
         outbox, inbox = box.folder(SENDER, "outbox"), box.folder(RECIPIENT, "inbox")
         nights: list[dict[str, Any]] = [{"rss_mib": [_status_kib(p, "VmRSS") / 1024 for p in processes]}]
         print("soak at start: RSS MiB (serve, then its children) " + " ".join(f"{m:.1f}" for m in nights[0]["rss_mib"]))
@@ -538,18 +538,6 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         box.close()
 
 
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants, from /proc's children lists."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                todo += [int(c) for c in task.read_text().split()]
-    return found
-
-
 def _reset_peak(pid: int) -> None:
     """Start ``pid``'s peak RSS (VmHWM) afresh from its current RSS."""
     with contextlib.suppress(OSError):
@@ -582,7 +570,7 @@ class _TreeMemory:
     def _run(self) -> None:
         while not self._stop.wait(0.05):
             total = 0
-            for p in _process_tree(self.pid):
+            for p in process_tree(self.pid):
                 try:
                     rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
                 except OSError:

@@ -21,7 +21,7 @@ from gateway import intake as intake_module
 from gateway import samples
 from gateway.clock import system_clock
 from gateway.folders import Folders, fsync_dir
-from gateway.harness import Sandbox
+from gateway.harness import Sandbox, process_tree
 from gateway.intake import Intake
 from gateway.ledger.store import Ledger
 
@@ -206,10 +206,6 @@ def test_a_spool_folder_that_fails_its_fsync_once_costs_intake_nothing(
         ledger.close()
 
 
-def children_of(pid: int) -> list[int]:
-    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
-
-
 @pytest.mark.parametrize("which", ["flam-gateway-worker-0", "flam-gateway-sftp"])
 def test_a_worker_or_the_door_killed_alone_stops_the_gateway_for_its_supervisor_and_loses_nothing(
     short_tmp: Path, which: str
@@ -221,7 +217,7 @@ def test_a_worker_or_the_door_killed_alone_stops_the_gateway_for_its_supervisor_
         box.start(listen="127.0.0.1:0")
         os.kill(box.process.pid, signal.SIGHUP)  # a log rotation's habit: ignored, said so
         box.wait_for(lambda: "SIGHUP ignored" in box.log.read_text(), 10, "the SIGHUP noted")
-        names = {Path(f"/proc/{pid}/comm").read_text().strip(): pid for pid in children_of(box.process.pid)}
+        names = {Path(f"/proc/{pid}/comm").read_text().strip(): pid for pid in process_tree(box.process.pid)[1:]}
         assert box.process.poll() is None and {"flam-sftp", "flam-worker-0"} <= set(names), names  # one per core
         os.kill(names[which.replace("flam-gateway-", "flam-")], signal.SIGKILL)
         assert box.process.wait(timeout=30) == 2
