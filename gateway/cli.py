@@ -19,7 +19,7 @@ from rich.text import Text
 
 from gateway import admin
 from gateway.clock import system_clock
-from gateway.config import load_settings
+from gateway.config import load_settings, without_password
 from gateway.errors import GatewayError
 from gateway.folders import power_cut_risk
 from gateway.fsck import fsck
@@ -94,7 +94,7 @@ def init(ctx: click.Context) -> None:
     gw = _gw(ctx)
     fpr = gw.init()
     out.print(
-        f"data dir {gw.folders.root}\nledger   {gw.settings.ledger_url.split('@')[-1]}\ngateway OpenPGP key {fpr}"
+        f"data dir {gw.folders.root}\nledger   {without_password(gw.settings.ledger_url)}\ngateway OpenPGP key {fpr}"
     )
     if (risk := power_cut_risk(gw.folders.root)) is not None:
         err.print(f"warning: {risk}")

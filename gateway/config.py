@@ -84,13 +84,8 @@ class Settings:
                 raise AdminError("CONFIG_INVALID", f"setting {f.name!r}: {value!r} is out of range ({bound})")
 
     def __repr__(self) -> str:
-        url = self.database_url
-        if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
-            scheme, rest = url.split("//", 1)
-            user = rest.split(":", 1)[0]
-            url = f"{scheme}//{user}:***@{rest.split('@', 1)[1]}"
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "database_url")
-        return f"Settings(database_url={url!r}, {shown})"
+        return f"Settings(database_url={without_password(self.database_url)!r}, {shown})"
 
     @property
     def limits(self) -> Limits:
@@ -105,6 +100,17 @@ class Settings:
     @property
     def ledger_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'ledger.sqlite3').resolve()}"
+
+
+def without_password(url: str) -> str:
+    """A database URL as messages and logs may show it: its password as ``***``."""
+    from sqlalchemy.engine import make_url  # here: the settings are read by commands that never open the ledger
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True) if url else url
+    except ArgumentError:
+        return "(a database_url that is not a URL)"
 
 
 def _coerce(name: str, value: Any) -> Any:

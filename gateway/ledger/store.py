@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, make_url, or_, text, update
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy import Connection, delete, func, or_, text, update
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from gateway import lifecycle
+from gateway.config import without_password
 from gateway.errors import GatewayFault, Problem, status_for
 from gateway.ledger import direct
 from gateway.ledger import statements as sql
@@ -443,10 +444,7 @@ def _known_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
 
 def _unavailable(url: str, exc: Exception) -> GatewayFault:
     """The admin's words for a ledger that cannot be opened: where (no password), why, and what to check."""
-    try:
-        where = make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        where = "the configured database_url"
+    where = without_password(url)
     why = " ".join(str(exc.orig if isinstance(exc, DBAPIError) else exc).split())
     if url.startswith("sqlite") and "unable to open" in why:
         hint = "does the data dir exist? `flam-gateway init` creates it"
