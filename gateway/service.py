@@ -185,22 +185,26 @@ class Gateway:
                 code="CHILD_ENDED",
             )
 
-    def _maintain(self, stop: threading.Event) -> None:
+    def maintenance(self) -> dict[str, Callable[[], object]]:
+        """The tasks of one maintenance round (every ``rescan_seconds``), by name, in the order they run."""
         worker = self.worker()
+        return {
+            "recover_spool": self.intake.recover_spool,
+            "scan": self.intake.scan,
+            "reconcile_pickups": self.reconcile_pickups,
+            "retry_held": worker.retry_held,
+            "write_receipts": worker.write_receipts,
+            "expire_deliveries": lambda: expire_deliveries(worker, self.settings),
+        }
+
+    def _maintain(self, stop: threading.Event) -> None:
+        tasks = self.maintenance()
         while not stop.wait(self.settings.rescan_seconds):
-            tasks = (
-                self.intake.recover_spool,
-                self.intake.scan,
-                self.reconcile_pickups,
-                worker.retry_held,
-                worker.write_receipts,
-                lambda: expire_deliveries(worker, self.settings),
-            )
-            for task in tasks:
+            for name, task in tasks.items():
                 try:
                     task()
                 except Exception:  # the database may be restarting: retried next round
-                    log.exception("maintenance task %s failed", getattr(task, "__name__", task))
+                    log.exception("maintenance task %s failed", name)
             self.wake.set()
             give_back()
 

@@ -7,6 +7,7 @@
     python scripts/bench.py sftp --dir /srv/flam-bench       # on the filesystem of your data directory
     python scripts/bench.py ledger                           # the ledger's part of a dossier alone (not in `all`)
     python scripts/bench.py soak --rounds 30                 # one gateway, many nights: RSS per process (not in `all`)
+    python scripts/bench.py year                             # a year-old ledger: commands, a night (not in `all`)
 
 Timings live here, never in tests. Every run uses the real `flam-gateway serve`, the real gpg and real clients.
 """
@@ -538,6 +539,109 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         box.close()
 
 
+def run_year(args: argparse.Namespace) -> dict[str, Any]:
+    """The ledger a year of nights leaves (``--nights`` of ``--count`` dossiers, copied from a real night of 100):
+    what the admin's commands and a maintenance round cost on it (wall time, peak RSS), and the next night's
+    batch on it beside the same batch on a new ledger."""
+    from gateway.config import load_settings
+    from gateway.history import age_ledger
+    from gateway.service import Gateway
+
+    box = two_organs({"workers": args.workers, "listen": "", "openpgp": args.openpgp})
+    try:
+        box.start(listen="")
+        inbox = box.folder(RECIPIENT, "inbox")
+        _night(box, control_reports(box.root / "template", 100, 2_000))
+        for path in inbox.iterdir():
+            path.unlink()  # picked up: 110 for each
+        box.wait_for(lambda: box.ledger.count_by_state() == {"fetched": 100} and not box.ledger.due_receipts())
+        assert not any(box.folder(SENDER, "outbox").iterdir())
+        box.stop()
+        start = time.perf_counter()
+        history = age_ledger(box.ledger, args.nights, args.count)
+        box.close_ledger()
+        fill = time.perf_counter() - start
+        database = box.data_dir / "ledger.sqlite3"
+        size = f", {database.stat().st_size / 1e6:.0f} MB" if database.exists() else ""
+        print(
+            f"year: ledger aged by {history.nights} nights in {fill:.0f} s: {history.transfers} transfers, "
+            f"{history.receipts} receipts, {history.events} audit events{size}"
+        )
+        commands = {}
+        for argv in (("fsck",), ("audit", "verify"), ("transfers", "list"), ("audit", "list"), ("purge",)):
+            commands[" ".join(argv)] = figures = _timed_cli(box, argv)
+            print(f"year: `{' '.join(argv)}` {figures['seconds']:.1f} s, peak RSS {figures['peak_mb']:.0f} MB")
+        gateway = Gateway(load_settings(env=box.env))
+        rounds = {name: _median_ms(task) for name, task in gateway.maintenance().items()}
+        gateway.ledger.close()
+        print("year: one maintenance round, ms: " + ", ".join(f"{name} {ms:.1f}" for name, ms in rounds.items()))
+        staged = control_reports(box.root / "night", args.count, args.pdf_bytes)
+        start = time.perf_counter()
+        box.start(listen="")
+        ready = time.perf_counter() - start
+        on_year = _night(box, staged)
+        box.stop()
+    finally:
+        box.close()
+    box = two_organs({"workers": args.workers, "listen": "", "openpgp": args.openpgp})
+    try:
+        staged = control_reports(box.root / "night", args.count, args.pdf_bytes)
+        box.start(listen="")
+        fresh = _night(box, staged)
+    finally:
+        box.close()
+    print(
+        f"year: serve ready in {ready:.1f} s; a night of {args.count} dossiers on the year-old ledger "
+        f"{on_year:.2f} s, on a new ledger {fresh:.2f} s"
+    )
+    return {
+        "nights": history.nights,
+        "transfers": history.transfers,
+        "receipts": history.receipts,
+        "events": history.events,
+        "fill_s": fill,
+        "commands": commands,
+        "maintenance_ms": rounds,
+        "ready_s": ready,
+        "night_on_year_s": on_year,
+        "night_fresh_s": fresh,
+    }
+
+
+def _night(box: Sandbox, staged: list[Path]) -> float:
+    """Move ``staged`` into the sender's outbox at once; seconds until each is delivered and receipted (watched
+    on the inbox and the receipts due: a poll that counted a year of transfers would compete for the CPU)."""
+    outbox, inbox = box.folder(SENDER, "outbox"), box.folder(RECIPIENT, "inbox")
+    expected = len(os.listdir(inbox)) + len(staged)
+    os.sync()
+    start = time.perf_counter()
+    for path in staged:
+        path.rename(outbox / path.name)
+    box.wait_for(lambda: len(os.listdir(inbox)) >= expected, 3600, "the night's deliveries")
+    box.wait_for(lambda: not box.ledger.due_receipts(), 600, "the night's receipts")
+    return time.perf_counter() - start
+
+
+def _timed_cli(box: Sandbox, argv: tuple[str, ...]) -> dict[str, float]:
+    """Run one CLI command on ``box``: wall seconds and peak RSS (MB) of the command alone."""
+    with open(box.root / "cli.log", "a") as log:
+        start = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-m", "gateway", *argv], env=box.env, stdout=log, stderr=log)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return {"seconds": seconds, "peak_mb": usage.ru_maxrss * 1024 / 1e6, "exit": child.returncode}
+
+
+def _median_ms(task: Any, runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        task()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
 def _reset_peak(pid: int) -> None:
     """Start ``pid``'s peak RSS (VmHWM) afresh from its current RSS."""
     with contextlib.suppress(OSError):
@@ -625,7 +729,9 @@ def run_concurrency(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["batch", "latency", "sftp", "memory", "concurrency", "all", "ledger", "soak"])
+    parser.add_argument(
+        "what", choices=["batch", "latency", "sftp", "memory", "concurrency", "all", "ledger", "soak", "year"]
+    )
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--pdf-bytes", type=int, default=50_000)
     parser.add_argument(
@@ -643,6 +749,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--per-session", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=30, help="soak: nights of --count dossiers")
+    parser.add_argument("--nights", type=int, default=366, help="year: nights of --count dossiers in the ledger")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--database-url", default="", help="a PostgreSQL database for the ledgers (default: SQLite)")
     parser.add_argument(
@@ -674,6 +781,8 @@ def main() -> None:
             results["ledger_path"] = run_ledger(args)
         if args.what == "soak":
             results["soak"] = run_soak(args)
+        if args.what == "year":
+            results["year"] = run_year(args)
     print_targets(results)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"results written to {args.json}")

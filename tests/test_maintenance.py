@@ -14,6 +14,7 @@ from gateway import admin, samples
 from gateway.config import load_settings
 from gateway.crypto import export_public_key, generate_key
 from gateway.fsck import fsck
+from gateway.history import age_ledger
 from gateway.retention import expire_deliveries, purge
 from gateway.service import Gateway
 
@@ -163,3 +164,27 @@ def test_fsck_reports_differences_and_repairs_the_safe_ones(gw: Gateway, clock: 
     with gw.ledger.engine.begin() as conn:
         conn.execute(text("UPDATE event SET detail = 'forged' WHERE action = 'organ_added'"))
     assert "audit_chain" in {f.kind for f in fsck(gw)}
+
+
+def test_a_ledger_a_year_old_is_checked_verified_and_purged_one_night_at_a_time(gw: Gateway, clock: Clock) -> None:
+    for i in range(5):  # tonight's dossiers, delivered and picked up
+        deliver(gw, f"r{i}.json", samples.dossier_bytes(samples.make_dossier(KV, PK, now=clock())))
+    for path in gw.folders.inbox(PK).iterdir():
+        path.unlink()
+    gw.reconcile_pickups()
+    tonight = gw.ledger.verify_chain()[0]
+    history = age_ledger(gw.ledger, nights=367, per_night=5)  # the nights before, as they would have left it
+    assert (history.transfers, history.receipts) == (367 * 5, 367 * 5 * 2)
+
+    assert fsck(gw) == [], "an old ledger agrees with its folders"
+    events, bad = gw.ledger.verify_chain()
+    assert bad == [] and events == tonight + history.events > 10_000, "read in more than one batch"
+
+    report = purge(gw.worker(), gw.settings)
+    assert report.transfers_purged == 2 * 5, "the two nights older than retention_days (365)"
+    assert gw.ledger.verify_chain()[1] == []
+    ids = sorted(t.id for t in gw.ledger.transfers())
+    with gw.ledger.engine.begin() as conn:
+        for forged in (ids[0], ids[-1]):  # in the first batch and in the last
+            conn.execute(text("UPDATE event SET detail = 'forged' WHERE transfer_id = :tid"), {"tid": forged})
+    assert len(gw.ledger.verify_chain()[1]) == 2 * 5, "each of their five events"

@@ -30,7 +30,7 @@ _INSERT_EVENT = insert(_EVENTS)
 
 @dataclass(frozen=True)
 class AuditEvent:
-    """One access event waiting to be appended to the audit chain."""
+    """One event waiting to be appended to the audit chain (access events have no transfer)."""
 
     at: datetime
     action: str
@@ -38,6 +38,7 @@ class AuditEvent:
     organ_id: str | None
     ok: bool
     peer: str | None
+    transfer_id: str | None = None
 
 
 class AuditTrail:
@@ -62,8 +63,11 @@ class AuditTrail:
             self._append(s, now, action, detail, organ_id=organ_id, ok=ok, peer=peer)
 
     def audit_many(self, events: Sequence[AuditEvent]) -> None:
-        """Append several access events in one transaction, in order."""
-        rows = [new_event(e.at, e.action, e.detail, organ_id=e.organ_id, ok=e.ok, peer=e.peer) for e in events]
+        """Append several events in one transaction, in order."""
+        rows = [
+            new_event(e.at, e.action, e.detail, organ_id=e.organ_id, transfer_id=e.transfer_id, ok=e.ok, peer=e.peer)
+            for e in events
+        ]
         with self.tx() as s:
             self._chain(s.connection(), rows)
 
