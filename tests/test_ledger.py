@@ -6,14 +6,14 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import insert, inspect, text
+from sqlalchemy import Executable, insert, inspect, text
 
 from gateway.errors import AdminError, IllegalTransition, Problem
 from gateway.folders import new_transfer_id
 from gateway.ledger import direct
 from gateway.ledger import statements as sql
 from gateway.ledger.audit_buffer import AuditBuffer
-from gateway.ledger.models import Event, Transfer, TransferData, utc
+from gateway.ledger.models import Event, Receipt, Transfer, TransferData, utc
 from gateway.ledger.sqlite import SqliteWriter
 from gateway.ledger.store import Ledger, StaleTransition
 from gateway.lifecycle import State
@@ -80,24 +80,24 @@ def test_concurrent_workers_never_claim_the_same_transfer(ledger: Ledger) -> Non
     assert sorted(claimed) == sorted(ids), "every transfer claimed exactly once"
 
 
-def claim_plan(ledger: Ledger) -> str:
-    """The database's plan for a claim (not run)."""
+def query_plan(ledger: Ledger, statement: Executable, table: str, **values: object) -> str:
+    """The database's plan for ``statement`` (not run), after statistics of ``table`` are fresh."""
     with ledger.engine.connect() as conn:
-        compiled = sql.CLAIM.compile(dialect=conn.dialect)
-        params = compiled.construct_params({"now": NOW, "until": NOW + timedelta(minutes=5), "owner": "node-a:0"})
+        compiled = statement.compile(dialect=conn.dialect)
+        params = compiled.construct_params(values)
         if ledger.is_sqlite:
             rows = conn.exec_driver_sql(
                 f"EXPLAIN QUERY PLAN {compiled}", tuple(params[name] for name in compiled.positiontup or ())
             )
             return "\n".join(row[-1] for row in rows)
-        conn.exec_driver_sql("ANALYZE transfer")
+        conn.exec_driver_sql(f"ANALYZE {table}")
         return "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {compiled}", params))
 
 
 def test_a_claim_finds_the_oldest_waiting_transfer_without_sorting_all_of_them(ledger: Ledger) -> None:
     for batch in range(4):
         ledger.receive([TransferData.arrival(new_transfer_id(), "kv", f"{batch}-{i}.json", NOW) for i in range(500)])
-    plan = claim_plan(ledger)
+    plan = query_plan(ledger, sql.CLAIM, "transfer", now=NOW, until=NOW + timedelta(minutes=5), owner="node-a:0")
     if ledger.is_sqlite:  # one ordered range per waiting state, merged: the sort sees a row per state
         assert "USING INDEX ix_transfer_claim (state=? AND next_attempt_at<?)" in plan, plan
     else:
@@ -209,6 +209,18 @@ def test_a_delivery_owes_a_receipt_until_it_is_written(ledger: Ledger) -> None:
     assert ledger.transfer(transfer.id).status_code == 100
 
 
+def test_the_receipts_due_are_found_without_reading_the_written_ones(ledger: Ledger) -> None:
+    arrivals = [TransferData.arrival(new_transfer_id(), "kv", f"{i}.json", NOW) for i in range(2000)]
+    ledger.receive(arrivals)
+    receipt = {"status_code": 100, "status_info": "delivered", "errors": "[]", "event_time": NOW}
+    with ledger.engine.begin() as conn:  # a year keeps ~1.5 million receipts written, a round's few are due
+        rows = [{**receipt, "transfer_id": t.id, "written": i > 0} for i, t in enumerate(arrivals)]
+        conn.execute(insert(Receipt), rows)
+    assert [due.transfer.id for due in ledger.due_receipts()] == [arrivals[0].id]
+    plan = query_plan(ledger, sql.DUE, "receipt")
+    assert "ix_receipt_due" in plan and "SCAN receipt\n" not in f"{plan}\n", plan
+
+
 def test_a_repeated_message_id_is_rejected_with_201(ledger: Ledger) -> None:
     first, second = received(ledger, name="a.json"), received(ledger, name="b.json")
     ledger.transition(first.id, State.RECEIVED, State.VALIDATED, NOW, message_id="m-1")
@@ -279,19 +291,21 @@ def test_an_access_event_the_database_refuses_is_written_escaped_and_holds_up_no
     assert ledger.verify_chain()[1] == []
 
 
-def test_a_ledger_made_by_an_earlier_version_gets_the_claim_indexes_and_the_directory_version(ledger_url: str) -> None:
+def test_a_ledger_made_by_an_earlier_version_gets_the_indexes_and_the_directory_version(ledger_url: str) -> None:
     old = Ledger(ledger_url)
     with old.engine.begin() as conn:  # as the first release left it
         conn.execute(text("DROP INDEX ix_transfer_claim"))
         conn.execute(text("DROP TABLE directoryversion"))
         conn.execute(text("DROP INDEX IF EXISTS ix_transfer_waiting"))
         conn.execute(text("CREATE INDEX ix_transfer_work ON transfer (state, next_attempt_at)"))
+        conn.execute(text("DROP INDEX ix_receipt_due"))
     old.close()
     upgraded = Ledger(ledger_url)
     try:
         names = {ix["name"] for ix in inspect(upgraded.engine).get_indexes("transfer")}
         assert "ix_transfer_claim" in names and "ix_transfer_work" not in names
         assert ("ix_transfer_waiting" in names) is not upgraded.is_sqlite, "PostgreSQL's claim index, only there"
+        assert "ix_receipt_due" in {ix["name"] for ix in inspect(upgraded.engine).get_indexes("receipt")}
         setup_organs(upgraded)
         transfer = received(upgraded)
         claimed = upgraded.claim("node-a:0", NOW, timedelta(minutes=5))

@@ -136,6 +136,11 @@ class MessageId(SQLModel, table=True):
     transfer_id: str = Field(max_length=32)
 
 
+# The predicate of the receipts-due index, which the query for them repeats (a partial index is used only for a
+# query whose WHERE holds its predicate).
+UNWRITTEN = text("written = false")
+
+
 class ReceiptData(SQLModel):
     """A receipt due to the sender; ``written`` turns true once the file is in its receipts folder."""
 
@@ -149,6 +154,10 @@ class ReceiptData(SQLModel):
 
 class Receipt(ReceiptData, table=True):
     """A receipt as a table row."""
+
+    # The receipts not yet written, in the order they are written: every maintenance round asks for them, and a
+    # year keeps 1.5 million written ones (the round's query scanned them all: 90 ms on SQLite).
+    __table_args__ = (Index("ix_receipt_due", "event_time", sqlite_where=UNWRITTEN, postgresql_where=UNWRITTEN),)
 
 
 class Event(SQLModel, table=True):

@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
-from gateway.ledger.models import WAITING, DirectoryVersion, MessageId, Organ, Receipt, Route, Transfer
+from gateway.ledger.models import UNWRITTEN, WAITING, DirectoryVersion, MessageId, Organ, Receipt, Route, Transfer
 from gateway.lifecycle import State
 
 TRANSFERS = Transfer.__table__  # type: ignore[attr-defined]
@@ -33,7 +33,7 @@ RESERVE_MESSAGE_ID = {
 OWE_RECEIPT = {
     n: d.insert(RECEIPTS).on_conflict_do_nothing().returning(RECEIPTS.c.transfer_id) for n, d in _DIALECTS.items()
 }
-DUE = select(Transfer, Receipt).join(Receipt).where(Receipt.written == False).order_by(Receipt.event_time)  # noqa: E712
+DUE = select(Transfer, Receipt).join(Receipt).where(UNWRITTEN).order_by(Receipt.event_time)
 DUE_FOR = DUE.where(Receipt.transfer_id == bindparam("tid"))
 _VERSIONS = DirectoryVersion.__table__  # type: ignore[attr-defined]
 DIRECTORY_VERSION = select(_VERSIONS.c.version)

@@ -110,8 +110,9 @@ class Ledger(OrganDirectory, AuditTrail):
         """Bring a ledger made by an earlier version up to date: indexes that tables created then lack."""
         with self.engine.begin() as conn:
             conn.execute(text("DROP INDEX IF EXISTS ix_transfer_work"))  # replaced by ix_transfer_claim
-            for index in Transfer.__table__.indexes:  # type: ignore[attr-defined]
-                index.create(conn, checkfirst=True)
+            for table in (Transfer.__table__, Receipt.__table__):  # type: ignore[attr-defined]
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
 
     def close(self) -> None:
         self.engine.dispose()
