@@ -10,12 +10,13 @@ import sys
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy.exc import OperationalError
 
 from gateway import admin
 from gateway.clock import system_clock
@@ -26,6 +27,7 @@ from gateway.fsck import fsck
 from gateway.handlers.inspect import inspect_file
 from gateway.handlers.parse import shown
 from gateway.ledger.models import ORGAN_KINDS
+from gateway.ledger.store import ledger_unavailable
 from gateway.lifecycle import State
 from gateway.retention import purge
 from gateway.service import Gateway, notify_systemd
@@ -468,6 +470,11 @@ def purge_command(ctx: click.Context) -> None:
     )
 
 
+def _error(exc: GatewayError) -> NoReturn:
+    err.print(Text.assemble((f"error {exc.code}", "red"), f": {exc.message}"))
+    sys.exit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
     try:
@@ -477,7 +484,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.Abort:
         sys.exit(130)
+    except OperationalError as exc:  # the database went away, or its disk is full, in the middle of the command
+        _error(ledger_unavailable(exc))
     except GatewayError as exc:
-        err.print(Text.assemble((f"error {exc.code}", "red"), f": {exc.message}"))
-        sys.exit(2)
+        _error(exc)
     sys.exit(code if isinstance(code, int) else 0)

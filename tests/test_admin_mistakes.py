@@ -4,12 +4,14 @@ cannot be opened, a setting out of range, an address that is not HOST:PORT, an o
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from gateway import samples
-from gateway.harness import Sandbox
+from gateway.harness import Sandbox, wait_until
 
 
 @pytest.mark.parametrize(
@@ -115,3 +117,30 @@ def test_a_second_serve_on_a_data_dir_in_use_is_refused_and_so_is_fsck_repair_wh
         assert box.cli("fsck", "--repair").returncode == 0
     finally:
         box.close()
+
+
+def test_a_database_that_goes_away_during_a_command_is_told_in_one_line(tmp_path: Path, pg_url: str) -> None:
+    box = Sandbox(root=tmp_path, database_url=pg_url)
+    box.init_pair("kv-bau-zh", "pk-bau-zh")
+    dba = create_engine(pg_url.split("?")[0], isolation_level="AUTOCOMMIT")
+    try:
+        with box.ledger.engine.begin() as conn:  # another session holds the routes (a migration, a dump)
+            conn.execute(text("LOCK TABLE route IN ACCESS EXCLUSIVE MODE"))
+            command = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "route", "allow", "pk-bau-zh", "kv-bau-zh"],
+                env=box.env,
+                stderr=subprocess.PIPE,
+            )
+            waiting = "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%route%'"
+            with dba.connect() as admin:
+                (pid,) = wait_until(lambda: admin.execute(text(waiting)).scalars().all(), 30, "the command to wait")
+                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})  # PostgreSQL restarts
+            _, stderr = command.communicate(timeout=30)
+    finally:
+        dba.dispose()
+    told = stderr.decode()
+    assert command.returncode == 2 and "Traceback" not in told, told
+    assert told.startswith("error LEDGER_UNAVAILABLE: the ledger failed during the command: ") and told.count("\n") == 1
+    assert "terminating connection due to administrator command" in told, told
+    box.cli("route", "allow", "pk-bau-zh", "kv-bau-zh")  # the database is back: the same command goes through
+    assert {(r.sender_id, r.recipient_id) for r in box.ledger.routes()} >= {("pk-bau-zh", "kv-bau-zh")}

@@ -103,7 +103,7 @@ class Ledger(OrganDirectory, AuditTrail):
             SQLModel.metadata.create_all(self.engine)
             self._upgrade()
         except (SQLAlchemyError, ImportError) as exc:  # a wrong URL, a database down or missing, no such data dir
-            raise _unavailable(url, exc) from exc
+            raise ledger_unavailable(exc, url) from exc
         self._writer.sync_log()
 
     def _upgrade(self) -> None:
@@ -443,14 +443,15 @@ def _known_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
     return known
 
 
-def _unavailable(url: str, exc: Exception) -> GatewayFault:
-    """The admin's words for a ledger that cannot be opened: where (no password), why, and what to check."""
-    where = without_password(url)
+def ledger_unavailable(exc: Exception, url: str | None = None) -> GatewayFault:
+    """The admin's words for a ledger that cannot be opened at ``url`` (shown without its password), or that
+    failed under a command (no ``url``): why, and what to check."""
     why = " ".join(str(exc.orig if isinstance(exc, DBAPIError) else exc).split())
-    if url.startswith("sqlite") and "unable to open" in why:
+    if url is not None and url.startswith("sqlite") and "unable to open" in why:
         hint = "does the data dir exist? `flam-gateway init` creates it"
     elif isinstance(exc, DBAPIError):
-        hint = "is the database running, and does it exist?"
+        hint = "is the database running, does it exist, and is there room on its disk?"
     else:
         hint = "the ledger is SQLite (sqlite:///PATH) or PostgreSQL (postgresql+psycopg://USER@HOST/DATABASE)"
-    return GatewayFault(f"cannot open the ledger at {where}: {why} ({hint})", code="LEDGER_UNAVAILABLE")
+    what = f"cannot open the ledger at {without_password(url)}" if url else "the ledger failed during the command"
+    return GatewayFault(f"{what}: {why} ({hint})", code="LEDGER_UNAVAILABLE")
