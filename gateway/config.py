@@ -28,6 +28,8 @@ _ABOVE_ZERO = {
     "login_timeout_seconds",
     "idle_timeout_seconds",
     "max_sessions_total",
+    "max_startups_per_address",
+    "max_startups",
     "max_message_bytes",
     "max_json_bytes",
     "max_zip_entries",
@@ -59,6 +61,8 @@ class Settings:
     idle_timeout_seconds: float = 600.0
     max_sessions_per_organ: int = 20
     max_sessions_total: int = 500
+    max_startups_per_address: int = 200  # SFTP connections not yet logged in, from one address
+    max_startups: int = 1000  # ... from all addresses together
     max_message_bytes: int = Limits.max_message_bytes
     max_json_bytes: int = Limits.max_json_bytes
     max_zip_entries: int = Limits.max_zip_entries

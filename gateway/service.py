@@ -298,6 +298,8 @@ class Gateway:
             idle_timeout=s.idle_timeout_seconds,
             max_sessions_per_organ=s.max_sessions_per_organ,
             max_sessions_total=s.max_sessions_total,
+            max_startups_per_address=s.max_startups_per_address,
+            max_startups=s.max_startups,
         )
         loop = uvloop.new_event_loop()
         stopped = asyncio.Event()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
@@ -316,3 +318,59 @@ def test_host_keys_are_stable_and_their_fingerprints_published(box: Sandbox) -> 
     box.stop()
     box.start()
     assert json.loads(box.cli("host-key", "fingerprints", "--json").stdout) == shown
+
+
+def test_a_stranger_holding_connections_without_logging_in_cannot_lock_the_organs_out(tmp_path: Path) -> None:
+    stranger = Sandbox(settings={"idle_timeout_seconds": 8})  # the door's rounds (and their audit) every 2 s
+    sockets: list[socket.socket] = []
+    try:
+        stranger.init_pair(KV, PK)
+        port = stranger.start()
+        [door] = [p for p in harness.process_tree(stranger.process.pid) if _name(p) == "flam-sftp"]  # type: ignore[union-attr]
+        # as if the door had reached its LimitNOFILE (65,536 under systemd: a night's work for a flood)
+        subprocess.run(["prlimit", f"--pid={door}", "--nofile=400:400"], check=True)
+        for _ in range(500):  # from another address, never a word of SSH
+            with contextlib.suppress(OSError):
+                sockets.append(socket.create_connection(("127.0.0.1", port), 3, source_address=("127.0.0.2", 0)))
+        time.sleep(1)
+        assert sum(_answered(s) for s in sockets) == 200, "max_startups_per_address; the rest reset at once"
+
+        report = tmp_path / "report.json"
+        report.write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+        done = harness.openssh_sftp(port, KV, stranger.organs[KV].ssh_key, f"put {report} /outbox/\n")
+        assert done.returncode == 0, done.stderr
+        stranger.wait_transfer("report.json", "delivered")
+
+        def refused() -> list[dict[str, Any]]:
+            events = json.loads(stranger.cli("audit", "list", "--json").stdout)
+            events = [e for e in events if e["action"] == "connections_refused"]
+            return events if sum(int(e["detail"].split()[0]) for e in events) >= 300 else []
+
+        events = stranger.wait_for(refused, 20, "the refusals in the audit trail")  # an event per address and round
+        assert {(e["peer"], e["ok"]) for e in events} == {("127.0.0.2", False)}
+        assert all(e["detail"].endswith(" connection(s) refused: too many not logged in yet") for e in events)
+        assert len(events) < 10, "an event per round, not per refused connection"
+        for s in sockets:
+            s.close()
+        sockets.clear()
+        time.sleep(0.5)
+        again = socket.create_connection(("127.0.0.1", port), 3, source_address=("127.0.0.2", 0))
+        sockets.append(again)
+        assert again.recv(64).startswith(b"SSH-2.0-"), "the address counts nothing once its connections are gone"
+    finally:
+        for s in sockets:
+            s.close()
+        stranger.close()
+
+
+def _name(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def _answered(sock: socket.socket) -> bool:
+    """Whether the door greeted ``sock`` with its SSH version (a refused connection is reset without a word)."""
+    sock.settimeout(0.2)
+    try:
+        return sock.recv(64).startswith(b"SSH-2.0-")
+    except OSError:
+        return False

@@ -28,6 +28,7 @@ from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermi
 from gateway.folders import UPLOAD_PREFIX, rename_durably
 from gateway.sftp.jail import AREAS, Jail, Place
 from gateway.sftp.spares import SparePool
+from gateway.sftp.startups import Startups
 
 # A large upload is put on disk every 32 MiB while it streams in, on a thread: the fsync before the close's "ok"
 # then waits for the last few MiB, not for a backlog (measured: 0.75-1.0 s for 512 MiB on a journaled ext4).
@@ -63,6 +64,8 @@ class DoorLimits:
     idle_timeout: float = 600.0
     max_sessions_per_organ: int = 20
     max_sessions_total: int = 500
+    max_startups_per_address: int = 200  # connections not yet logged in (gateway.sftp.startups)
+    max_startups: int = 1000
 
 
 class DoorHooks(Protocol):
@@ -95,6 +98,10 @@ class _Door:
     flusher: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, "upload-flush"))
     sessions: dict[str, int] = field(default_factory=dict)
     connections: dict[asyncssh.SSHServerConnection, float] = field(default_factory=dict)
+    startups: Startups = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.startups = Startups(self.limits.max_startups_per_address, self.limits.max_startups)
 
 
 class _Auth(asyncssh.SSHServer):
@@ -105,13 +112,24 @@ class _Auth(asyncssh.SSHServer):
         self.conn: asyncssh.SSHServerConnection | None = None
         self.organ: str | None = None
         self.peer = "?"
+        self.address: str | None = None  # while the connection counts among those not yet logged in
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"  # asyncssh sets TCP_NODELAY itself: no 40 ms stalls on small files
+        if not self.door.startups.admit(str(peer[0])):
+            conn.abort()  # asyncssh sends its version after this returns, and sends nothing once aborted
+            return
+        self.address = str(peer[0])
+
+    def _logged_in_or_gone(self) -> None:
+        if self.address is not None:
+            self.door.startups.done(self.address)
+            self.address = None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._logged_in_or_gone()
         if self.conn is not None:
             self.door.connections.pop(self.conn, None)
         if self.organ is not None:
@@ -148,6 +166,7 @@ class _Auth(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         assert self.conn is not None
+        self._logged_in_or_gone()
         organ = self.conn.get_extra_info("username")
         total = sum(self.door.sessions.values())
         if self.door.sessions.get(organ, 0) >= self.door.limits.max_sessions_per_organ or (
@@ -442,12 +461,17 @@ class Door:
         self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
 
     async def _reap_idle(self) -> None:
+        """Close idle sessions, and put the connections refused meanwhile in the audit trail (one event per
+        address and round, however many: a flood must not flood the trail)."""
         while True:
             await asyncio.sleep(min(30.0, self._door.limits.idle_timeout / 4))
             now = time.monotonic()
             for conn, last in list(self._door.connections.items()):
                 if now - last > self._door.limits.idle_timeout:
                     conn.close()
+            for address, count in self._door.startups.report():
+                detail = f"{count} connection(s) refused: too many not logged in yet"
+                self._door.hooks.audit(None, "connections_refused", detail, False, address)
 
     async def close(self) -> None:
         self._reaper.cancel()
