@@ -30,6 +30,7 @@ _ABOVE_ZERO = {
     "max_sessions_total",
     "max_startups_per_address",
     "max_startups",
+    "max_auth_tries",
     "max_message_bytes",
     "max_json_bytes",
     "max_zip_entries",
@@ -63,6 +64,7 @@ class Settings:
     max_sessions_total: int = 500
     max_startups_per_address: int = 200  # SFTP connections not yet logged in, from one address
     max_startups: int = 1000  # ... from all addresses together
+    max_auth_tries: int = 6  # keys one SFTP connection may offer that are refused; then it is closed
     max_message_bytes: int = Limits.max_message_bytes
     max_json_bytes: int = Limits.max_json_bytes
     max_zip_entries: int = Limits.max_zip_entries

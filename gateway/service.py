@@ -300,6 +300,7 @@ class Gateway:
             max_sessions_total=s.max_sessions_total,
             max_startups_per_address=s.max_startups_per_address,
             max_startups=s.max_startups,
+            max_auth_tries=s.max_auth_tries,
         )
         loop = uvloop.new_event_loop()
         stopped = asyncio.Event()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import paramiko
 import pytest
 
@@ -374,3 +376,24 @@ def _answered(sock: socket.socket) -> bool:
         return sock.recv(64).startswith(b"SSH-2.0-")
     except OSError:
         return False
+
+
+def test_a_connection_that_offers_one_wrong_key_after_another_is_closed_after_six(box: Sandbox) -> None:
+    stranger = f"probe-{os.getpid()}"
+    keys = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(10)]
+
+    async def try_all() -> None:
+        async with asyncssh.connect(
+            "127.0.0.1", box.port, username=stranger, client_keys=keys, known_hosts=None, login_timeout=20
+        ):
+            pass
+
+    with pytest.raises((asyncssh.PermissionDenied, asyncssh.DisconnectError)):
+        asyncio.run(try_all())
+
+    def failed() -> list[dict[str, Any]]:
+        events = json.loads(box.cli("audit", "list", "--limit", "50", "--json").stdout)
+        return [e for e in events if e["action"] == "login_failed" and repr(stranger) in e["detail"]]
+
+    time.sleep(1)  # the door's audit buffer
+    assert len(box.wait_for(failed, 20, "the failed logins")) == 6, "max_auth_tries, then the door hangs up"

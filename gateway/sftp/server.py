@@ -66,6 +66,7 @@ class DoorLimits:
     max_sessions_total: int = 500
     max_startups_per_address: int = 200  # connections not yet logged in (gateway.sftp.startups)
     max_startups: int = 1000
+    max_auth_tries: int = 6  # keys a connection may offer that are refused
 
 
 class DoorHooks(Protocol):
@@ -113,6 +114,7 @@ class _Auth(asyncssh.SSHServer):
         self.organ: str | None = None
         self.peer = "?"
         self.address: str | None = None  # while the connection counts among those not yet logged in
+        self.failures = 0  # keys refused on this connection
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -162,6 +164,10 @@ class _Auth(asyncssh.SSHServer):
             False,
             self.peer,
         )
+        self.failures += 1
+        if self.failures >= self.door.limits.max_auth_tries and self.conn is not None:
+            # OpenSSH's MaxAuthTries: asyncssh lets a client try keys (and names) for as long as login_timeout
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "too many authentication failures")
         return False
 
     def auth_completed(self) -> None:
