@@ -567,10 +567,23 @@ def run_year(args: argparse.Namespace) -> dict[str, Any]:
             f"year: ledger aged by {history.nights} nights in {fill:.0f} s: {history.transfers} transfers, "
             f"{history.receipts} receipts, {history.events} audit events{size}"
         )
+        message_id = box.ledger.transfers(limit=1)[0].message_id or ""
+        box.close_ledger()
         commands = {}
-        for argv in (("fsck",), ("audit", "verify"), ("transfers", "list"), ("audit", "list"), ("purge",)):
-            commands[" ".join(argv)] = figures = _timed_cli(box, argv)
-            print(f"year: `{' '.join(argv)}` {figures['seconds']:.1f} s, peak RSS {figures['peak_mb']:.0f} MB")
+        for argv in (
+            ("fsck",),
+            ("audit", "verify"),
+            ("transfers", "list"),
+            ("transfers", "show", message_id),
+            ("audit", "list"),
+            ("purge",),
+        ):
+            name = " ".join(argv[:2])
+            commands[name] = figures = _timed_cli(box, argv)
+            print(
+                f"year: `{name}` {figures['seconds']:.1f} s, peak RSS {figures['peak_mb']:.0f} MB, "
+                f"exit {figures['exit']}: {figures['said'][:100]}"
+            )
         gateway = Gateway(load_settings(env=box.env))
         rounds = {name: _median_ms(task) for name, task in gateway.maintenance().items()}
         gateway.ledger.close()
@@ -622,15 +635,18 @@ def _night(box: Sandbox, staged: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def _timed_cli(box: Sandbox, argv: tuple[str, ...]) -> dict[str, float]:
-    """Run one CLI command on ``box``: wall seconds and peak RSS (MB) of the command alone."""
-    with open(box.root / "cli.log", "a") as log:
+def _timed_cli(box: Sandbox, argv: tuple[str, ...]) -> dict[str, Any]:
+    """Run one CLI command on ``box``: wall seconds and peak RSS (MB) of the command alone, its exit code and the
+    last line it printed."""
+    with tempfile.TemporaryFile("w+") as output:
         start = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-m", "gateway", *argv], env=box.env, stdout=log, stderr=log)
+        child = subprocess.Popen([sys.executable, "-m", "gateway", *argv], env=box.env, stdout=output, stderr=output)
         _, status, usage = os.wait4(child.pid, 0)
         seconds = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return {"seconds": seconds, "peak_mb": usage.ru_maxrss * 1024 / 1e6, "exit": child.returncode}
+        output.seek(0)
+        said = (output.read().strip().splitlines() or [""])[-1].strip()
+    exit_code = os.waitstatus_to_exitcode(status)
+    return {"seconds": seconds, "peak_mb": usage.ru_maxrss * 1024 / 1e6, "exit": exit_code, "said": said}
 
 
 def _median_ms(task: Any, runs: int = 5) -> float:
