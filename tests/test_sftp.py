@@ -381,15 +381,7 @@ def _answered(sock: socket.socket) -> bool:
 def test_a_connection_that_offers_one_wrong_key_after_another_is_closed_after_six(box: Sandbox) -> None:
     stranger = f"probe-{os.getpid()}"
     keys = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(10)]
-
-    async def try_all() -> None:
-        async with asyncssh.connect(
-            "127.0.0.1", box.port, username=stranger, client_keys=keys, known_hosts=None, login_timeout=20
-        ):
-            pass
-
-    with pytest.raises((asyncssh.PermissionDenied, asyncssh.DisconnectError)):
-        asyncio.run(try_all())
+    asyncio.run(_offer_keys(box.port, stranger, keys))
 
     def failed() -> list[dict[str, Any]]:
         events = json.loads(box.cli("audit", "list", "--limit", "50", "--json").stdout)
@@ -397,3 +389,34 @@ def test_a_connection_that_offers_one_wrong_key_after_another_is_closed_after_si
 
     time.sleep(1)  # the door's audit buffer
     assert len(box.wait_for(failed, 20, "the failed logins")) == 6, "max_auth_tries, then the door hangs up"
+
+
+def test_a_stranger_trying_keys_on_connection_after_connection_cannot_fill_the_audit_trail() -> None:
+    flood = Sandbox(settings={"idle_timeout_seconds": 8})  # the door's rounds (and their audit) every 2 s
+    try:
+        flood.init_pair(KV, PK)
+        port = flood.start()
+        keys = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(6)]
+        for _ in range(10):  # 60 failed logins in a second or so: it made 800 a second, each an event
+            asyncio.run(_offer_keys(port, KV, keys))
+
+        def accounted() -> tuple[int, list[int]] | None:
+            events = json.loads(flood.cli("audit", "list", "--json").stdout)
+            failed = [e["detail"] for e in events if e["action"] == "login_failed"]
+            one_by_one = sum(detail.startswith(f"user '{KV}' key ") for detail in failed)
+            counted = [int(detail.split()[0]) for detail in failed if "not recorded one by one" in detail]
+            return (one_by_one, counted) if one_by_one + sum(counted) == 60 else None
+
+        one_by_one, counted = flood.wait_for(accounted, 20, "every failed login accounted for")
+        assert one_by_one <= 2 * 20 and len(counted) <= 2, "20 an address and round, the rest in one event"
+    finally:
+        flood.close()
+
+
+async def _offer_keys(port: int | None, user: str, keys: list[asyncssh.SSHKey]) -> None:
+    """Log in as ``user`` offering ``keys`` one after another, none of them known: refused."""
+    with pytest.raises((asyncssh.PermissionDenied, asyncssh.DisconnectError)):
+        async with asyncssh.connect(
+            "127.0.0.1", port, username=user, client_keys=keys, known_hosts=None, login_timeout=20
+        ):
+            pass

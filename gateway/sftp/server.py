@@ -112,23 +112,24 @@ class _Auth(asyncssh.SSHServer):
         self.door = door
         self.conn: asyncssh.SSHServerConnection | None = None
         self.organ: str | None = None
-        self.peer = "?"
-        self.address: str | None = None  # while the connection counts among those not yet logged in
+        self.peer = self.host = "?"
+        self.waiting = False  # counted among the connections not yet logged in
         self.failures = 0  # keys refused on this connection
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
+        self.host = str(peer[0])
         self.peer = f"{peer[0]}:{peer[1]}"  # asyncssh sets TCP_NODELAY itself: no 40 ms stalls on small files
-        if not self.door.startups.admit(str(peer[0])):
+        if not self.door.startups.admit(self.host):
             conn.abort()  # asyncssh sends its version after this returns, and sends nothing once aborted
             return
-        self.address = str(peer[0])
+        self.waiting = True
 
     def _logged_in_or_gone(self) -> None:
-        if self.address is not None:
-            self.door.startups.done(self.address)
-            self.address = None
+        if self.waiting:
+            self.door.startups.done(self.host)
+            self.waiting = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._logged_in_or_gone()
@@ -157,13 +158,14 @@ class _Auth(asyncssh.SSHServer):
                 allowed.add(asyncssh.import_public_key(line).public_data)
         if key.public_data in allowed:
             return True
-        self.door.hooks.audit(
-            username if lines is not None else None,
-            "login_failed",
-            f"user {username[:64]!r} key {key.get_fingerprint()}",
-            False,
-            self.peer,
-        )
+        if self.door.startups.login_failed(self.host):
+            self.door.hooks.audit(
+                username if lines is not None else None,
+                "login_failed",
+                f"user {username[:64]!r} key {key.get_fingerprint()}",
+                False,
+                self.peer,
+            )
         self.failures += 1
         if self.failures >= self.door.limits.max_auth_tries and self.conn is not None:
             # OpenSSH's MaxAuthTries: asyncssh lets a client try keys (and names) for as long as login_timeout
@@ -467,17 +469,16 @@ class Door:
         self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
 
     async def _reap_idle(self) -> None:
-        """Close idle sessions, and put the connections refused meanwhile in the audit trail (one event per
-        address and round, however many: a flood must not flood the trail)."""
+        """Close idle sessions, and put the connections refused meanwhile, and the failed logins not recorded one
+        by one, in the audit trail (an event per address and round: a flood must not flood the trail)."""
         while True:
             await asyncio.sleep(min(30.0, self._door.limits.idle_timeout / 4))
             now = time.monotonic()
             for conn, last in list(self._door.connections.items()):
                 if now - last > self._door.limits.idle_timeout:
                     conn.close()
-            for address, count in self._door.startups.report():
-                detail = f"{count} connection(s) refused: too many not logged in yet"
-                self._door.hooks.audit(None, "connections_refused", detail, False, address)
+            for action, address, detail in self._door.startups.end_round():
+                self._door.hooks.audit(None, action, detail, False, address)
 
     async def close(self) -> None:
         self._reaper.cancel()
