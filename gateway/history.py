@@ -53,17 +53,16 @@ def age_ledger(ledger: Ledger, nights: int, per_night: int) -> History:
     added = History(nights, 0, 0, 0)
     for age in range(nights, 0, -1):
         shift = timedelta(days=age)
-        rows: dict[str, list[dict[str, Any]]] = {name: [] for name in _TABLES}
+        rows: dict[str, list[dict[str, Any]]] = {"transfer": [], "receipt": [], "messageid": []}
+        events: list[AuditEvent] = []
         for _ in range(copies):
             ids = _copy_night(template, shift, rows)
-            rows["event"] += [_moved_event(e, shift, ids) for e in night]
+            events += [_moved_event(e, shift, ids) for e in night]
         rows["transfer"] = rows["transfer"][:per_night]
         kept = {t["id"] for t in rows["transfer"]}
         for name in ("receipt", "messageid"):
             rows[name] = [r for r in rows[name] if r["transfer_id"] in kept]
-        events = sorted(
-            (e for e in rows.pop("event") if e.transfer_id is None or e.transfer_id in kept), key=lambda e: e.at
-        )
+        events = sorted((e for e in events if e.transfer_id is None or e.transfer_id in kept), key=lambda e: e.at)
         with ledger.engine.begin() as conn:
             for name, values in rows.items():
                 if values:
