@@ -221,6 +221,17 @@ def test_the_receipts_due_are_found_without_reading_the_written_ones(ledger: Led
     assert "ix_receipt_due" in plan and "SCAN receipt\n" not in f"{plan}\n", plan
 
 
+def test_a_transfer_is_found_by_its_message_id_or_its_id_without_reading_the_others(ledger: Ledger) -> None:
+    arrivals = [TransferData.arrival(new_transfer_id(), "kv", f"{i}.json", NOW) for i in range(2000)]
+    ledger.receive(arrivals)
+    for i, t in enumerate(arrivals[:3]):
+        ledger.transition(t.id, State.RECEIVED, State.VALIDATED, NOW, message_id=f"m-{i}")
+    assert [t.id for t in ledger.find_transfers("m-1")] == [arrivals[1].id]
+    assert [t.id for t in ledger.find_transfers(arrivals[2].id)] == [arrivals[2].id]
+    plan = query_plan(ledger, sql.FIND, "transfer", key="m-1")
+    assert "ix_transfer_message" in plan and "SCAN transfer\n" not in f"{plan}\n", plan
+
+
 def test_a_repeated_message_id_is_rejected_with_201(ledger: Ledger) -> None:
     first, second = received(ledger, name="a.json"), received(ledger, name="b.json")
     ledger.transition(first.id, State.RECEIVED, State.VALIDATED, NOW, message_id="m-1")
@@ -299,11 +310,14 @@ def test_a_ledger_made_by_an_earlier_version_gets_the_indexes_and_the_directory_
         conn.execute(text("DROP INDEX IF EXISTS ix_transfer_waiting"))
         conn.execute(text("CREATE INDEX ix_transfer_work ON transfer (state, next_attempt_at)"))
         conn.execute(text("DROP INDEX ix_receipt_due"))
+        conn.execute(text("DROP INDEX ix_transfer_message"))
+        conn.execute(text("CREATE INDEX ix_transfer_sender_msg ON transfer (sender_id, message_id)"))
     old.close()
     upgraded = Ledger(ledger_url)
     try:
         names = {ix["name"] for ix in inspect(upgraded.engine).get_indexes("transfer")}
         assert "ix_transfer_claim" in names and "ix_transfer_work" not in names
+        assert "ix_transfer_message" in names and "ix_transfer_sender_msg" not in names
         assert ("ix_transfer_waiting" in names) is not upgraded.is_sqlite, "PostgreSQL's claim index, only there"
         assert "ix_receipt_due" in {ix["name"] for ix in inspect(upgraded.engine).get_indexes("receipt")}
         setup_organs(upgraded)

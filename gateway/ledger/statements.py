@@ -35,6 +35,12 @@ OWE_RECEIPT = {
 }
 DUE = select(Transfer, Receipt).join(Receipt).where(UNWRITTEN).order_by(Receipt.event_time)
 DUE_FOR = DUE.where(Receipt.transfer_id == bindparam("tid"))
+# `transfers show`: by message id or transfer id (an index each)
+FIND = (
+    select(Transfer)
+    .where(or_(Transfer.message_id == bindparam("key"), Transfer.id == bindparam("key")))
+    .order_by(Transfer.id)  # type: ignore[arg-type]
+)
 _VERSIONS = DirectoryVersion.__table__  # type: ignore[attr-defined]
 DIRECTORY_VERSION = select(_VERSIONS.c.version)
 BUMP_DIRECTORY = {

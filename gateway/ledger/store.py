@@ -110,6 +110,7 @@ class Ledger(OrganDirectory, AuditTrail):
         """Bring a ledger made by an earlier version up to date: indexes that tables created then lack."""
         with self.engine.begin() as conn:
             conn.execute(text("DROP INDEX IF EXISTS ix_transfer_work"))  # replaced by ix_transfer_claim
+            conn.execute(text("DROP INDEX IF EXISTS ix_transfer_sender_msg"))  # by ix_transfer_message
             for table in (Transfer.__table__, Receipt.__table__):  # type: ignore[attr-defined]
                 for index in table.indexes:
                     index.create(conn, checkfirst=True)
@@ -409,8 +410,7 @@ class Ledger(OrganDirectory, AuditTrail):
     def find_transfers(self, key: str) -> list[Transfer]:
         """Transfers whose message id or transfer id is ``key``."""
         with self.read() as s:
-            query = select(Transfer).where(or_(Transfer.message_id == key, Transfer.id == key)).order_by(Transfer.id)
-            return list(s.exec(query))
+            return list(s.exec(sql.FIND, params={"key": key}))  # type: ignore[call-overload]
 
     def count_by_state(self) -> dict[str, int]:
         with self.read() as s:
