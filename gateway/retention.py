@@ -40,7 +40,10 @@ def expire_deliveries(worker: Worker, settings: Settings) -> tuple[int, int]:
     expire_after = timedelta(days=settings.expire_after_days)
     warn_at = expire_after - timedelta(days=settings.warn_before_expiry_days)
     warned = expired = 0
-    for transfer in worker.ledger.transfers(state=State.DELIVERED.value, changed_before=now - warn_at):
+    waiting = worker.ledger.transfers(state=State.DELIVERED.value, changed_before=now - warn_at)
+    # asked once: a transaction per delivery warned before cost ~0.3 ms on SQLite and ~1 ms on PostgreSQL each round
+    warned_before = worker.ledger.owed_already([t.id for t in waiting], 701)
+    for transfer in waiting:
         age = now - utc(transfer.updated_at)
         inbox_file = worker.folders.inbox(transfer.recipient_id or "") / (transfer.delivered_name or "")
         if age >= expire_after:
@@ -52,7 +55,11 @@ def expire_deliveries(worker: Worker, settings: Settings) -> tuple[int, int]:
                 worker.record(transfer, Step(State.EXPIRED, info=STATUS_INFO[204]))
                 inbox_file.unlink(missing_ok=True)
                 expired += 1
-        elif age >= warn_at and worker.ledger.add_receipt(transfer.id, 701, STATUS_INFO[701], now):
+        elif (
+            age >= warn_at
+            and transfer.id not in warned_before
+            and worker.ledger.add_receipt(transfer.id, 701, STATUS_INFO[701], now)
+        ):
             worker.write_receipts(transfer.id)
             warned += 1
     return warned, expired

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from gateway import admin, samples
 from gateway.config import load_settings
@@ -85,6 +85,25 @@ def test_an_uncollected_delivery_is_warned_about_then_expires(gw: Gateway, clock
     assert not inbox_file.exists()
     assert gw.ledger.transfer(delivered.id).state == "expired"
     assert receipt_codes(gw) == [100, 204, 701]
+
+
+def test_deliveries_warned_already_cost_a_round_no_transaction_of_their_own(gw: Gateway, clock: Clock) -> None:
+    for i in range(3):  # a recipient whose software stopped picking up: its deliveries wait in the warning window
+        deliver(gw, f"r{i}.json", samples.dossier_bytes(samples.make_dossier(KV, PK, now=clock())))
+    clock.advance(days=26)
+    worker = gw.worker()
+    assert expire_deliveries(worker, gw.settings) == (3, 0)
+    transactions: list[object] = []
+
+    def began(connection: object) -> None:
+        transactions.append(connection)
+
+    event.listen(gw.ledger.engine, "begin", began)
+    try:
+        assert expire_deliveries(worker, gw.settings) == (0, 0)
+    finally:
+        event.remove(gw.ledger.engine, "begin", began)
+    assert len(transactions) == 2, "one read of the deliveries, one of their warnings (not a write for each)"
 
 
 def test_a_delivery_picked_up_while_nobody_watched_is_fetched_at_the_next_round(gw: Gateway, clock: Clock) -> None:

@@ -16,6 +16,9 @@ TRANSFERS = Transfer.__table__  # type: ignore[attr-defined]
 RECEIPTS = Receipt.__table__  # type: ignore[attr-defined]
 INSERT_TRANSFER = insert(TRANSFERS)
 KNOWN_IDS = select(TRANSFERS.c.id).where(TRANSFERS.c.id.in_(bindparam("ids", expanding=True)))
+OWED_WITH_CODE = select(RECEIPTS.c.transfer_id).where(
+    RECEIPTS.c.status_code == bindparam("code"), RECEIPTS.c.transfer_id.in_(bindparam("ids", expanding=True))
+)
 # A step: SET the other parameters, only if the transfer is still in the state the step started from.
 MOVE_TRANSFER = (
     update(TRANSFERS)

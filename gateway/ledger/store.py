@@ -182,6 +182,11 @@ class Ledger(OrganDirectory, AuditTrail):
         with self.core_read() as conn:
             return _known_ids(conn, ids)
 
+    def owed_already(self, ids: Sequence[str], code: int) -> set[str]:
+        """Those of the transfers ``ids`` that are owed a receipt ``code`` already (written or not)."""
+        with self.core_read() as conn:
+            return _known_ids(conn, ids, sql.OWED_WITH_CODE, code=code)
+
     def transfer(self, transfer_id: str) -> Transfer | None:
         with self.read() as s:
             return s.get(Transfer, transfer_id)
@@ -435,11 +440,12 @@ def _mark_written(conn: Connection, written: Sequence[tuple[str, int]]) -> None:
         direct.execute(conn, sql.RECEIPT_WRITTEN, [{"tid": tid, "code": code} for tid, code in written])
 
 
-def _known_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
-    """Those of ``ids`` that name a transfer (asked in chunks: databases bound the parameters of a query)."""
+def _known_ids(conn: Connection, ids: Sequence[str], statement: Any = sql.KNOWN_IDS, **params: object) -> set[str]:
+    """Those of ``ids`` that ``statement`` (by default: those that name a transfer) returns, asked in chunks:
+    databases bound the parameters of a query."""
     known: set[str] = set()
     for i in range(0, len(ids), 500):
-        known.update(conn.execute(sql.KNOWN_IDS, {"ids": list(ids[i : i + 500])}).scalars())
+        known.update(conn.execute(statement, {**params, "ids": list(ids[i : i + 500])}).scalars())
     return known
 
 
