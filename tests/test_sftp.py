@@ -19,7 +19,7 @@ import pytest
 
 from gateway import harness, samples
 from gateway.harness import Sandbox
-from gateway.sftp.server import RECENT_UPLOADS
+from gateway.sftp.files import RECENT_UPLOADS
 
 KV, PK, CANTON = "kv-bau-zh", "pk-bau-zh", "canton-zh"
 
