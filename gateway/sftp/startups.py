@@ -26,20 +26,23 @@ class Startups:
     total: int
     logins_recorded: int = 20
     waiting: Counter[str] = field(default_factory=Counter)
+    in_all: int = 0  # the sum of ``waiting``, kept as it changes: asked at every connection
     refused: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
 
     def admit(self, address: str) -> bool:
         """Count a new connection from ``address``, or refuse it (False) when a bound is reached."""
-        if self.waiting[address] >= self.per_address or self.waiting.total() >= self.total:
+        if self.waiting[address] >= self.per_address or self.in_all >= self.total:
             self.refused[address] += 1
             return False
         self.waiting[address] += 1
+        self.in_all += 1
         return True
 
     def done(self, address: str) -> None:
         """An admitted connection logged in or went away."""
         self.waiting[address] -= 1
+        self.in_all -= 1
         if self.waiting[address] <= 0:
             del self.waiting[address]
 
