@@ -80,6 +80,27 @@ def add_ssh_key(gw: Gateway, organ_id: str, file: Path) -> str:
     return fingerprint
 
 
+def add_gateway_key(gw: Gateway) -> str:
+    """A new gateway key pair beside the one that signs; returns its fingerprint (it signs once `use`d)."""
+    fingerprint = gw.keyring.add_gateway_key()
+    gw.ledger.audit(gw.clock(), "gateway_key_added", f"{fingerprint}; does not sign yet")
+    return fingerprint
+
+
+def use_gateway_key(gw: Gateway, fingerprint: str) -> tuple[str, str]:
+    """Make the gateway key ``fingerprint`` sign every delivery from now on; returns (it, the key before)."""
+    before = gw.keyring.use_gateway_key(fingerprint)
+    now_signing = gw.keyring.gateway_fingerprint
+    gw.ledger.audit(gw.clock(), "gateway_key_used", f"{now_signing} signs deliveries; {before} did")
+    return now_signing, before
+
+
+def remove_gateway_key(gw: Gateway, fingerprint: str) -> None:
+    """Destroy a gateway key pair that no longer signs."""
+    gw.keyring.remove_gateway_key(fingerprint)
+    gw.ledger.audit(gw.clock(), "gateway_key_removed", "".join(fingerprint.split()).upper())
+
+
 def transfer_row(t: Transfer) -> dict[str, Any]:
     """The JSON shape of one transfer in `transfers list --json`."""
     return {

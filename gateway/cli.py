@@ -283,9 +283,49 @@ def gateway_key() -> None:
 @gateway_key.command("export")
 @click.pass_context
 def gateway_key_export(ctx: click.Context) -> None:
-    """Print the armored public key recipients use to verify deliveries."""
-    gw = _gw(ctx)
-    click.echo(gw.keyring.export_public(gw.keyring.gateway_fingerprint), nl=False)
+    """Print the armored public keys recipients verify deliveries with (the signing key and any added one)."""
+    click.echo(_gw(ctx).keyring.export_gateway_keys(), nl=False)
+
+
+@gateway_key.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def gateway_key_list(ctx: click.Context, as_json: bool) -> None:
+    """List the gateway's key pairs and which one signs."""
+    rows = [
+        {"fingerprint": k.fingerprint, "created_at": k.created, "signs": k.signs}
+        for k in _gw(ctx).keyring.gateway_keys()
+    ]
+    _print(rows, ["fingerprint", "created_at", "signs"], as_json, "gateway keys")
+
+
+@gateway_key.command("add")
+@click.pass_context
+def gateway_key_add(ctx: click.Context) -> None:
+    """Generate a new key pair beside the signing one (rotation, step 1 of 3)."""
+    fingerprint = admin.add_gateway_key(_gw(ctx))
+    out.print(
+        f"gateway OpenPGP key {fingerprint} added; it does not sign yet. Give the organs `gateway-key export` "
+        f"(it holds both keys), then run `gateway-key use {fingerprint}`"
+    )
+
+
+@gateway_key.command("use")
+@click.argument("fingerprint")
+@click.pass_context
+def gateway_key_use(ctx: click.Context, fingerprint: str) -> None:
+    """Sign every delivery from now on with FINGERPRINT (step 2; a running serve takes it at once)."""
+    now_signing, before = admin.use_gateway_key(_gw(ctx), fingerprint)
+    out.print(f"{now_signing} signs deliveries from now on ({before} did); remove the old key once it is not needed")
+
+
+@gateway_key.command("remove")
+@click.argument("fingerprint")
+@click.pass_context
+def gateway_key_remove(ctx: click.Context, fingerprint: str) -> None:
+    """Destroy a key pair that no longer signs (step 3; the signing key is refused)."""
+    admin.remove_gateway_key(_gw(ctx), fingerprint)
+    out.print(f"gateway key {fingerprint} removed")
 
 
 @cli.group("host-key")
@@ -329,7 +369,7 @@ def serve(ctx: click.Context, listen: str | None, log_level: str) -> None:
 
     def ready() -> None:
         where = f"SFTP on {gw.settings.listen.rpartition(':')[0]}:{gw.door_port}" if gw.settings.listen else "no SFTP"
-        engine = f"OpenPGP by {gw.settings.openpgp}"
+        engine = f"OpenPGP by {gw.settings.openpgp}, key {gw.keyring.gateway_fingerprint}"
         if not gw.settings.workers:
             engine += "; deliveries paused (workers = 0): dossiers are received and wait"
         click.echo(f"flam-gateway ready: {where}, data dir {gw.folders.root}, {engine}", err=True)

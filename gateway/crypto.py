@@ -23,10 +23,12 @@ from typing import Any, Generic, TypeVar
 import gnupg
 
 from gateway.errors import AdminError, GatewayFault, Problem
-from gateway.folders import fsync_tree
+from gateway.folders import fsync_tree, write_durably
 
 MAX_HOME_CHARS = 80  # gpg-agent's socket lives in the home; Unix sockets allow ~107 bytes of path
 KEY_CACHE_SECONDS = 30.0  # longest reuse of what was read about a key (see KeyCache)
+SIGNING_KEY_FILE = "signing-key"  # in the GnuPG home: the fingerprint of the gateway key that signs
+GATEWAY_UID = ("flam-gateway", "gateway@flam-gateway.invalid")
 _RECIPIENT_PATH = "/envelope/recipient_id"
 
 
@@ -42,6 +44,15 @@ class KeyInfo:
 
 
 @dataclass(frozen=True)
+class GatewayKey:
+    """One of the gateway's own key pairs."""
+
+    fingerprint: str
+    created: datetime | None
+    signs: bool
+
+
+@dataclass(frozen=True)
 class Decrypted:
     """A decrypted delivery as the recipient sees it."""
 
@@ -52,6 +63,15 @@ class Decrypted:
 
 def _when(epoch: str | None) -> datetime | None:
     return datetime.fromtimestamp(int(epoch), UTC) if epoch else None
+
+
+def file_stamp(path: Path) -> tuple[int, ...]:
+    """(inode, size, mtime) of ``path``, ``()`` if it does not exist: changes whenever the file is replaced."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return ()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 T = TypeVar("T")
@@ -68,7 +88,7 @@ class KeyCache(Generic[T]):
 
     def get(self, fingerprint: str, load: Callable[[], T]) -> T:
         """The cached value for ``fingerprint`` while still fresh; else ``load()``, cached."""
-        stamp = self._stamp()
+        stamp = file_stamp(self.keybox)
         with self._lock:
             entry = self._entries.get(fingerprint)
         if entry is not None and entry[1] == stamp and time.monotonic() - entry[0] < KEY_CACHE_SECONDS:
@@ -81,13 +101,6 @@ class KeyCache(Generic[T]):
     def forget(self, fingerprint: str) -> None:
         with self._lock:
             self._entries.pop(fingerprint, None)
-
-    def _stamp(self) -> tuple[int, ...]:
-        try:
-            st = self.keybox.stat()
-        except FileNotFoundError:
-            return ()
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class Keyring:
@@ -107,8 +120,9 @@ class Keyring:
         self.timeout, self.gpg_binary = timeout, gpg_binary
         self.gpg = gnupg.GPG(gpgbinary=gpg_binary, gnupghome=str(self.home))
         self.gpg.encoding = "utf-8"
-        self._fpr: str | None = None
+        self._signing: tuple[tuple[int, ...], str] | None = None  # the signing-key file's stamp, and what it names
         self.keybox = self.home / "pubring.kbx"
+        self.signing_key_file = self.home / SIGNING_KEY_FILE
         self._keys: KeyCache[dict[str, Any] | None] = KeyCache(self.keybox)
 
     def __enter__(self) -> Keyring:
@@ -127,25 +141,98 @@ class Keyring:
                 check=False,
             )
 
-    # -- the gateway's own key ----------------------------------------------------------------------------
+    # -- the gateway's own keys ---------------------------------------------------------------------------
 
-    def ensure_gateway_key(self, name: str = "flam-gateway", email: str = "gateway@flam-gateway.invalid") -> str:
-        """The fingerprint of the gateway's signing key, generated once (Ed25519 + Cv25519, no passphrase)."""
-        secret = self.gpg.list_keys(secret=True)
-        if secret:
-            self._fpr = secret[0]["fingerprint"]
-            return self._fpr
-        self._fpr = self.generate(name, email)
-        return self._fpr
+    def ensure_gateway_key(self) -> str:
+        """The fingerprint of the key that signs deliveries, checked to be a key pair of this home; the first key
+        pair is generated once."""
+        own = [k["fingerprint"] for k in self.gpg.list_keys(secret=True)]
+        if not own:
+            self._sign_with(self.generate(*GATEWAY_UID))
+        elif (signing := self.gateway_fingerprint) not in own:
+            raise GatewayFault(
+                f"{self.signing_key_file} names {signing}, which is not a key pair of the gateway: every delivery "
+                f"would fail. `flam-gateway gateway-key use` one of {', '.join(own)}",
+                code="NO_GATEWAY_KEY",
+            )
+        return self.gateway_fingerprint
 
     @property
     def gateway_fingerprint(self) -> str:
-        if self._fpr is None:
+        """The gateway key that signs deliveries: the one the signing-key file names, read again whenever that
+        file is replaced (a stat per call), so a running gateway signs with a key `gateway-key use` chose at
+        once. A home made before keys could be rotated has no such file and one secret key: that one."""
+        stamp = file_stamp(self.signing_key_file)
+        known = self._signing
+        if known is not None and known[0] == stamp:
+            return known[1]
+        if stamp:
+            fingerprint = self.signing_key_file.read_text(encoding="ascii").strip()
+        else:
             secret = self.gpg.list_keys(secret=True)
             if not secret:
                 raise GatewayFault("the gateway has no OpenPGP key yet: run `flam-gateway init`", code="NO_GATEWAY_KEY")
-            self._fpr = secret[0]["fingerprint"]
-        return self._fpr
+            fingerprint = secret[0]["fingerprint"]
+        self._signing = (stamp, fingerprint)
+        return fingerprint
+
+    def gateway_keys(self) -> list[GatewayKey]:
+        """The gateway's own key pairs (the secret keys of this home), oldest first."""
+        signing = self.gateway_fingerprint
+        keys = [
+            GatewayKey(k["fingerprint"], _when(k.get("date")), k["fingerprint"] == signing)
+            for k in self.gpg.list_keys(secret=True)
+        ]
+        return sorted(keys, key=lambda k: (k.created or datetime.min.replace(tzinfo=UTC), k.fingerprint))
+
+    def add_gateway_key(self) -> str:
+        """A new gateway key pair, which does not sign until :meth:`use_gateway_key` names it."""
+        self._sign_with(self.gateway_fingerprint)  # a home made before rotation: name its key before there are two
+        return self.generate(*GATEWAY_UID)
+
+    def use_gateway_key(self, fingerprint: str) -> str:
+        """Sign every delivery from now on with the gateway key ``fingerprint``; returns the key that signed."""
+        key = self._gateway_key(fingerprint)
+        before = self.gateway_fingerprint
+        self._sign_with(key.fingerprint)
+        return before
+
+    def remove_gateway_key(self, fingerprint: str) -> None:
+        """Destroy a gateway key pair that does not sign (an old one, or one added by mistake)."""
+        key = self._gateway_key(fingerprint)
+        if key.signs:
+            raise AdminError(
+                "KEY_SIGNING",
+                f"{key.fingerprint} signs the deliveries: `gateway-key use` another key first",
+            )
+        done = subprocess.run(
+            self._gpg("--yes", "--delete-secret-and-public-key", key.fingerprint),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise GatewayFault(
+                f"gpg could not remove {key.fingerprint}: {done.stderr.decode('utf-8', 'replace')[-300:]}"
+            )
+        self._make_durable()
+
+    def export_gateway_keys(self) -> str:
+        """The armored public keys of every gateway key pair: the one that signs and any added beside it."""
+        return str(self.gpg.export_keys([k.fingerprint for k in self.gateway_keys()]))
+
+    def _gateway_key(self, fingerprint: str) -> GatewayKey:
+        wanted = "".join(fingerprint.split()).upper()
+        key = next((k for k in self.gateway_keys() if k.fingerprint == wanted), None)
+        if key is None:
+            raise AdminError(
+                "KEY_UNKNOWN",
+                f"{fingerprint} is not a key of the gateway: `gateway-key list` shows them (full fingerprints)",
+            )
+        return key
+
+    def _sign_with(self, fingerprint: str) -> None:
+        write_durably(self.signing_key_file, f"{fingerprint}\n".encode("ascii"), mode=0o600)
 
     def generate(self, name: str, email: str, expire: str = "0") -> str:
         """Generate a key pair without passphrase in this home; returns its fingerprint."""
@@ -169,10 +256,10 @@ class Keyring:
         home = ["--homedir", str(self.home), "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
         return [self.gpg_binary, *home, *args]
 
-    def export_gateway_secret(self) -> bytes:
-        """The gateway's secret key (binary), for the in-process OpenPGP port (gateway.sequoia)."""
+    def export_gateway_secret(self, fingerprint: str) -> bytes:
+        """A gateway key's secret key (binary), for the in-process OpenPGP port (gateway.sequoia)."""
         done = subprocess.run(
-            self._gpg("--export-secret-keys", self.gateway_fingerprint), capture_output=True, timeout=60, check=False
+            self._gpg("--export-secret-keys", fingerprint), capture_output=True, timeout=60, check=False
         )
         if done.returncode != 0 or not done.stdout:
             raise GatewayFault(f"cannot export the gateway key: {done.stderr.decode('utf-8', 'replace')[-300:]}")

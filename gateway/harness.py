@@ -103,6 +103,18 @@ def openssh_sftp(
     )
 
 
+def plain_gpg_decrypt(home: Path, path: Path) -> tuple[bytes, str | None]:
+    """What a recipient with nothing but `gpg` does: decrypt, and read who made the good signature."""
+    done = subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--status-fd", "2", "--decrypt", str(path)],
+        capture_output=True,
+        check=True,
+    )
+    status = [line.split() for line in done.stderr.decode("utf-8", "replace").splitlines()]
+    valid = [words[2] for words in status if words[:2] == ["[GNUPG:]", "VALIDSIG"]]
+    return done.stdout, valid[0] if valid else None
+
+
 @dataclass(frozen=True)
 class OrganKeys:
     """An organ of the sandbox and the keys only it holds."""

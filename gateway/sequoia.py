@@ -40,10 +40,13 @@ class SequoiaCrypto:
             raise GatewayFault(f"OpenPGP (Sequoia) could not sign and encrypt: {reason}") from exc
 
     def _signer(self) -> pysequoia.PySigner:
-        signer = getattr(self._local, "signer", None)
-        if signer is None:
-            signer = self._local.signer = pysequoia.Tsk.from_bytes(self.keyring.export_gateway_secret()).signer()
-        return signer
+        """The gateway key that signs now (see Keyring.gateway_fingerprint), loaded again when another is chosen."""
+        fingerprint = self.keyring.gateway_fingerprint
+        loaded: tuple[str, pysequoia.PySigner] | None = getattr(self._local, "signer", None)
+        if loaded is None or loaded[0] != fingerprint:
+            secret = self.keyring.export_gateway_secret(fingerprint)
+            loaded = self._local.signer = (fingerprint, pysequoia.Tsk.from_bytes(secret).signer())
+        return loaded[1]
 
     def _cert(self, fingerprint: str) -> pysequoia.Cert:
         """The recipient's certificate from the keyring, cached per thread like the keyring's own listings."""

@@ -17,7 +17,7 @@ from gateway import samples
 from gateway.config import OPENPGP_ENGINES
 from gateway.crypto import Keyring, export_public_key, generate_key
 from gateway.errors import GatewayFault
-from gateway.harness import Sandbox
+from gateway.harness import Sandbox, plain_gpg_decrypt
 from gateway.service import openpgp_port
 
 KV, PK, CANTON = "kv-bau-zh", "pk-bau-zh", "canton-zh"
@@ -36,18 +36,6 @@ def box(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     sandbox.start(listen="")
     yield sandbox
     sandbox.close()
-
-
-def plain_gpg_decrypt(home: Path, path: Path) -> tuple[bytes, str | None]:
-    """What a recipient with nothing but `gpg` does: decrypt, and read who made the good signature."""
-    done = subprocess.run(
-        ["gpg", "--homedir", str(home), "--batch", "--status-fd", "2", "--decrypt", str(path)],
-        capture_output=True,
-        check=True,
-    )
-    status = [line.split() for line in done.stderr.decode("utf-8", "replace").splitlines()]
-    valid = [words[2] for words in status if words[:2] == ["[GNUPG:]", "VALIDSIG"]]
-    return done.stdout, valid[0] if valid else None
 
 
 def test_deliveries_decrypt_and_verify_with_plain_gpg_and_python_gnupg(box: Sandbox, tmp_path: Path) -> None:
