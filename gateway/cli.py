@@ -292,11 +292,8 @@ def gateway_key_export(ctx: click.Context) -> None:
 @click.pass_context
 def gateway_key_list(ctx: click.Context, as_json: bool) -> None:
     """List the gateway's key pairs and which one signs."""
-    rows = [
-        {"fingerprint": k.fingerprint, "created_at": k.created, "signs": k.signs}
-        for k in _gw(ctx).keyring.gateway_keys()
-    ]
-    _print(rows, ["fingerprint", "created_at", "signs"], as_json, "gateway keys")
+    rows = [dataclasses.asdict(key) for key in _gw(ctx).keyring.gateway_keys()]
+    _print(rows, ["fingerprint", "created", "signs"], as_json, "gateway keys")
 
 
 @gateway_key.command("add")
