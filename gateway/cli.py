@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,6 +27,7 @@ from gateway.folders import power_cut_risk
 from gateway.fsck import fsck
 from gateway.handlers.inspect import inspect_file
 from gateway.handlers.parse import shown
+from gateway.health import ACTIONS_WINDOW, stuck
 from gateway.ledger.models import ORGAN_KINDS
 from gateway.ledger.store import ledger_unavailable
 from gateway.lifecycle import State
@@ -366,6 +368,8 @@ def serve(ctx: click.Context, listen: str | None, log_level: str) -> None:
 
     def ready() -> None:
         where = f"SFTP on {gw.settings.listen.rpartition(':')[0]}:{gw.door_port}" if gw.settings.listen else "no SFTP"
+        if gw.metrics is not None:
+            where += f", metrics on http://{gw.settings.metrics_listen.rpartition(':')[0]}:{gw.metrics.server_port}"
         engine = f"OpenPGP by {gw.settings.openpgp}, key {gw.keyring.gateway_fingerprint}"
         if not gw.settings.workers:
             engine += "; deliveries paused (workers = 0): dossiers are received and wait"
@@ -374,6 +378,43 @@ def serve(ctx: click.Context, listen: str | None, log_level: str) -> None:
 
     gw.serve(stop, ready)
     notify_systemd("STOPPING=1")
+
+
+@cli.command()
+@click.option("--stuck-after", default=1800, show_default=True, type=click.IntRange(min=1), help="Seconds.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, stuck_after: int, as_json: bool) -> None:
+    """The backlog now, for admins and monitoring: open transfers by state and how long the oldest has not moved,
+    retries, receipts not yet written, the last hour's audit actions. Exit 1 when work or a receipt has waited
+    longer than --stuck-after."""
+    gw = _gw(ctx)
+    now = gw.clock()
+    gauges = gw.ledger.gauges(now - ACTIONS_WINDOW)
+    reasons = stuck(gauges, now, timedelta(seconds=stuck_after))
+    states = [
+        {"state": state, "count": n, "oldest_unmoved_since": oldest}
+        for state, (n, oldest) in sorted(gauges.open_transfers.items())
+    ]
+    unwritten, owed_since = gauges.receipts_unwritten
+    if as_json:
+        report = {
+            "open_transfers": states,
+            "retrying": gauges.retrying,
+            "receipts_unwritten": unwritten,
+            "oldest_receipt_owed_since": owed_since,
+            "audit_events_last_hour": gauges.actions,
+            "stuck": reasons,
+        }
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        _print(states, ["state", "count", "oldest_unmoved_since"], False, "open transfers")
+        out.print(f"retrying {gauges.retrying}; receipts not yet written {unwritten}")
+        out.print("last hour: " + (", ".join(f"{a} {n}" for a, n in sorted(gauges.actions.items())) or "no events"))
+        for reason in reasons:
+            err.print(f"stuck: {reason}")
+    if reasons:
+        sys.exit(1)
 
 
 @cli.command()

@@ -58,6 +58,7 @@ class Settings:
     openpgp: str = "sequoia"  # who signs and encrypts: "sequoia" (in-process) or "gpg" (a gpg process per file)
     retry_max_seconds: float = 300.0  # longest wait between retries after a gateway fault (disk full, gpg, database)
     listen: str = "127.0.0.1:2222"  # SFTP door; empty string: no SFTP door
+    metrics_listen: str = ""  # Prometheus metrics over HTTP (HOST:PORT); empty string: none
     login_timeout_seconds: float = 30.0
     idle_timeout_seconds: float = 600.0
     max_sessions_per_organ: int = 20
@@ -74,12 +75,14 @@ class Settings:
     def __post_init__(self) -> None:
         if self.openpgp not in OPENPGP_ENGINES:
             raise AdminError("CONFIG_INVALID", f"setting 'openpgp': {self.openpgp!r} is not one of {OPENPGP_ENGINES}")
-        if self.listen and not ((found := _LISTEN.fullmatch(self.listen)) and int(found["port"]) <= 65535):
-            raise AdminError(
-                "CONFIG_INVALID",
-                f"setting 'listen': {self.listen!r} is not HOST:PORT (127.0.0.1:2222, [::1]:2222, :2222 for every "
-                "address, '' for no SFTP door)",
-            )
+        for name, example, off in (("listen", "2222", "no SFTP door"), ("metrics_listen", "9464", "no metrics")):
+            value = getattr(self, name)
+            if value and not ((found := _LISTEN.fullmatch(value)) and int(found["port"]) <= 65535):
+                raise AdminError(
+                    "CONFIG_INVALID",
+                    f"setting {name!r}: {value!r} is not HOST:PORT (127.0.0.1:{example}, [::1]:{example}, "
+                    f":{example} for every address, '' for {off})",
+                )
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -106,6 +109,12 @@ class Settings:
     @property
     def ledger_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'ledger.sqlite3').resolve()}"
+
+
+def host_port(listen: str) -> tuple[str, int]:
+    """The host and port of a checked ``HOST:PORT`` setting; no host is every address."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def without_password(url: str) -> str:

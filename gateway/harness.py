@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from gateway.crypto import Decrypted, Keyring, decrypt_file, export_public_key, generate_key
@@ -113,6 +115,10 @@ def plain_gpg_decrypt(home: Path, path: Path) -> tuple[bytes, str | None]:
     status = [line.split() for line in done.stderr.decode("utf-8", "replace").splitlines()]
     valid = [words[2] for words in status if words[:2] == ["[GNUPG:]", "VALIDSIG"]]
     return done.stdout, valid[0] if valid else None
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
 
 
 @dataclass(frozen=True)
@@ -218,6 +224,17 @@ class Sandbox:
                 raise RuntimeError(f"serve exited with {self.process.returncode}:\n{self.log.read_text()}")
             time.sleep(0.05)
         raise TimeoutError(f"serve not ready in {timeout} s:\n{self.log.read_text()}")
+
+    def metrics_url(self) -> str:
+        """The metrics endpoint the running `serve` named in its ready line."""
+        return re.findall(r"metrics on (http://[^\s,]+)", self.log.read_text(errors="replace"))[-1]
+
+    def metrics(self) -> dict[str, float]:
+        """Scrape the metrics endpoint as Prometheus would: {'name{label="value"}': value}."""
+        with urllib.request.urlopen(f"{self.metrics_url()}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+        return {s.name + _labels(s.labels): s.value for s in samples}
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         """Stop the service (SIGTERM: cleanly; SIGKILL: as a crash would); returns its exit code."""

@@ -14,15 +14,17 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from functools import cached_property
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 import uvloop
 
 from gateway.clock import Clock, system_clock
-from gateway.config import Settings
+from gateway.config import Settings, host_port
 from gateway.crypto import Keyring
 from gateway.errors import GatewayFault
 from gateway.folders import Folders, power_cut_risk
@@ -35,6 +37,9 @@ from gateway.retention import expire_deliveries
 from gateway.sftp.hostkeys import ensure_host_keys
 from gateway.wakeup import Wakeup
 from gateway.worker import Worker, orphan_spool_files
+
+if TYPE_CHECKING:
+    from prometheus_client.exposition import ThreadingWSGIServer
 
 log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -59,6 +64,8 @@ class Gateway:
         self.settings, self.clock = settings, clock
         self.folders = Folders(settings.data_dir)
         self.door_port: int | None = None
+        self.metrics: ThreadingWSGIServer | None = None  # the metrics endpoint, while `serve` runs with one
+        self.last_round: tuple[float, float] | None = None  # the last maintenance round: its end (Unix time), seconds
 
     @cached_property
     def wake(self) -> Wakeup:
@@ -156,11 +163,15 @@ class Gateway:
         if (risk := power_cut_risk(self.folders.root)) is not None:
             log.warning("data dir at risk: %s", risk)
         self.recover()
+        if self.settings.metrics_listen:  # bound before the forks (a port in use stops serve before it starts)
+            self.metrics = self._metrics_server()
         gc.freeze()  # the children share the parent's objects: keep the collector from copying their pages
         children = [self._start_door()] if self.settings.listen else []  # forked before any thread starts
         children += self._start_workers()
         threads = [threading.Thread(target=self.intake.run_due, args=(stop,), name="intake")]
         threads.append(threading.Thread(target=self._maintain, args=(stop,), name="maintenance"))
+        if self.metrics is not None:
+            threads.append(threading.Thread(target=self.metrics.serve_forever, name="metrics"))
         signal.signal(signal.SIGIO, signal.SIG_IGN)  # intake's lease probe (folders.held_for_writing)
         self.intake.start_watching()
         for thread in threads:
@@ -175,6 +186,9 @@ class Gateway:
         for child in children:
             child.join(timeout=60)
         self.intake.stop_watching()
+        if self.metrics is not None:
+            self.metrics.shutdown()
+            self.metrics.server_close()
         for thread in threads:
             thread.join(timeout=30)
         if ended is not None:
@@ -200,13 +214,27 @@ class Gateway:
     def _maintain(self, stop: threading.Event) -> None:
         tasks = self.maintenance()
         while not stop.wait(self.settings.rescan_seconds):
+            started = time.monotonic()
             for name, task in tasks.items():
                 try:
                     task()
                 except Exception:  # the database may be restarting: retried next round
                     log.exception("maintenance task %s failed", name)
+            self.last_round = (time.time(), time.monotonic() - started)
             self.wake.set()
             give_back()
+
+    def _metrics_server(self) -> ThreadingWSGIServer:
+        from gateway.metrics import GatewayCollector, metrics_server  # prometheus_client only where it is used
+
+        collector = GatewayCollector(self.ledger, self.clock, lambda: self.last_round)
+        try:
+            return metrics_server(self.settings.metrics_listen, collector)
+        except OSError as exc:
+            raise GatewayFault(
+                f"the metrics endpoint cannot listen on {self.settings.metrics_listen}: {exc.strerror or exc}",
+                code="METRICS_START",
+            ) from exc
 
     def _start_door(self) -> multiprocessing.process.BaseProcess:
         """Fork the SFTP door into its own process (its event loop then never waits for the workers' GIL)."""
@@ -234,6 +262,8 @@ class Gateway:
         if os.getppid() != parent:
             os._exit(1)
         self.ledger.engine.dispose(close=False)  # the parent's connections stay the parent's
+        if self.metrics is not None:
+            self.metrics.socket.close()  # the parent's listener: a child never answers a scrape
         for inherited in ("ledger", "keyring", "crypto", "intake"):
             self.__dict__.pop(inherited, None)
 
@@ -292,7 +322,7 @@ class Gateway:
         flusher = threading.Thread(target=audit.run, args=(flushing,), name="audit")
         flusher.start()
         s = self.settings
-        host, _, port = s.listen.rpartition(":")
+        host, port = host_port(s.listen)
         limits = DoorLimits(
             login_timeout=s.login_timeout_seconds,
             idle_timeout=s.idle_timeout_seconds,
@@ -309,8 +339,8 @@ class Gateway:
         try:
             door = loop.run_until_complete(
                 start_door(
-                    host.strip("[]") or "0.0.0.0",
-                    int(port),
+                    host,
+                    port,
                     organs_root=self.folders.organs,
                     spares=self.folders.spare,
                     host_keys=ensure_host_keys(self.folders.hostkeys),

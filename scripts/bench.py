@@ -572,6 +572,7 @@ def run_year(args: argparse.Namespace) -> dict[str, Any]:
         commands = {}
         for argv in (
             ("fsck",),
+            ("status",),
             ("audit", "verify"),
             ("transfers", "list"),
             ("transfers", "show", message_id),

@@ -1,0 +1,89 @@
+"""The metrics door: Prometheus's text format over HTTP (setting ``metrics_listen``), served by `serve`'s parent.
+
+Each scrape reads the ledger (:meth:`gateway.ledger.store.Ledger.gauges`: a few indexed queries), so every node
+of a shared ledger reports the same transfers; the maintenance rounds and the process figures are this node's.
+No metric names an organ: a label per organ would tell whoever reaches the endpoint who exchanges with whom.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Iterator
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.clock import Clock
+from gateway.config import host_port
+from gateway.health import ACTIONS_WINDOW
+from gateway.ledger.store import Ledger
+from gateway.lifecycle import TERMINAL, State
+
+log = logging.getLogger(__name__)
+OPEN_STATES = sorted(state.value for state in set(State) - TERMINAL)
+Round = tuple[float, float]  # a maintenance round: when it ended (Unix time) and how long it took (seconds)
+
+
+class GatewayCollector(Collector):
+    """The gateway's gauges, read at each scrape."""
+
+    def __init__(self, ledger: Ledger, clock: Clock, last_round: Callable[[], Round | None]) -> None:
+        self.ledger, self.clock, self.last_round = ledger, clock, last_round
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.clock()
+        try:
+            gauges = self.ledger.gauges(now - ACTIONS_WINDOW)
+        except SQLAlchemyError as exc:
+            log.warning("metrics: the ledger did not answer: %s", " ".join(str(exc).split())[:300])
+            yield _gauge("ledger_up", "1 if the ledger answered this scrape", 0)
+            return
+        yield _gauge("ledger_up", "1 if the ledger answered this scrape", 1)
+        count = _gauge("open_transfers", "Transfers whose life is not over", labels=["state"])
+        age = _gauge("oldest_open_transfer_age_seconds", "How long the state's oldest has not moved", labels=["state"])
+        for state in OPEN_STATES:
+            n, oldest = gauges.open_transfers.get(state, (0, now))
+            count.add_metric([state], n)
+            age.add_metric([state], max((now - oldest).total_seconds(), 0))
+        yield count
+        yield age
+        yield _gauge("transfers_retrying", "Transfers to be tried again after a gateway fault", gauges.retrying)
+        unwritten, owed_since = gauges.receipts_unwritten
+        yield _gauge("receipts_unwritten", "Receipts owed but not yet written", unwritten)
+        owed = max((now - owed_since).total_seconds(), 0) if owed_since else 0
+        yield _gauge("oldest_receipt_unwritten_age_seconds", "How long the oldest unwritten receipt is owed", owed)
+        actions = _gauge("audit_events_last_hour", "Audit events of the last hour, by action", labels=["action"])
+        for action, n in sorted(gauges.actions.items()):
+            actions.add_metric([action], n)
+        yield actions
+        if (done := self.last_round()) is not None:
+            yield _gauge("maintenance_round_end_seconds", "When this node's last maintenance round ended", done[0])
+            yield _gauge("maintenance_round_seconds", "How long this node's last maintenance round took", done[1])
+
+
+def _gauge(name: str, documentation: str, value: float | None = None, **kwargs: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"flam_gateway_{name}", documentation, value=value, **kwargs)
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """No line in the log per scrape."""
+
+
+def metrics_server(listen: str, collector: Collector) -> ThreadingWSGIServer:
+    """An HTTP server bound to ``listen`` (HOST:PORT) answering with the collector's metrics and this process's
+    CPU and memory; bound at once (a port in use fails here), it answers once ``serve_forever`` runs."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    host, port = host_port(listen)
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    return make_server(host, port, make_wsgi_app(registry), Server, handler_class=_Quiet)
