@@ -45,7 +45,7 @@ class Settings:
 
     data_dir: Path = Path("gateway-data")
     database_url: str = ""  # empty: SQLite file ledger.sqlite3 in the data dir
-    workers: int = 4  # worker loops per node, spread as threads over one process per core; 0: deliveries paused
+    workers: int = 8  # worker loops per node, spread as threads over one process per core; 0: deliveries paused
     settle_seconds: float = 0.5  # a closed file must stay unchanged this long before intake
     rescan_seconds: float = 30.0  # periodic full scan (inotify can drop events)
     unknown_suffix_grace_seconds: float = 600.0  # unknown suffixes are rejected (200) after this
