@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from decimal import Decimal
 from functools import cache, partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema_rs
-from jsonschema import Draft202012Validator, FormatChecker
-from jsonschema.exceptions import ValidationError
 
 from gateway.errors import Problem
 from gateway.resources import load_schema
+
+if TYPE_CHECKING:  # jsonschema takes 80 ms to import: loaded on the first validation, not by every admin command
+    from jsonschema import Draft202012Validator, FormatChecker
+    from jsonschema.exceptions import ValidationError
 
 _REQUIRED_FORMATS = ("date", "date-time")
 
@@ -26,6 +28,8 @@ _REQUIRED_FORMATS = ("date", "date-time")
 @cache
 def format_checker() -> FormatChecker:
     """jsonschema's format checks; refuses to run without the real ones."""
+    from jsonschema import FormatChecker
+
     checker = FormatChecker()
     missing = [f for f in _REQUIRED_FORMATS if f not in checker.checkers]
     if missing:
@@ -36,6 +40,8 @@ def format_checker() -> FormatChecker:
 @cache
 def dossier_validator() -> Draft202012Validator:
     """The compiled validator, built once."""
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(load_schema("dossier.schema.json"), format_checker=format_checker())
 
 
