@@ -5,6 +5,7 @@ last hour's audit actions, and `status` exits 1 when work has stopped moving."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -73,16 +74,11 @@ def test_a_ledger_that_does_not_answer_is_a_metric_and_not_a_broken_endpoint(tmp
 
 
 def test_a_metrics_port_in_use_stops_serve_before_it_starts(tmp_path: Path) -> None:
-    first = Sandbox(tmp_path / "first", settings={"listen": "", "metrics_listen": "127.0.0.1:0"})
-    try:
-        first.cli("init")
-        first.start(listen="")
-        taken = first.metrics_url().removeprefix("http://")
-        second = Sandbox(tmp_path / "second", settings={"listen": "", "metrics_listen": taken})
-        done = second.cli("serve", check=False)
-        assert done.returncode == 2 and f"error METRICS_START: the metrics endpoint cannot listen on {taken}" in (
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # another program has the port
+        where = f"127.0.0.1:{taken.getsockname()[1]}"
+        box = Sandbox(tmp_path, settings={"listen": "", "metrics_listen": where})
+        done = box.cli("serve", check=False)
+        assert done.returncode == 2 and f"error METRICS_START: the metrics endpoint cannot listen on {where}" in (
             done.stderr
         ), done.stderr
-        second.close()
-    finally:
-        first.close()
+        box.close()
