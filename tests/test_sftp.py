@@ -366,7 +366,11 @@ def test_a_stranger_holding_connections_without_logging_in_cannot_lock_the_organ
 
 
 def _name(pid: int) -> str:
-    return Path(f"/proc/{pid}/comm").read_text().strip()
+    """The process's name; "" for one that ended since it was listed (a gpg the gateway ran)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def _answered(sock: socket.socket) -> bool:
