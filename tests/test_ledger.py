@@ -347,3 +347,29 @@ def test_a_hot_statement_missing_a_column_with_a_default_is_refused(ledger: Ledg
     event = {"at": NOW, "action": "login", "detail": "", "prev_hash": "", "hash": ""}
     with pytest.raises(ValueError, match=r"no value for \['ok'\]"), ledger.core_tx() as conn:
         direct.execute(conn, insert(Event.__table__), [event])
+
+
+def test_monitoring_reads_the_open_transfers_and_the_last_hour_without_the_year_behind_them(ledger: Ledger) -> None:
+    month_ago = NOW - timedelta(days=30)
+    finished = [TransferData.arrival(new_transfer_id(), "kv", f"{i}.json", month_ago) for i in range(2000)]
+    ledger.receive(finished)
+    written = {"status_code": 110, "status_info": "picked up", "errors": "[]", "event_time": month_ago, "written": True}
+    with ledger.engine.begin() as conn:  # what a year leaves: finished transfers, their receipts and events past
+        conn.execute(text("UPDATE transfer SET state = 'fetched'"))
+        conn.execute(insert(Receipt), [{**written, "transfer_id": t.id} for t in finished])
+    fresh = received(ledger, name="fresh.json")
+    ledger.release(fresh.id, error="disk full", retry_at=NOW + timedelta(minutes=1))
+    ledger.add_receipt(fresh.id, 701, "will expire soon", NOW)
+
+    gauges = ledger.gauges(NOW - timedelta(hours=1))
+    assert gauges.open_transfers == {"received": (1, NOW)}
+    assert (gauges.retrying, gauges.receipts_unwritten) == (1, (1, NOW))
+    assert gauges.actions == {"transition:received": 1, "fault": 1, "receipt:701": 1}
+    for statement, table, index in (
+        (sql.GAUGE_OPEN, "transfer", "ix_transfer_claim"),
+        (sql.GAUGE_RETRYING, "transfer", "ix_transfer_claim" if ledger.is_sqlite else "ix_transfer_waiting"),
+        (sql.GAUGE_UNWRITTEN, "receipt", "ix_receipt_due"),
+        (sql.GAUGE_ACTIONS, "event", "ix_event_at"),
+    ):
+        plan = query_plan(ledger, statement, table, since=NOW - timedelta(hours=1))
+        assert index in plan and f"SCAN {table}\n" not in f"{plan}\n", (statement, plan)

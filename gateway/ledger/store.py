@@ -27,8 +27,6 @@ from gateway.ledger import statements as sql
 from gateway.ledger.chain import AuditTrail, new_event
 from gateway.ledger.directory import DirectorySnapshot, OrganDirectory
 from gateway.ledger.models import (
-    UNWRITTEN,
-    Event,
     Receipt,
     ReceiptData,
     Transfer,
@@ -431,29 +429,18 @@ class Ledger(OrganDirectory, AuditTrail):
 
     def gauges(self, since: datetime) -> Gauges:
         """The transfers whose life is not over (by state, with the oldest's last move), those retrying, the
-        receipts not yet written, and the audit actions since ``since``: each through an index, none reading the
-        finished transfers or the older events (a year's ledger holds 730,000 and 3.7 million)."""
-        open_states = [state.value for state in set(State) - lifecycle.TERMINAL]
-        workable = [state.value for state in lifecycle.WORKABLE]
+        receipts not yet written, and the audit actions since ``since`` (statements.GAUGE_*: an index each)."""
         with self.core_read() as conn:
-            by_state = conn.execute(
-                select(Transfer.state, func.count(), func.min(Transfer.updated_at))
-                .where(Transfer.state.in_(open_states))  # type: ignore[attr-defined]
-                .group_by(Transfer.state)
-            )
-            retrying = conn.execute(
-                select(func.count()).select_from(Transfer).where(Transfer.state.in_(workable), Transfer.attempts > 0)  # type: ignore[attr-defined]
-            ).scalar_one()
-            unwritten, owed_since = conn.execute(
-                select(func.count(), func.min(Receipt.event_time)).select_from(Receipt).where(UNWRITTEN)
-            ).one()
-            actions = conn.execute(select(Event.action, func.count()).where(Event.at >= since).group_by(Event.action))
-            return Gauges(
-                open_transfers={state: (n, utc(oldest)) for state, n, oldest in by_state},
-                retrying=retrying,
-                receipts_unwritten=(unwritten, utc(owed_since) if owed_since else None),
-                actions={action: n for action, n in actions},
-            )
+            by_state = conn.execute(sql.GAUGE_OPEN).all()
+            retrying = conn.execute(sql.GAUGE_RETRYING).scalar_one()
+            unwritten, owed_since = conn.execute(sql.GAUGE_UNWRITTEN).one()
+            actions = conn.execute(sql.GAUGE_ACTIONS, {"since": since}).all()
+        return Gauges(
+            open_transfers={state: (n, utc(oldest)) for state, n, oldest in by_state},
+            retrying=retrying,
+            receipts_unwritten=(unwritten, utc(owed_since) if owed_since else None),
+            actions={action: n for action, n in actions},
+        )
 
     def count_by_state(self) -> dict[str, int]:
         with self.read() as s:
