@@ -14,13 +14,13 @@ from typing import Any
 from gateway.admin import pgp_key_state
 from gateway.errors import AdminError
 from gateway.folders import is_temp_name
-from gateway.lifecycle import TERMINAL, WORKABLE, State
+from gateway.lifecycle import OPEN, WORKABLE, State
 from gateway.pipeline import spool_paths
 from gateway.service import Gateway
 
 # The transfers fsck compares with the folders: those whose life is not over (deliveries included). A finished
 # one has nothing on disk left to compare, and a year of them is 730,000 rows.
-_OPEN = sorted(set(State) - TERMINAL)
+_OPEN = sorted(OPEN)
 
 
 @dataclass(frozen=True)

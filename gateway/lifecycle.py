@@ -42,6 +42,8 @@ TRANSITIONS: dict[State, dict[State, int | None]] = {
 }
 
 TERMINAL: frozenset[State] = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
+# States of a life not over: deliveries waiting for pick-up and held dossiers included (what fsck and monitoring read).
+OPEN: frozenset[State] = frozenset(set(State) - TERMINAL)
 
 # States a worker picks up and moves on (the rest wait for a person: pick-up, expiry, hold time).
 WORKABLE: frozenset[State] = frozenset({State.RECEIVED, State.VALIDATED, State.ENCRYPTED})

@@ -22,10 +22,10 @@ from gateway.clock import Clock
 from gateway.config import host_port
 from gateway.health import ACTIONS_WINDOW
 from gateway.ledger.store import Ledger
-from gateway.lifecycle import TERMINAL, State
+from gateway.lifecycle import OPEN
 
 log = logging.getLogger(__name__)
-OPEN_STATES = sorted(state.value for state in set(State) - TERMINAL)
+OPEN_STATES = sorted(state.value for state in OPEN)
 Round = tuple[float, float]  # a maintenance round: when it ended (Unix time) and how long it took (seconds)
 
 

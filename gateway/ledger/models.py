@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, Index, Text, text
+from sqlalchemy import Column, DateTime, Index, Text, TextClause, text
 from sqlmodel import Field, SQLModel
 
 from gateway.lifecycle import WORKABLE, State
@@ -12,9 +13,14 @@ from gateway.lifecycle import WORKABLE, State
 ORGAN_KINDS = ("control_body", "joint_committee", "tripartite_commission", "canton", "federal")
 
 
-# Transfers waiting for a worker: the predicate of PostgreSQL's claim index, which the claim repeats (literal
-# values, sorted: the planner uses a partial index only for a query whose WHERE implies its predicate).
-WAITING = text("transfer.state IN ({})".format(", ".join(f"'{state.value}'" for state in sorted(WORKABLE))))
+def states_in(states: Iterable[State]) -> TextClause:
+    """``transfer.state IN (…)`` with literal values, sorted: a partial index is used only for a query whose WHERE
+    repeats its predicate, and literals (not parameters) let the planner see that it does."""
+    return text("transfer.state IN ({})".format(", ".join(f"'{state.value}'" for state in sorted(states))))
+
+
+# Transfers waiting for a worker: the predicate of PostgreSQL's claim index, which the claim repeats.
+WAITING = states_in(WORKABLE)
 
 
 def utc(moment: datetime) -> datetime:

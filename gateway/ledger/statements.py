@@ -5,7 +5,7 @@ running it) and run by gateway.ledger.direct. Parameters are bound by name at ex
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, insert, or_, text, update
+from sqlalchemy import bindparam, func, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
@@ -19,8 +19,9 @@ from gateway.ledger.models import (
     Receipt,
     Route,
     Transfer,
+    states_in,
 )
-from gateway.lifecycle import TERMINAL, State
+from gateway.lifecycle import OPEN, State
 
 TRANSFERS = Transfer.__table__  # type: ignore[attr-defined]
 RECEIPTS = Receipt.__table__  # type: ignore[attr-defined]
@@ -92,7 +93,7 @@ DELIVERED_FILES = select(TRANSFERS.c.recipient_id, TRANSFERS.c.delivered_name).w
 )
 # Monitoring (`status`, the metrics endpoint): each through an index, none reading the finished transfers or the
 # older events, of which a year keeps 730,000 and 3.7 million
-_OPEN = text("transfer.state IN ({})".format(", ".join(f"'{s.value}'" for s in sorted(set(State) - TERMINAL))))
+_OPEN = states_in(OPEN)
 GAUGE_OPEN = (
     select(TRANSFERS.c.state, func.count(), func.min(TRANSFERS.c.updated_at)).where(_OPEN).group_by(TRANSFERS.c.state)
 )
