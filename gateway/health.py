@@ -1,4 +1,5 @@
-"""Is the gateway keeping up? The judgement behind `flam-gateway status` and the metrics endpoint.
+"""Is the gateway keeping up? The figures monitoring reads, and the judgement behind `flam-gateway status` (the
+metrics endpoint shows the same figures and leaves the judgement to the admin's alert rules).
 
 A dossier passes received, validated and encrypted within seconds, and an owed receipt is written within a
 maintenance round. One that stays there much longer is stuck: the workers are paused or dead, gpg hangs, the
@@ -8,12 +9,22 @@ ledger or a folder refuses writes. Held dossiers and deliveries waiting for pick
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from gateway.ledger.store import Gauges
 from gateway.lifecycle import WORKABLE
 
 ACTIONS_WINDOW = timedelta(hours=1)  # the audit actions counted: those of the last hour
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """What monitoring reads from the ledger (:meth:`gateway.ledger.store.Ledger.gauges`)."""
+
+    open_transfers: dict[str, tuple[int, datetime]]  # state -> (how many, the oldest one's last move)
+    retrying: int  # workable transfers with a failed attempt behind them
+    receipts_unwritten: tuple[int, datetime | None]  # how many, and since when the oldest is owed
+    actions: dict[str, int]  # audit events since the time asked, by action
 
 
 def stuck(gauges: Gauges, now: datetime, after: timedelta) -> list[str]:

@@ -22,6 +22,7 @@ from sqlmodel import Session, SQLModel, create_engine, select
 from gateway import lifecycle
 from gateway.config import without_password
 from gateway.errors import GatewayFault, Problem, status_for
+from gateway.health import Gauges
 from gateway.ledger import direct
 from gateway.ledger import statements as sql
 from gateway.ledger.chain import AuditTrail, new_event
@@ -59,16 +60,6 @@ class Claimed:
 
     transfer: TransferData
     directory: DirectorySnapshot
-
-
-@dataclass(frozen=True)
-class Gauges:
-    """What monitoring reads from the ledger (`flam-gateway status`, the metrics endpoint)."""
-
-    open_transfers: dict[str, tuple[int, datetime]]  # state -> (how many, the oldest one's last move)
-    retrying: int  # workable transfers with a failed attempt behind them
-    receipts_unwritten: tuple[int, datetime | None]  # how many, and since when the oldest is owed
-    actions: dict[str, int]  # audit events since the time asked, by action
 
 
 @dataclass(frozen=True)
