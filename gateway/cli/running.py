@@ -1,0 +1,179 @@
+"""Setting up and running the gateway, and looking after it: init, serve, status, check, fsck, purge, demo."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from gateway.cli.output import err, gateway_of, out, print_rows
+from gateway.config import without_password
+from gateway.folders import power_cut_risk
+from gateway.fsck import fsck
+from gateway.handlers.inspect import inspect_file
+from gateway.handlers.parse import shown
+from gateway.health import ACTIONS_WINDOW, stuck
+from gateway.retention import purge
+from gateway.service import notify_systemd
+
+_log = logging.getLogger(__name__)
+
+
+@click.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create the data dir, ledger, gateway OpenPGP key pair and SSH host keys (idempotent)."""
+    gw = gateway_of(ctx)
+    fpr = gw.init()
+    out.print(
+        f"data dir {gw.folders.root}\nledger   {without_password(gw.settings.ledger_url)}\ngateway OpenPGP key {fpr}"
+    )
+    if (risk := power_cut_risk(gw.folders.root)) is not None:
+        err.print(f"warning: {risk}")
+
+
+# -- running -----------------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--listen", default=None, help="SFTP address HOST:PORT (default 127.0.0.1:2222; '' for none).")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@click.pass_context
+def serve(ctx: click.Context, listen: str | None, log_level: str) -> None:
+    """Run the gateway in the foreground (SIGTERM/SIGINT stop it cleanly)."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gw = gateway_of(ctx)
+    if listen is not None:
+        gw.settings = dataclasses.replace(gw.settings, listen=listen)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    # by default SIGHUP ends a process, and systemd's Restart=on-failure counts that as a clean stop: a habitual
+    # `kill -HUP` (or a log rotation script's) would leave the gateway down for good
+    signal.signal(signal.SIGHUP, lambda *_: _log.warning("SIGHUP ignored: settings are read at start only"))
+
+    def ready() -> None:
+        where = f"SFTP on {gw.settings.listen.rpartition(':')[0]}:{gw.door_port}" if gw.settings.listen else "no SFTP"
+        if gw.metrics is not None:
+            where += f", metrics on http://{gw.settings.metrics_listen.rpartition(':')[0]}:{gw.metrics.server_port}"
+        engine = f"OpenPGP by {gw.settings.openpgp}, key {gw.keyring.gateway_fingerprint}"
+        if not gw.settings.workers:
+            engine += "; deliveries paused (workers = 0): dossiers are received and wait"
+        click.echo(f"flam-gateway ready: {where}, data dir {gw.folders.root}, {engine}", err=True)
+        notify_systemd("READY=1")
+
+    gw.serve(stop, ready)
+    notify_systemd("STOPPING=1")
+
+
+@click.command()
+@click.option("--stuck-after", default=1800, show_default=True, type=click.IntRange(min=1), help="Seconds.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, stuck_after: int, as_json: bool) -> None:
+    """The backlog now, for admins and monitoring: open transfers by state and how long the oldest has not moved,
+    retries, receipts not yet written, the last hour's audit actions. Exit 1 when work or a receipt has waited
+    longer than --stuck-after."""
+    gw = gateway_of(ctx)
+    now = gw.clock()
+    gauges = gw.ledger.gauges(now - ACTIONS_WINDOW)
+    reasons = stuck(gauges, now, timedelta(seconds=stuck_after))
+    states = [
+        {"state": state, "count": n, "oldest_unmoved_since": oldest}
+        for state, (n, oldest) in sorted(gauges.open_transfers.items())
+    ]
+    unwritten, owed_since = gauges.receipts_unwritten
+    if as_json:
+        report = {
+            "open_transfers": states,
+            "retrying": gauges.retrying,
+            "receipts_unwritten": unwritten,
+            "oldest_receipt_owed_since": owed_since,
+            "audit_events_last_hour": gauges.actions,
+            "stuck": reasons,
+        }
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        print_rows(states, ["state", "count", "oldest_unmoved_since"], False, "open transfers")
+        out.print(f"retrying {gauges.retrying}; receipts not yet written {unwritten}")
+        out.print("last hour: " + (", ".join(f"{a} {n}" for a, n in sorted(gauges.actions.items())) or "no events"))
+        for reason in reasons:
+            err.print(f"stuck: {reason}")
+    if reasons:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--sender", required=True, help="The organ id the file will be sent from.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def check(ctx: click.Context, file: Path, sender: str, as_json: bool) -> None:
+    """Validate a dossier offline, as the gateway would: exit 0 valid, 1 invalid, every error listed."""
+    gw = gateway_of(ctx)
+    result = inspect_file(file, sender, gw.settings.limits, gw.clock())
+    errors = [p.as_dict() | {"status": p.status} for p in result.problems]
+    if as_json:
+        click.echo(json.dumps({"valid": not errors, "errors": errors}, indent=2, ensure_ascii=False))
+    elif errors:
+        print_rows(errors, ["status", "code", "path", "message"], False, f"{shown(file.name)}: {len(errors)} error(s)")
+    else:
+        out.print(f"{shown(file.name)}: valid")
+    ctx.exit(1 if errors else 0)
+
+
+@click.command()
+def demo() -> None:
+    """Run the whole story in a temporary folder on a free local port (three organs, SFTP, gpg), then exit."""
+    from gateway.demo import run_demo  # paramiko is only needed here
+
+    run_demo(Console(soft_wrap=True))  # the demo's own words, with their styles
+
+
+@click.command("fsck")
+@click.option("--repair", is_flag=True, help="Repair what a safe, idempotent step can repair.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def fsck_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
+    """Compare ledger and folders; exit 1 while differences remain that need an admin."""
+    gw = gateway_of(ctx)
+    if not repair and (pid := gw.folders.serving_pid()) is not None:
+        err.print(f"note: serve (pid {pid}) runs on this data dir; its work in progress may be listed too")
+    findings = fsck(gw, repair=repair)
+    rows = [f.as_dict() for f in findings]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+    elif rows:
+        print_rows(rows, ["kind", "transfer_id", "path", "repaired", "detail"], False, "fsck")
+    else:
+        out.print("ledger and folders agree")
+    ctx.exit(1 if any(not f.repaired for f in findings) else 0)
+
+
+@click.command("purge")
+@click.pass_context
+def purge_command(ctx: click.Context) -> None:
+    """Expire uncollected deliveries (701, 204), destroy old quarantine, purge old ledger and audit rows."""
+    gw = gateway_of(ctx)
+    report = purge(gw.worker(), gw.settings)
+    out.print(
+        f"expired {report.expired}, warned {report.warned}, quarantined originals destroyed "
+        f"{report.quarantined_destroyed}, transfers purged {report.transfers_purged}, "
+        f"audit events purged {report.events_purged}, uncollected receipts removed {report.receipts_removed}"
+    )
+
+
+COMMANDS = (init, serve, status, check, demo, fsck_command, purge_command)
