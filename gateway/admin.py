@@ -89,16 +89,14 @@ def add_gateway_key(gw: Gateway) -> str:
 
 def use_gateway_key(gw: Gateway, fingerprint: str) -> tuple[str, str]:
     """Make the gateway key ``fingerprint`` sign every delivery from now on; returns (it, the key before)."""
-    before = gw.keyring.use_gateway_key(fingerprint)
-    now_signing = gw.keyring.gateway_fingerprint
+    now_signing, before = gw.keyring.use_gateway_key(fingerprint)
     gw.ledger.audit(gw.clock(), "gateway_key_used", f"{now_signing} signs deliveries; {before} did")
     return now_signing, before
 
 
 def remove_gateway_key(gw: Gateway, fingerprint: str) -> None:
     """Destroy a gateway key pair that no longer signs."""
-    gw.keyring.remove_gateway_key(fingerprint)
-    gw.ledger.audit(gw.clock(), "gateway_key_removed", "".join(fingerprint.split()).upper())
+    gw.ledger.audit(gw.clock(), "gateway_key_removed", gw.keyring.remove_gateway_key(fingerprint))
 
 
 def transfer_row(t: Transfer) -> dict[str, Any]:

@@ -190,15 +190,17 @@ class Keyring:
         self._sign_with(self.gateway_fingerprint)  # a home made before rotation: name its key before there are two
         return self.generate(*GATEWAY_UID)
 
-    def use_gateway_key(self, fingerprint: str) -> str:
-        """Sign every delivery from now on with the gateway key ``fingerprint``; returns the key that signed."""
+    def use_gateway_key(self, fingerprint: str) -> tuple[str, str]:
+        """Sign every delivery from now on with the gateway key ``fingerprint``; returns (its full fingerprint,
+        the key that signed before)."""
         key = self._gateway_key(fingerprint)
         before = self.gateway_fingerprint
         self._sign_with(key.fingerprint)
-        return before
+        return key.fingerprint, before
 
-    def remove_gateway_key(self, fingerprint: str) -> None:
-        """Destroy a gateway key pair that does not sign (an old one, or one added by mistake)."""
+    def remove_gateway_key(self, fingerprint: str) -> str:
+        """Destroy a gateway key pair that does not sign (an old one, or one added by mistake); returns its full
+        fingerprint."""
         key = self._gateway_key(fingerprint)
         if key.signs:
             raise AdminError(
@@ -216,6 +218,7 @@ class Keyring:
                 f"gpg could not remove {key.fingerprint}: {done.stderr.decode('utf-8', 'replace')[-300:]}"
             )
         self._make_durable()
+        return key.fingerprint
 
     def export_gateway_keys(self) -> str:
         """The armored public keys of every gateway key pair: the one that signs and any added beside it."""

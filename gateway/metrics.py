@@ -41,9 +41,10 @@ class GatewayCollector(Collector):
             gauges = self.ledger.gauges(now - ACTIONS_WINDOW)
         except SQLAlchemyError as exc:
             log.warning("metrics: the ledger did not answer: %s", " ".join(str(exc).split())[:300])
-            yield _gauge("ledger_up", "1 if the ledger answered this scrape", 0)
+            gauges = None
+        yield _gauge("ledger_up", "1 if the ledger answered this scrape", float(gauges is not None))
+        if gauges is None:
             return
-        yield _gauge("ledger_up", "1 if the ledger answered this scrape", 1)
         count = _gauge("open_transfers", "Transfers whose life is not over", labels=["state"])
         age = _gauge("oldest_open_transfer_age_seconds", "How long the state's oldest has not moved", labels=["state"])
         for state in OPEN_STATES:
