@@ -107,6 +107,12 @@ class Settings:
         )
 
     @property
+    def room_needed(self) -> int:
+        """Free bytes the data dir's filesystem should keep: the largest dossier the gateway takes and its encrypted
+        copy, which wait side by side in the spool."""
+        return 2 * self.max_message_bytes
+
+    @property
     def ledger_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'ledger.sqlite3').resolve()}"
 

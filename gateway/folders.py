@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import GatewayFault
+from gateway.health import Space
 
 ORGAN_SUBDIRS = ("outbox", "inbox", "receipts")
 TEMP_PREFIXES = (".", "~")
@@ -232,6 +233,17 @@ class Folders:
         self.quarantine = self.root / "quarantine"
         self.gnupg = self.root / "gnupg"
         self.hostkeys = self.root / "hostkeys"
+
+    def space(self) -> Space:
+        """Room left on the data dir's filesystem for an unprivileged user (the blocks reserved for root are not
+        counted: the gateway runs under a user of its own)."""
+        stats = os.statvfs(self.root)
+        return Space(
+            free_bytes=stats.f_bavail * stats.f_frsize,
+            total_bytes=stats.f_blocks * stats.f_frsize,
+            free_inodes=stats.f_favail,
+            total_inodes=stats.f_files,
+        )
 
     def hold_for_serve(self, wait: float = 5.0) -> None:
         """Take the data dir for this `serve` until the process ends (a lock on ``serve.lock``, which holds our

@@ -4,7 +4,8 @@ metrics endpoint shows the same figures and leaves the judgement to the admin's 
 A dossier passes received, validated and encrypted within seconds, and an owed receipt is written within a
 maintenance round. One that stays there much longer is stuck: the workers are paused or dead, gpg hangs, the
 ledger or a folder refuses writes. Held dossiers and deliveries waiting for pick-up wait by design (for
-``hold_days`` and ``expire_after_days``) and are counted, not judged.
+``hold_days`` and ``expire_after_days``) and are counted, not judged. The data dir's filesystem is judged too:
+when it fills, dossiers wait and uploads fail, so monitoring should hear of it before.
 """
 
 from __future__ import annotations
@@ -25,6 +26,37 @@ class Gauges:
     retrying: int  # workable transfers with a failed attempt behind them
     receipts_unwritten: tuple[int, datetime | None]  # how many, and since when the oldest is owed
     actions: dict[str, int]  # audit events since the time asked, by action
+
+
+@dataclass(frozen=True)
+class Space:
+    """Room left on the data dir's filesystem (:meth:`gateway.folders.Folders.space`), as its user may use it."""
+
+    free_bytes: int
+    total_bytes: int
+    free_inodes: int
+    total_inodes: int  # 0 where the filesystem does not count them
+
+
+def short_of_space(space: Space, min_free_bytes: int) -> list[str]:
+    """Why the data dir's filesystem may soon refuse the gateway's writes (nothing: room enough)."""
+    reasons = []
+    if space.free_bytes < min_free_bytes:
+        reasons.append(
+            f"the data dir's filesystem has {mib(space.free_bytes)} free of {mib(space.total_bytes)}, less than "
+            f"{mib(min_free_bytes)}: once it is full, dossiers wait and uploads fail"
+        )
+    if space.free_inodes < space.total_inodes // 100:
+        reasons.append(
+            f"the data dir's filesystem has {space.free_inodes} of {space.total_inodes} inodes free, less than 1 %: "
+            "every upload, delivery and receipt needs one"
+        )
+    return reasons
+
+
+def mib(size: int) -> str:
+    """A size in MiB, for people."""
+    return f"{size / 2**20:,.1f} MiB"
 
 
 def stuck(gauges: Gauges, now: datetime, after: timedelta) -> list[str]:

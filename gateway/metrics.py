@@ -1,7 +1,8 @@
 """The metrics door: Prometheus's text format over HTTP (setting ``metrics_listen``), served by `serve`'s parent.
 
 Each scrape reads the ledger (:meth:`gateway.ledger.store.Ledger.gauges`: a few indexed queries), so every node
-of a shared ledger reports the same transfers; the maintenance rounds and the process figures are this node's.
+of a shared ledger reports the same transfers; the maintenance rounds, the data dir's free space and the process
+figures are this node's.
 No metric names an organ: a label per organ would tell whoever reaches the endpoint who exchanges with whom.
 """
 
@@ -20,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.clock import Clock
 from gateway.config import host_port
-from gateway.health import ACTIONS_WINDOW
+from gateway.health import ACTIONS_WINDOW, Space
 from gateway.ledger.store import Ledger
 from gateway.lifecycle import OPEN
 
@@ -32,11 +33,18 @@ Round = tuple[float, float]  # a maintenance round: when it ended (Unix time) an
 class GatewayCollector(Collector):
     """The gateway's gauges, read at each scrape."""
 
-    def __init__(self, ledger: Ledger, clock: Clock, last_round: Callable[[], Round | None]) -> None:
-        self.ledger, self.clock, self.last_round = ledger, clock, last_round
+    def __init__(
+        self, ledger: Ledger, clock: Clock, last_round: Callable[[], Round | None], space: Callable[[], Space]
+    ) -> None:
+        self.ledger, self.clock, self.last_round, self.space = ledger, clock, last_round, space
 
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
+        room = self.space()
+        yield _gauge("data_dir_free_bytes", "Free space on the data dir's filesystem", room.free_bytes)
+        yield _gauge("data_dir_size_bytes", "Size of the data dir's filesystem", room.total_bytes)
+        yield _gauge("data_dir_free_inodes", "Free inodes on the data dir's filesystem", room.free_inodes)
+        yield _gauge("data_dir_inodes", "Inodes of the data dir's filesystem (0: not counted)", room.total_inodes)
         try:
             gauges = self.ledger.gauges(now - ACTIONS_WINDOW)
         except SQLAlchemyError as exc:

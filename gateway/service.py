@@ -29,6 +29,7 @@ from gateway.crypto import Keyring
 from gateway.errors import GatewayFault
 from gateway.folders import Folders, power_cut_risk
 from gateway.handlers.encrypt import Crypto
+from gateway.health import short_of_space
 from gateway.heap import give_back, one_arena
 from gateway.intake import Intake
 from gateway.ledger.audit_buffer import AuditBuffer
@@ -66,6 +67,7 @@ class Gateway:
         self.door_port: int | None = None
         self.metrics: ThreadingWSGIServer | None = None  # the metrics endpoint, while `serve` runs with one
         self.last_round: tuple[float, float] | None = None  # the last maintenance round: its end (Unix time), seconds
+        self.short_of_space: list[str] = []  # what the last maintenance round found short on the data dir's filesystem
 
     @cached_property
     def wake(self) -> Wakeup:
@@ -209,7 +211,19 @@ class Gateway:
             "retry_held": worker.retry_held,
             "write_receipts": worker.write_receipts,
             "expire_deliveries": lambda: expire_deliveries(worker, self.settings),
+            "watch_space": self.watch_space,
         }
+
+    def watch_space(self) -> None:
+        """Say in the log when the data dir's filesystem runs short of space or inodes (once, as `status` would
+        judge it), and when it has room again."""
+        short = short_of_space(self.folders.space(), self.settings.room_needed)
+        if short and not self.short_of_space:
+            for reason in short:
+                log.warning("short of space: %s", reason)
+        elif self.short_of_space and not short:
+            log.info("the data dir's filesystem has room again")
+        self.short_of_space = short
 
     def _maintain(self, stop: threading.Event) -> None:
         tasks = self.maintenance()
@@ -227,7 +241,7 @@ class Gateway:
     def _metrics_server(self) -> ThreadingWSGIServer:
         from gateway.metrics import GatewayCollector, metrics_server  # prometheus_client only where it is used
 
-        collector = GatewayCollector(self.ledger, self.clock, lambda: self.last_round)
+        collector = GatewayCollector(self.ledger, self.clock, lambda: self.last_round, self.folders.space)
         try:
             return metrics_server(self.settings.metrics_listen, collector)
         except OSError as exc:

@@ -5,12 +5,14 @@ last hour's audit actions, and `status` exits 1 when work has stopped moving."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
 from pathlib import Path
 
 from gateway import samples
 from gateway.clock import system_clock
+from gateway.folders import Folders
 from gateway.harness import Sandbox
 from gateway.ledger.store import Ledger
 from gateway.metrics import GatewayCollector
@@ -19,7 +21,8 @@ KV, PK = "kv-bau-zh", "pk-bau-zh"
 
 
 def test_an_admin_sees_a_paused_gateway_stuck_and_then_the_night_drain() -> None:
-    box = Sandbox(settings={"settle_seconds": 0.1, "rescan_seconds": 1, "metrics_listen": "127.0.0.1:0", "workers": 0})
+    settings = {"settle_seconds": 0.1, "rescan_seconds": 1, "metrics_listen": "127.0.0.1:0", "workers": 0}
+    box = Sandbox(settings={**settings, "max_message_bytes": 1_000_000})  # status wants twice that free
     try:
         box.init_pair(KV, PK)
         box.start(listen="")
@@ -40,6 +43,10 @@ def test_an_admin_sees_a_paused_gateway_stuck_and_then_the_night_drain() -> None
         assert seen["flam_gateway_ledger_up"] == 1
         assert box.wait_for(lambda: "flam_gateway_maintenance_round_seconds" in box.metrics(), what="a round")
         assert seen["process_resident_memory_bytes"] > 0
+        room = os.statvfs(box.data_dir)
+        assert abs(seen["flam_gateway_data_dir_free_bytes"] - room.f_bavail * room.f_frsize) < 100 * 2**20
+        assert seen["flam_gateway_data_dir_size_bytes"] == room.f_blocks * room.f_frsize
+        assert seen["flam_gateway_data_dir_inodes"] == room.f_files
 
         box.stop()
         box.env["FLAM_GATEWAY_WORKERS"] = "2"  # the admin un-pauses the deliveries
@@ -61,7 +68,7 @@ def test_an_admin_sees_a_paused_gateway_stuck_and_then_the_night_drain() -> None
 def test_a_ledger_that_does_not_answer_is_a_metric_and_not_a_broken_endpoint(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     ledger = Ledger(f"sqlite:///{path}")
-    collector = GatewayCollector(ledger, system_clock, lambda: None)
+    collector = GatewayCollector(ledger, system_clock, lambda: None, Folders(tmp_path).space)
 
     def up() -> float:
         return next(s.value for m in collector.collect() for s in m.samples if s.name == "flam_gateway_ledger_up")

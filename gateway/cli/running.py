@@ -20,7 +20,7 @@ from gateway.folders import power_cut_risk
 from gateway.fsck import fsck
 from gateway.handlers.inspect import inspect_file
 from gateway.handlers.parse import shown
-from gateway.health import ACTIONS_WINDOW, stuck
+from gateway.health import ACTIONS_WINDOW, mib, short_of_space, stuck
 from gateway.retention import purge
 from gateway.service import notify_systemd
 
@@ -81,16 +81,26 @@ def serve(ctx: click.Context, listen: str | None, log_level: str) -> None:
 
 @click.command()
 @click.option("--stuck-after", default=1800, show_default=True, type=click.IntRange(min=1), help="Seconds.")
+@click.option(
+    "--min-free-mib",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Free space the data dir's filesystem should keep [default: twice max_message_bytes, room for the largest "
+    "dossier and its encrypted copy].",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def status(ctx: click.Context, stuck_after: int, as_json: bool) -> None:
+def status(ctx: click.Context, stuck_after: int, min_free_mib: int | None, as_json: bool) -> None:
     """The backlog now, for admins and monitoring: open transfers by state and how long the oldest has not moved,
-    retries, receipts not yet written, the last hour's audit actions. Exit 1 when work or a receipt has waited
-    longer than --stuck-after."""
+    retries, receipts not yet written, the last hour's audit actions, the data dir's free space. Exit 1 when work or
+    a receipt has waited longer than --stuck-after, or the free space or inodes run short."""
     gw = gateway_of(ctx)
     now = gw.clock()
     gauges = gw.ledger.gauges(now - ACTIONS_WINDOW)
+    space = gw.folders.space()
+    min_free = min_free_mib * 2**20 if min_free_mib is not None else gw.settings.room_needed
     reasons = stuck(gauges, now, timedelta(seconds=stuck_after))
+    short = short_of_space(space, min_free)
     states = [
         {"state": state, "count": n, "oldest_unmoved_since": oldest}
         for state, (n, oldest) in sorted(gauges.open_transfers.items())
@@ -103,16 +113,24 @@ def status(ctx: click.Context, stuck_after: int, as_json: bool) -> None:
             "receipts_unwritten": unwritten,
             "oldest_receipt_owed_since": owed_since,
             "audit_events_last_hour": gauges.actions,
+            "data_dir_space": dataclasses.asdict(space),
             "stuck": reasons,
+            "short_of_space": short,
         }
         click.echo(json.dumps(report, indent=2, default=str))
     else:
         print_rows(states, ["state", "count", "oldest_unmoved_since"], False, "open transfers")
         out.print(f"retrying {gauges.retrying}; receipts not yet written {unwritten}")
         out.print("last hour: " + (", ".join(f"{a} {n}" for a, n in sorted(gauges.actions.items())) or "no events"))
+        out.print(
+            f"data dir: {mib(space.free_bytes)} free of {mib(space.total_bytes)}, "
+            f"{space.free_inodes} of {space.total_inodes} inodes"
+        )
         for reason in reasons:
             err.print(f"stuck: {reason}")
-    if reasons:
+        for reason in short:
+            err.print(f"short of space: {reason}")
+    if reasons or short:
         sys.exit(1)
 
 
