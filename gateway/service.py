@@ -120,6 +120,19 @@ class Gateway:
             on_pickup=worker.pick_up,
         )
 
+    def made(self) -> Gateway:
+        """This gateway, once its ledger opens (LEDGER_UNAVAILABLE otherwise) and `init` has made its data dir
+        (DATA_DIR_MISSING otherwise). With a PostgreSQL ledger a mistyped data dir would otherwise get keys and
+        folders made in the wrong place, or fail on a folder that is not there."""
+        if not self.folders.organs.is_dir():
+            self.ledger  # noqa: B018 - a ledger that cannot be opened is said first
+            raise GatewayFault(
+                f"no data dir at {self.folders.root}: `flam-gateway init` makes one (or do --data-dir and "
+                "FLAM_GATEWAY_HOME name the one you meant?)",
+                code="DATA_DIR_MISSING",
+            )
+        return self
+
     def init(self) -> str:
         """Create the data dir, ledger, gateway key pair and SSH host keys (idempotent); returns the key fpr."""
         self.folders.create()

@@ -34,6 +34,31 @@ def test_an_admin_whose_ledger_cannot_be_opened_is_told_why_in_one_line(
     assert "s3cret" not in done.stderr, "a password in the URL is never shown"
 
 
+def test_a_data_dir_never_made_beside_a_postgresql_ledger_is_named_and_nothing_is_made_there(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A second node's admin with a mistyped data dir: the shared ledger opens, the data dir is not there. `status`
+    and `fsck` ended in a traceback, and the others made keys and folders where nothing belonged."""
+    box = Sandbox(root=tmp_path, database_url=pg_url, settings={"max_message_bytes": 1_000_000})
+    told = (
+        f"error DATA_DIR_MISSING: no data dir at {box.data_dir}: `flam-gateway init` makes one (or do --data-dir "
+        "and FLAM_GATEWAY_HOME name the one you meant?)\n"
+    )
+    for args in (
+        ("status",),
+        ("fsck",),
+        ("purge",),
+        ("organ", "add", "kv-bau-zh", "--kind", "control_body", "--name", "KV"),
+        ("gateway-key", "list"),
+        ("host-key", "fingerprints"),
+    ):
+        done = box.cli(*args, check=False)
+        assert (done.returncode, done.stderr) == (2, told), args
+    assert not box.data_dir.exists(), "no keys or folders made in the wrong place"
+    box.cli("init")
+    assert "data dir:" in box.cli("status").stdout
+
+
 @pytest.mark.parametrize(
     ("settings", "args", "told"),
     [

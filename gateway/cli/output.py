@@ -23,9 +23,11 @@ out = Console(soft_wrap=True, markup=False)
 err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
-def gateway_of(ctx: click.Context) -> Gateway:
-    """The gateway the root command made for this invocation."""
-    return ctx.find_object(Gateway)  # type: ignore[return-value]
+def gateway_of(ctx: click.Context, *, made: bool = True) -> Gateway:
+    """The gateway the root command made for this invocation; unless ``made`` is false (the commands that make
+    the data dir or need none), one whose data dir `init` has made (:meth:`Gateway.made`)."""
+    gateway: Gateway = ctx.find_object(Gateway)  # type: ignore[assignment]
+    return gateway.made() if made else gateway
 
 
 def known_organ(ctx: click.Context, organ_id: str | None) -> Gateway:

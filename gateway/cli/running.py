@@ -31,7 +31,7 @@ _log = logging.getLogger(__name__)
 @click.pass_context
 def init(ctx: click.Context) -> None:
     """Create the data dir, ledger, gateway OpenPGP key pair and SSH host keys (idempotent)."""
-    gw = gateway_of(ctx)
+    gw = gateway_of(ctx, made=False)
     fpr = gw.init()
     out.print(
         f"data dir {gw.folders.root}\nledger   {without_password(gw.settings.ledger_url)}\ngateway OpenPGP key {fpr}"
@@ -55,7 +55,7 @@ def init(ctx: click.Context) -> None:
 def serve(ctx: click.Context, listen: str | None, log_level: str) -> None:
     """Run the gateway in the foreground (SIGTERM/SIGINT stop it cleanly)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    gw = gateway_of(ctx)
+    gw = gateway_of(ctx, made=False)
     if listen is not None:
         gw.settings = dataclasses.replace(gw.settings, listen=listen)
     stop = threading.Event()
@@ -141,7 +141,7 @@ def status(ctx: click.Context, stuck_after: int, min_free_mib: int | None, as_js
 @click.pass_context
 def check(ctx: click.Context, file: Path, sender: str, as_json: bool) -> None:
     """Validate a dossier offline, as the gateway would: exit 0 valid, 1 invalid, every error listed."""
-    gw = gateway_of(ctx)
+    gw = gateway_of(ctx, made=False)
     result = inspect_file(file, sender, gw.settings.limits, gw.clock())
     errors = [p.as_dict() | {"status": p.status} for p in result.problems]
     if as_json:
