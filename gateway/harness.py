@@ -120,7 +120,8 @@ def plain_gpg_decrypt(home: Path, path: Path) -> tuple[bytes, str | None]:
 
 # Each admin command a process of its own, forked from a server that imported what the CLI needs once (see
 # Sandbox.cli). Not `gateway.cli` itself: its consoles read COLUMNS from the environment when imported, and
-# the command's environment is set only in the child, which imports it (14 ms). As in any multiprocessing fork
+# the command's environment is set only in the child, which imports it (14 ms); the fork server's own may hold
+# COLUMNS=80 (GNU readline, which pytest imports, exports it to child processes). As in any multiprocessing fork
 # server, each child imports the program's main script again: a script using the harness keeps its work under
 # `if __name__ == "__main__"`.
 _CLI_FORKS = multiprocessing.get_context("forkserver")
