@@ -123,7 +123,8 @@ class Gateway:
     def made(self) -> Gateway:
         """This gateway, once its ledger opens (LEDGER_UNAVAILABLE otherwise) and `init` has made its data dir
         (DATA_DIR_MISSING otherwise). With a PostgreSQL ledger a mistyped data dir would otherwise get keys and
-        folders made in the wrong place, or fail on a folder that is not there."""
+        folders made in the wrong place, or fail on a folder that is not there; `serve` would start a node with
+        keys of its own."""
         if not self.folders.organs.is_dir():
             self.ledger  # noqa: B018 - a ledger that cannot be opened is said first
             raise GatewayFault(
@@ -173,6 +174,10 @@ class Gateway:
     def serve(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
         """Run intake, workers, maintenance and the SFTP door until ``stop`` is set."""
         one_arena()  # before any thread: a gateway that runs for months would otherwise creep (heap.py)
+        # a ledger outside the data dir (not the default SQLite) that is in use: a node joins it with `init`, the
+        # gateway's keys copied in first
+        if self.settings.database_url and self.ledger.organs():
+            self.made()
         self.folders.hold_for_serve()
         self.init()
         if (risk := power_cut_risk(self.folders.root)) is not None:

@@ -38,25 +38,35 @@ def test_a_data_dir_never_made_beside_a_postgresql_ledger_is_named_and_nothing_i
     tmp_path: Path, pg_url: str
 ) -> None:
     """A second node's admin with a mistyped data dir: the shared ledger opens, the data dir is not there. `status`
-    and `fsck` ended in a traceback, and the others made keys and folders where nothing belonged."""
-    box = Sandbox(root=tmp_path, database_url=pg_url, settings={"max_message_bytes": 1_000_000})
-    told = (
-        f"error DATA_DIR_MISSING: no data dir at {box.data_dir}: `flam-gateway init` makes one (or do --data-dir "
-        "and FLAM_GATEWAY_HOME name the one you meant?)\n"
-    )
-    for args in (
-        ("status",),
-        ("fsck",),
-        ("purge",),
-        ("organ", "add", "kv-bau-zh", "--kind", "control_body", "--name", "KV"),
-        ("gateway-key", "list"),
-        ("host-key", "fingerprints"),
-    ):
-        done = box.cli(*args, check=False)
-        assert (done.returncode, done.stderr) == (2, told), args
-    assert not box.data_dir.exists(), "no keys or folders made in the wrong place"
-    box.cli("init")
-    assert "data dir:" in box.cli("status").stdout
+    and `fsck` ended in a traceback, the others made keys and folders where nothing belonged, and `serve` started a
+    node with a gateway key and host keys of its own."""
+    first = Sandbox(root=tmp_path / "first", database_url=pg_url)
+    box = Sandbox(root=tmp_path / "second", database_url=pg_url, settings={"max_message_bytes": 1_000_000})
+    try:
+        first.cli("init")
+        first.cli("organ", "add", "kv-bau-zh", "--kind", "control_body", "--name", "KV")
+        told = (
+            f"error DATA_DIR_MISSING: no data dir at {box.data_dir}: `flam-gateway init` makes one (or do --data-dir "
+            "and FLAM_GATEWAY_HOME name the one you meant?)\n"
+        )
+        for args in (
+            ("status",),
+            ("fsck",),
+            ("purge",),
+            ("organ", "add", "pk-bau-zh", "--kind", "joint_committee", "--name", "PK"),
+            ("gateway-key", "list"),
+            ("host-key", "fingerprints"),
+            ("serve", "--listen", ""),
+        ):
+            done = box.cli(*args, check=False)
+            assert (done.returncode, done.stderr) == (2, told), args
+        assert not box.data_dir.exists(), "no keys or folders made in the wrong place"
+        box.cli("init")  # a new node, made on purpose
+        assert "data dir:" in box.cli("status").stdout
+        assert box.folder("kv-bau-zh", "outbox").is_dir()
+    finally:
+        first.close()
+        box.close()
 
 
 @pytest.mark.parametrize(
