@@ -395,7 +395,7 @@ def test_a_connection_that_offers_one_wrong_key_after_another_is_closed_after_si
     assert len(box.wait_for(failed, 20, "the failed logins")) == 6, "max_auth_tries, then the door hangs up"
 
 
-def test_a_stranger_trying_keys_on_connection_after_connection_cannot_fill_the_audit_trail() -> None:
+def test_a_stranger_trying_keys_on_connection_after_connection_cannot_fill_the_audit_trail_or_the_log() -> None:
     flood = Sandbox(settings={"idle_timeout_seconds": 8})  # the door's rounds (and their audit) every 2 s
     try:
         flood.init_pair(KV, PK)
@@ -413,6 +413,8 @@ def test_a_stranger_trying_keys_on_connection_after_connection_cannot_fill_the_a
 
         one_by_one, counted = flood.wait_for(accounted, 20, "every failed login accounted for")
         assert one_by_one <= 2 * 20 and len(counted) <= 2, "20 an address and round, the rest in one event"
+        log = flood.log.read_text()
+        assert "asyncssh" not in log and KV not in log, "asyncssh's lines for each connection (51 here before)"
     finally:
         flood.close()
 

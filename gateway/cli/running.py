@@ -55,6 +55,11 @@ def init(ctx: click.Context) -> None:
 def serve(ctx: click.Context, listen: str | None, log_level: str) -> None:
     """Run the gateway in the foreground (SIGTERM/SIGINT stop it cleanly)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_level.upper() != "DEBUG":
+        # asyncssh logs a dozen lines per connection at INFO, with the user name a client sent as it came: a flood
+        # of connections would flood the log (and journald drops a service's lines past its rate limit, the
+        # gateway's own warnings with them). Logins, uploads and refusals are in the audit trail, counted there.
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
     gw = gateway_of(ctx, made=False)
     if listen is not None:
         gw.settings = dataclasses.replace(gw.settings, listen=listen)
