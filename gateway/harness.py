@@ -179,9 +179,9 @@ class Sandbox:
         """Run `flam-gateway ARGS` as an admin would; raises with its output when it fails and ``check``.
 
         The command runs in a process of its own with the sandbox's environment, forked from a server that
-        imported the CLI once: a new interpreter would import it again for each command, and Python's start-up
-        and the CLI's imports (mostly SQLAlchemy) cost 0.7–2 s, where most commands then take 0.1 s. What
-        `flam-gateway` itself does at start-up is run by `serve` and by the tests that call it by name.
+        imported the CLI's dependencies once: a new interpreter would import them again for each command, and
+        Python's start-up and those imports (mostly SQLAlchemy) cost 0.7–1.7 s, where most commands then take
+        0.1 s. What `flam-gateway` itself does at start-up is run by `serve` and by the tests that call it by name.
         """
         with tempfile.TemporaryDirectory(prefix="fg-cli-") as folder:  # not in the sandbox: its disk may be full
             output = f"{folder}/cli"
