@@ -67,7 +67,7 @@ class Gateway:
         self.door_port: int | None = None
         self.metrics: ThreadingWSGIServer | None = None  # the metrics endpoint, while `serve` runs with one
         self.last_round: tuple[float, float] | None = None  # the last maintenance round: its end (Unix time), seconds
-        self.short_of_space: list[str] = []  # what the last maintenance round found short on the data dir's filesystem
+        self._was_short = False  # whether the last maintenance round found the data dir's filesystem short
 
     @cached_property
     def wake(self) -> Wakeup:
@@ -236,12 +236,12 @@ class Gateway:
         """Say in the log when the data dir's filesystem runs short of space or inodes (once, as `status` would
         judge it), and when it has room again."""
         short = short_of_space(self.folders.space(), self.settings.room_needed)
-        if short and not self.short_of_space:
+        if short and not self._was_short:
             for reason in short:
                 log.warning("short of space: %s", reason)
-        elif self.short_of_space and not short:
+        elif self._was_short and not short:
             log.info("the data dir's filesystem has room again")
-        self.short_of_space = short
+        self._was_short = bool(short)
 
     def _maintain(self, stop: threading.Event) -> None:
         tasks = self.maintenance()
