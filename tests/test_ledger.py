@@ -244,6 +244,24 @@ def test_a_repeated_message_id_is_rejected_with_201(ledger: Ledger) -> None:
     ).transfer.state == ("validated"), "message ids are unique per sender"
 
 
+def test_a_dossier_rejected_after_validation_frees_its_message_id_for_the_dossier_sent_again(ledger: Ledger) -> None:
+    held, damaged = received(ledger, name="held.json"), received(ledger, name="damaged.json")
+    ledger.transition(held.id, State.RECEIVED, State.HELD, NOW, via=[State.VALIDATED], message_id="m-1")
+    ledger.transition(held.id, State.HELD, State.REJECTED, NOW)  # 311: held too long
+    # its spooled copy found damaged on the way (recorded with the validation): it never reserves the id
+    ledger.transition(damaged.id, State.RECEIVED, State.REJECTED, NOW, via=[State.VALIDATED], message_id="m-2")
+    for message_id in ("m-1", "m-2"):
+        again = received(ledger, name=f"again-{message_id}.json")
+        moved = ledger.transition(again.id, State.RECEIVED, State.VALIDATED, NOW, message_id=message_id)
+        assert moved.transfer.state == "validated", f"{message_id} sent again is taken"
+    for attempt in range(2):
+        late = received(ledger, name=f"late-{attempt}.json")
+        moved = ledger.transition(late.id, State.RECEIVED, State.VALIDATED, NOW, message_id="m-1")
+        assert (moved.transfer.state, moved.transfer.status_code) == ("rejected", 201), (
+            "a 201 frees nothing: the accepted dossier keeps its id"
+        )
+
+
 def test_a_step_recorded_with_the_next_one_keeps_both_events_and_its_checks(ledger: Ledger) -> None:
     first, second = received(ledger, name="a.json"), received(ledger, name="b.json")
     moved = ledger.transition(first.id, State.RECEIVED, State.ENCRYPTED, NOW, via=[State.VALIDATED], message_id="m-1")

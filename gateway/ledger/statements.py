@@ -5,7 +5,7 @@ running it) and run by gateway.ledger.direct. Parameters are bound by name at ex
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, insert, or_, update
+from sqlalchemy import bindparam, delete, func, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
@@ -44,6 +44,13 @@ RESERVE_MESSAGE_ID = {
     n: d.insert(_MESSAGE_IDS).on_conflict_do_nothing().returning(_MESSAGE_IDS.c.transfer_id)
     for n, d in _DIALECTS.items()
 }
+# A transfer rejected after it reserved its message id (311 after the hold time, a damaged spool) was never
+# delivered: it frees the id, so that the sender may send the dossier again under it.
+RELEASE_MESSAGE_ID = delete(_MESSAGE_IDS).where(
+    _MESSAGE_IDS.c.sender_id == bindparam("sender_id"),
+    _MESSAGE_IDS.c.message_id == bindparam("message_id"),
+    _MESSAGE_IDS.c.transfer_id == bindparam("transfer_id"),
+)
 OWE_RECEIPT = {
     n: d.insert(RECEIPTS).on_conflict_do_nothing().returning(RECEIPTS.c.transfer_id) for n, d in _DIALECTS.items()
 }

@@ -262,7 +262,8 @@ class Ledger(OrganDirectory, AuditTrail):
         the one after them): each hop is checked against the table and gets its own event in one transaction.
         Raises StaleTransition when the transfer is not in ``source`` any more, IllegalTransition when a
         pair is not in the table. Entering VALIDATED reserves the message id; a repeat turns the step into
-        a rejection with code 201. With ``release`` the worker's lease ends in the same transaction.
+        a rejection with code 201; a transfer rejected after VALIDATED holds none (the sender may send again). With
+        ``release`` the worker's lease ends in the same transaction.
         """
         path = [source, *via, target]
         hops = list(itertools.pairwise(path))
@@ -304,14 +305,12 @@ class Ledger(OrganDirectory, AuditTrail):
             row = direct.first(conn, sql.MOVE_TRANSFER, {"tid": transfer_id, "source": source.value, **changes})
             if row is None:
                 raise StaleTransition(f"{transfer_id} is not {source.value}")
-            if (State.RECEIVED, State.VALIDATED) in hops and row["message_id"]:
-                reservation = {
-                    "sender_id": row["sender_id"],
-                    "message_id": row["message_id"],
-                    "transfer_id": transfer_id,
-                }
+            reservation = {"sender_id": row["sender_id"], "message_id": row["message_id"], "transfer_id": transfer_id}
+            if (State.RECEIVED, State.VALIDATED) in hops and target is not State.REJECTED and row["message_id"]:
                 if direct.first(conn, sql.RESERVE_MESSAGE_ID[conn.dialect.name], reservation) is None:
                     raise _DuplicateMessageId  # rolls the step back; transition() records a 201 instead
+            elif target is State.REJECTED and source is not State.RECEIVED and row["message_id"]:
+                direct.execute(conn, sql.RELEASE_MESSAGE_ID, reservation)
             receipt = (
                 _owe_receipt(conn, transfer_id, code, info or target.value, now, problems) if code is not None else None
             )
