@@ -70,6 +70,7 @@ STATUS_OF: dict[str, int] = {
     "TOO_LARGE": 330,
     # 500: gateway fault
     "GATEWAY_FAULT": 500,
+    "SPOOL_DAMAGED": 500,
 }
 
 # When one rejection carries problems of several kinds, the receipt's status code is the one that

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import secrets
@@ -90,6 +91,12 @@ def write_durably(dst: Path, data: bytes, *, tmp: Path | None = None, mode: int 
         os.fsync(fh.fileno())
     os.replace(tmp, dst)
     fsync_dir(dst.parent)
+
+
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of the regular file at ``path`` (hex), read in chunks without following a link."""
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def fsync_tree(root: Path) -> None:

@@ -15,7 +15,7 @@ from gateway.admin import pgp_key_state
 from gateway.errors import AdminError
 from gateway.folders import is_temp_name
 from gateway.lifecycle import OPEN, WORKABLE, State
-from gateway.pipeline import spool_paths
+from gateway.pipeline import spool_damage, spool_paths
 from gateway.service import Gateway
 
 # The transfers fsck compares with the folders: those whose life is not over (deliveries included). A finished
@@ -62,8 +62,11 @@ def fsck(gw: Gateway, repair: bool = False) -> list[Finding]:
     for transfer in gw.ledger.transfers(states=_OPEN):
         plain, encrypted = spool_paths(transfer, gw.folders)
         state = State(transfer.state)
-        if state in (State.RECEIVED, State.VALIDATED, State.HELD) and not plain.exists() and not plain.is_symlink():
-            found("spool_missing", plain, transfer.id, False, f"{state.value} transfer without its spooled file")
+        if state in (State.RECEIVED, State.VALIDATED, State.HELD):
+            if not plain.exists() and not plain.is_symlink():
+                found("spool_missing", plain, transfer.id, False, f"{state.value} transfer without its spooled file")
+            elif plain.is_file() and not plain.is_symlink() and spool_damage(transfer, plain):
+                found("spool_damaged", plain, transfer.id, False, "changed since it was received: will be rejected 500")
         if state is State.ENCRYPTED and not encrypted.exists():
             inbox = gw.folders.inbox(transfer.recipient_id or "")
             if not any(inbox.glob(f"{transfer.sender_id}_{transfer.message_id}.*")):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import Held, Problem
-from gateway.folders import Folders
+from gateway.folders import Folders, sha256_of
 from gateway.handlers.deliver import deliver, delivery_name
 from gateway.handlers.encrypt import Crypto, encrypt
 from gateway.handlers.inspect import envelope_of, inspect_file
@@ -56,6 +56,7 @@ class TransferView(Protocol):
     message_id: str | None
     recipient_id: str | None
     form: str | None
+    sha256: str
     updated_at: datetime
 
 
@@ -86,8 +87,10 @@ def validate(transfer: TransferView, ctx: Context) -> Step:
     if not any(p.code == "SENDER_MISMATCH" for p in problems):
         problems += route_problems(transfer.sender_id, envelope.get("recipient_id"), ctx.directory)
     values = _envelope_values(envelope)
-    if problems:
-        return Step(State.REJECTED, values=values, problems=problems, info=_summary(problems))
+    if problems:  # unless the gateway's copy is to blame (encrypt_step checks every copy it signs)
+        return spool_damage(transfer, path) or Step(
+            State.REJECTED, values=values, problems=problems, info=_summary(problems)
+        )
     values["form"] = inspection.parsed.form if inspection.parsed else None
     return Step(State.VALIDATED, values=values)
 
@@ -96,6 +99,8 @@ def encrypt_step(transfer: TransferView, ctx: Context) -> Step:
     """VALIDATED -> ENCRYPTED (signed for the recipient in the private spool), or HELD (601)."""
     recipient = ctx.directory.find_organ(transfer.recipient_id or "")
     src = ctx.folders.spooled(transfer.sender_id, transfer.id, transfer.file_name)
+    if damaged := spool_damage(transfer, src):
+        return damaged
     try:
         encrypt(
             src,
@@ -132,6 +137,23 @@ def retry_held(transfer: TransferView, ctx: Context) -> Step | None:
     if ctx.now - transfer.updated_at >= ctx.hold:
         return Step(State.REJECTED, problems=[problem], info=f"held too long: {problem.message}")
     return None
+
+
+def spool_damage(transfer: TransferView, path: Path) -> Step | None:
+    """REJECTED (500, SPOOL_DAMAGED) when the spooled file no longer has the SHA-256 that intake recorded.
+
+    The plaintext may wait in the spool for days (held for a key, the gateway stopped); a disk fault or a hand
+    in the spool must not reach the recipient as the sender's dossier, nor earn the sender a wrong reason.
+    """
+    if not transfer.sha256 or sha256_of(path) == transfer.sha256:
+        return None
+    problem = Problem(
+        "SPOOL_DAMAGED",
+        "",
+        "the gateway's copy of the file changed after it was received (its SHA-256 no longer matches): "
+        "nothing was delivered; send the dossier again",
+    )
+    return Step(State.REJECTED, problems=[problem], info=problem.message)
 
 
 def spool_paths(transfer: TransferView, folders: Folders) -> tuple[Path, Path]:

@@ -125,6 +125,8 @@ class Worker:
             via=[done.target for _, done in passed],
             **values,
         )
+        if any(problem.status == 500 for problem in step.problems):
+            log.error("transfer %s rejected for the gateway's fault: %s", transfer.id, step.info)
         self.tidy(moved.transfer, receipts=False)
         if moved.due is not None:
             self._write_receipt(moved.due)

@@ -20,7 +20,7 @@ from gateway import samples
 from gateway.folders import Folders, new_transfer_id
 from gateway.harness import Sandbox
 
-KV, PK, CANTON, GE = "kv-bau-zh", "pk-bau-zh", "canton-zh", "canton-ge"
+KV, PK, CANTON, GE, BE = "kv-bau-zh", "pk-bau-zh", "canton-zh", "canton-ge", "canton-be"
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +227,43 @@ def test_a_recipient_without_a_usable_key_holds_the_dossier_until_it_has_one(box
     box.wait_for(lambda: box.ledger.transfer(transfer.id).state == "delivered", 30, "delivery after key import")
     delivered = box.folder(GE, "inbox") / box.ledger.transfer(transfer.id).delivered_name
     assert box.decrypt(ge.id, delivered).data == samples.dossier_bytes(doc)
+
+
+def test_a_dossier_whose_spooled_copy_is_damaged_while_held_is_not_delivered_and_may_be_sent_again(
+    box: Sandbox,
+) -> None:
+    box.cli("organ", "add", BE, "--kind", "canton", "--name", "Canton BE")  # no PGP key yet
+    box.allow(KV, BE)
+    doc = samples.make_dossier(KV, BE)
+    box.drop(KV, "to-bern.json", samples.dossier_bytes(doc))
+    transfer = settled(box, "to-bern.json")
+    assert (transfer.state, transfer.status_code) == ("held", 601)
+
+    spooled = Folders(box.data_dir).spooled(KV, transfer.id, "to-bern.json")
+    with spooled.open("r+b") as fh:  # the days it waits, the disk turns one byte of the copy the gateway holds
+        fh.seek(200)
+        byte = fh.read(1)
+        fh.seek(200)
+        fh.write(bytes([byte[0] ^ 0x20]))
+    check = box.cli("fsck", "--json", check=False)
+    assert check.returncode == 1
+    damage = [f["transfer_id"] for f in json.loads(check.stdout) if f["kind"] == "spool_damaged"]
+    assert damage == [transfer.id], "the admin's check finds it (beside the canton's missing key)"
+
+    box.add_organ_keys(BE)  # the canton's key arrives and the held dossier is taken up again
+    told = box.wait_for(lambda: list(box.folder(KV, "receipts").glob(f"*_500_{transfer.id}.receipt.json")), 30, "500")
+    receipt = json.loads(told[0].read_text())
+    assert [e["code"] for e in receipt["errors"]] == ["SPOOL_DAMAGED"]
+    assert "send the dossier again" in receipt["status_info"]
+    assert box.ledger.transfer(transfer.id).state == "rejected"
+    assert not list(box.folder(BE, "inbox").iterdir()), "nothing damaged reaches the recipient"
+    assert f"transfer {transfer.id} rejected for the gateway's fault" in box.log.read_text(), "the admin is told"
+    assert (box.data_dir / "quarantine" / KV / spooled.name).exists(), "the damaged copy is kept for the admin"
+
+    box.drop(KV, "to-bern-again.json", samples.dossier_bytes(doc))  # the same dossier, under the same message id
+    again = settled(box, "to-bern-again.json")
+    assert (again.state, again.status_code) == ("delivered", 100)
+    assert box.decrypt(BE, box.folder(BE, "inbox") / again.delivered_name).data == samples.dossier_bytes(doc)
 
 
 def test_files_stamped_in_the_future_by_a_clock_that_runs_ahead_are_taken_at_once(box: Sandbox) -> None:
