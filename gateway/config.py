@@ -59,6 +59,9 @@ class Settings:
     retry_max_seconds: float = 300.0  # longest wait between retries after a gateway fault (disk full, gpg, database)
     listen: str = "127.0.0.1:2222"  # SFTP door; empty string: no SFTP door
     metrics_listen: str = ""  # Prometheus metrics over HTTP (HOST:PORT); empty string: none
+    metrics_tls_cert: str = ""  # PEM certificate (chain): the metrics endpoint speaks HTTPS
+    metrics_tls_key: str = ""  # ... and its private key (PEM, unencrypted)
+    metrics_client_ca: str = ""  # PEM CA certificate(s): a scrape must show a client certificate one of them issued
     login_timeout_seconds: float = 30.0
     idle_timeout_seconds: float = 600.0
     max_sessions_per_organ: int = 20
@@ -83,6 +86,14 @@ class Settings:
                     f"setting {name!r}: {value!r} is not HOST:PORT (127.0.0.1:{example}, [::1]:{example}, "
                     f":{example} for every address, '' for {off})",
                 )
+        if bool(self.metrics_tls_cert) != bool(self.metrics_tls_key):
+            raise AdminError("CONFIG_INVALID", "settings 'metrics_tls_cert' and 'metrics_tls_key' go together")
+        if self.metrics_client_ca and not self.metrics_tls_cert:
+            raise AdminError(
+                "CONFIG_INVALID",
+                "setting 'metrics_client_ca' needs 'metrics_tls_cert' and 'metrics_tls_key' (client certificates are "
+                "asked for over TLS)",
+            )
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float):

@@ -14,6 +14,7 @@ import re
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -266,11 +267,12 @@ class Sandbox:
 
     def metrics_url(self) -> str:
         """The metrics endpoint the running `serve` named in its ready line."""
-        return re.findall(r"metrics on (http://[^\s,]+)", self.log.read_text(errors="replace"))[-1]
+        return re.findall(r"metrics on (https?://[^\s,]+)", self.log.read_text(errors="replace"))[-1]
 
-    def metrics(self) -> dict[str, float]:
-        """Scrape the metrics endpoint as Prometheus would: {'name{label="value"}': value}."""
-        with urllib.request.urlopen(f"{self.metrics_url()}/metrics", timeout=10) as response:
+    def metrics(self, tls: ssl.SSLContext | None = None) -> dict[str, float]:
+        """Scrape the metrics endpoint as Prometheus would (``tls``: its client side of HTTPS):
+        {'name{label="value"}': value}."""
+        with urllib.request.urlopen(f"{self.metrics_url()}/metrics", timeout=10, context=tls) as response:
             text = response.read().decode()
         samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
         return {s.name + _labels(s.labels): s.value for s in samples}

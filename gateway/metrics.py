@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
+import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
@@ -80,13 +83,28 @@ def _gauge(name: str, documentation: str, value: float | None = None, **kwargs: 
 
 
 class _Quiet(WSGIRequestHandler):
+    timeout = 10  # a client that stalls (in its TLS handshake, its request) holds its thread this long at most
+
     def log_message(self, format: str, *args: object) -> None:
         """No line in the log per scrape."""
 
 
-def metrics_server(listen: str, collector: Collector) -> ThreadingWSGIServer:
-    """An HTTP server bound to ``listen`` (HOST:PORT) answering with the collector's metrics and this process's
-    CPU and memory; bound at once (a port in use fails here), it answers once ``serve_forever`` runs."""
+def tls_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLContext:
+    """A server context for HTTPS (TLS 1.2 or later); with ``client_ca`` every client must show a certificate it
+    issued. Raises OSError or ssl.SSLError for a file that cannot be read or a key that does not fit."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if client_ca:
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def metrics_server(listen: str, collector: Collector, tls: ssl.SSLContext | None = None) -> ThreadingWSGIServer:
+    """An HTTP server (HTTPS with ``tls``) bound to ``listen`` (HOST:PORT) answering with the collector's metrics
+    and this process's CPU and memory; bound at once (a port in use fails here), it answers once ``serve_forever``
+    runs. A TLS handshake runs in the request's own thread, never in the one that accepts."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     ProcessCollector(registry=registry)
@@ -94,5 +112,15 @@ def metrics_server(listen: str, collector: Collector) -> ThreadingWSGIServer:
 
     class Server(ThreadingWSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def get_request(self) -> tuple[socket.socket, Any]:
+            connection, address = super().get_request()
+            if tls is None:
+                return connection, address
+            return tls.wrap_socket(connection, server_side=True, do_handshake_on_connect=False), address
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            """One line for a client refused or gone (a plain HTTP request, no or a wrong client certificate)."""
+            log.info("metrics: a request from %s failed: %s", client_address[0], sys.exc_info()[1])
 
     return make_server(host, port, make_wsgi_app(registry), Server, handler_class=_Quiet)

@@ -257,11 +257,22 @@ class Gateway:
             give_back()
 
     def _metrics_server(self) -> ThreadingWSGIServer:
-        from gateway.metrics import GatewayCollector, metrics_server  # prometheus_client only where it is used
+        from gateway.metrics import GatewayCollector, metrics_server, tls_context  # prometheus_client: only here
 
+        s = self.settings
         collector = GatewayCollector(self.ledger, self.clock, lambda: self.last_round, self.folders.space)
         try:
-            return metrics_server(self.settings.metrics_listen, collector)
+            tls = (
+                tls_context(s.metrics_tls_cert, s.metrics_tls_key, s.metrics_client_ca) if s.metrics_tls_cert else None
+            )
+        except OSError as exc:  # a file missing or unreadable, a key that does not fit (ssl.SSLError)
+            raise GatewayFault(
+                f"the metrics endpoint cannot use its certificate, key or client CA ({s.metrics_tls_cert}, "
+                f"{s.metrics_tls_key}, {s.metrics_client_ca or 'no client CA'}): {exc.strerror or exc}",
+                code="METRICS_START",
+            ) from exc
+        try:
+            return metrics_server(self.settings.metrics_listen, collector, tls)
         except OSError as exc:
             raise GatewayFault(
                 f"the metrics endpoint cannot listen on {self.settings.metrics_listen}: {exc.strerror or exc}",

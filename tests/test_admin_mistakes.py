@@ -78,8 +78,19 @@ def test_a_data_dir_never_made_beside_a_postgresql_ledger_is_named_and_nothing_i
         ({"settle_seconds": "-1"}, ("organ", "list"), "setting 'settle_seconds': -1.0 is out of range (it must be 0"),
         ({"listen": "localhost"}, ("organ", "list"), "setting 'listen': 'localhost' is not HOST:PORT"),
         ({}, ("serve", "--listen", "2222"), "setting 'listen': '2222' is not HOST:PORT"),
+        ({"metrics_tls_cert": "/etc/x.crt"}, ("serve",), "'metrics_tls_cert' and 'metrics_tls_key' go together"),
+        ({"metrics_client_ca": "/etc/ca.crt"}, ("serve",), "'metrics_client_ca' needs 'metrics_tls_cert' and"),
     ],
-    ids=["workers-negative", "rescan-zero", "rescan-nan", "settle-negative", "listen-no-port", "serve-listen-no-host"],
+    ids=[
+        "workers-negative",
+        "rescan-zero",
+        "rescan-nan",
+        "settle-negative",
+        "listen-no-port",
+        "serve-listen-no-host",
+        "metrics-cert-without-key",
+        "metrics-client-ca-without-tls",
+    ],
 )
 def test_a_setting_out_of_range_is_refused_before_anything_runs(
     tmp_path: Path, settings: dict[str, str], args: tuple[str, ...], told: str

@@ -73,7 +73,8 @@ def serve(ctx: click.Context, listen: str | None, log_level: str) -> None:
     def ready() -> None:
         where = f"SFTP on {gw.settings.listen.rpartition(':')[0]}:{gw.door_port}" if gw.settings.listen else "no SFTP"
         if gw.metrics is not None:
-            where += f", metrics on http://{gw.settings.metrics_listen.rpartition(':')[0]}:{gw.metrics.server_port}"
+            scheme = "https" if gw.settings.metrics_tls_cert else "http"
+            where += f", metrics on {scheme}://{gw.settings.metrics_listen.rpartition(':')[0]}:{gw.metrics.server_port}"
         engine = f"OpenPGP by {gw.settings.openpgp}, key {gw.keyring.gateway_fingerprint}"
         if not gw.settings.workers:
             engine += "; deliveries paused (workers = 0): dossiers are received and wait"
