@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import AdminError
+from gateway.key_sources import parse_sources, with_sources
 from gateway.ledger.models import Event, Organ, Transfer, utc
 from gateway.service import Gateway
 
@@ -59,9 +60,19 @@ def remove_pgp_key(gw: Gateway, organ_id: str) -> str:
     return organ.pgp_fingerprint
 
 
-def add_ssh_key(gw: Gateway, organ_id: str, file: Path) -> str:
-    """Store an OpenSSH public key an organ may log in with; returns its SHA256 fingerprint."""
+def add_ssh_key(gw: Gateway, organ_id: str, file: Path, sources: str = "") -> str:
+    """Store an OpenSSH public key an organ may log in with, from the addresses or networks ``sources`` only
+    (comma-separated; '' for any address); returns its SHA256 fingerprint."""
     import asyncssh  # imported where used: `serve` loads it in the SFTP door process only
+
+    try:
+        sources = parse_sources(sources) if sources else ""
+    except ValueError as exc:
+        raise AdminError(
+            "SSH_KEY_FROM_INVALID",
+            f"--from {sources!r}: {exc} (addresses or networks separated by commas: 192.0.2.7, 192.0.2.0/24, "
+            "2001:db8::/32; a '!' before one excludes it)",
+        ) from None
 
     text = _read_text(file)
     if "PRIVATE KEY" in text:
@@ -76,7 +87,7 @@ def add_ssh_key(gw: Gateway, organ_id: str, file: Path) -> str:
         raise AdminError("SSH_KEY_INVALID", f"{file} is not an OpenSSH public key: {exc}") from exc
     fingerprint = key.get_fingerprint("sha256")
     line = key.export_public_key("openssh").decode("ascii").strip()
-    gw.ledger.add_ssh_key(organ_id, fingerprint, line, gw.clock())
+    gw.ledger.add_ssh_key(organ_id, fingerprint, with_sources(line, sources), gw.clock())
     return fingerprint
 
 

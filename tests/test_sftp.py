@@ -282,6 +282,48 @@ def test_wrong_key_unknown_user_and_disabled_organ_are_refused_alike(box: Sandbo
     assert len(failed) >= 3 and all(e["peer"].startswith("127.0.0.1:") for e in failed)
 
 
+def test_a_key_limited_to_the_organs_own_network_logs_in_from_there_only(box: Sandbox) -> None:
+    aargau = "canton-ag"
+    public_key = str(box.add_organ(aargau, "canton").ssh_key) + ".pub"
+
+    def limit_key(sources: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """The admin limits the canton's key to ``sources`` (remove, then add again)."""
+        [key] = json.loads(box.cli("organ", "ssh-key", "list", aargau, "--json").stdout)
+        box.cli("organ", "ssh-key", "remove", aargau, key["fingerprint"])
+        return box.cli("organ", "ssh-key", "add", aargau, public_key, "--from", sources, check=check)
+
+    typo = limit_key("10.0.0.0/8,intranet", check=False)
+    assert (
+        typo.returncode == 2
+        and ("error SSH_KEY_FROM_INVALID: --from '10.0.0.0/8,intranet': 'intranet' is not an IP address or network")
+        in typo.stderr
+    ), typo.stderr
+    box.cli("organ", "ssh-key", "add", aargau, public_key)
+    limit_key("10.0.0.0/8")  # the canton's office network: the gateway's own 127.0.0.1 is not in it
+    assert openssh_sftp(box, aargau, "ls\n").returncode != 0
+
+    def refused_here() -> bool:
+        events = json.loads(box.cli("audit", "list", "--organ", aargau, "--json").stdout)
+        return any(e["action"] == "login_failed" and "not from 127.0.0.1" in e["detail"] for e in events)
+
+    box.wait_for(refused_here, 20, "the refusal and its reason in the audit trail")
+    again = box.cli("organ", "ssh-key", "add", aargau, public_key, "--from", "127.0.0.0/8", check=False)
+    assert again.returncode == 2 and "remove it and add it again" in again.stderr
+
+    limit_key("127.0.0.0/8, !127.0.0.2")
+    [listed] = json.loads(box.cli("organ", "ssh-key", "list", aargau, "--json").stdout)
+    assert listed["from"] == "127.0.0.0/8,!127.0.0.2/32"
+    assert openssh_sftp(box, aargau, "ls\n").returncode == 0, "from 127.0.0.1: in, and not excluded"
+    key = paramiko.Ed25519Key.from_private_key_file(str(box.organs[aargau].ssh_key))
+    with socket.create_connection(("127.0.0.1", box.port), source_address=("127.0.0.2", 0)) as excluded:
+        transport = paramiko.Transport(excluded)
+        with pytest.raises(paramiko.AuthenticationException):
+            transport.connect(username=aargau, pkey=key)
+        transport.close()
+    added = [e["detail"] for e in json.loads(box.cli("audit", "list", "--organ", aargau, "--json").stdout)]
+    assert any(d.endswith(" from 127.0.0.0/8,!127.0.0.2/32") for d in added), "the audit trail has the limit"
+
+
 def test_a_stranger_logging_in_under_a_name_in_console_markup_is_shown_as_it_is_in_the_audit_list(
     box: Sandbox,
 ) -> None:

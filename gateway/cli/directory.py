@@ -8,6 +8,7 @@ import click
 
 from gateway import admin
 from gateway.cli.output import gateway_of, out, print_rows
+from gateway.key_sources import split_line
 from gateway.ledger.models import ORGAN_KINDS
 
 # -- organs ------------------------------------------------------------------------------------------------
@@ -107,11 +108,18 @@ def ssh_key() -> None:
 @ssh_key.command("add")
 @click.argument("organ_id")
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option(
+    "--from",
+    "sources",
+    default="",
+    metavar="ADDRESSES",
+    help="Log in from these addresses or networks only (192.0.2.0/24,2001:db8::/32; '!' excludes one).",
+)
 @click.pass_context
-def ssh_key_add(ctx: click.Context, organ_id: str, file: Path) -> None:
-    """Add an OpenSSH public key."""
-    fpr = admin.add_ssh_key(gateway_of(ctx), organ_id, file)
-    out.print(f"organ {organ_id}: SSH key {fpr}")
+def ssh_key_add(ctx: click.Context, organ_id: str, file: Path, sources: str) -> None:
+    """Add an OpenSSH public key (to change its --from, remove it and add it again)."""
+    fpr = admin.add_ssh_key(gateway_of(ctx), organ_id, file, sources)
+    out.print(f"organ {organ_id}: SSH key {fpr}" + (f", from {sources} only" if sources else ""))
 
 
 @ssh_key.command("list")
@@ -120,11 +128,12 @@ def ssh_key_add(ctx: click.Context, organ_id: str, file: Path) -> None:
 @click.pass_context
 def ssh_key_list(ctx: click.Context, organ_id: str | None, as_json: bool) -> None:
     """List SSH keys (of one organ or all)."""
-    rows = [
-        {"organ_id": k.organ_id, "fingerprint": k.fingerprint, "key": k.key_line[:40] + "…", "added_at": k.added_at}
-        for k in gateway_of(ctx).ledger.ssh_keys(organ_id)
-    ]
-    print_rows(rows, ["organ_id", "fingerprint", "added_at"], as_json, "SSH keys")
+    rows = []
+    for k in gateway_of(ctx).ledger.ssh_keys(organ_id):
+        sources, key = split_line(k.key_line)
+        row = {"organ_id": k.organ_id, "fingerprint": k.fingerprint, "key": key[:40] + "…", "added_at": k.added_at}
+        rows.append(row | {"from": sources or "any address"})
+    print_rows(rows, ["organ_id", "fingerprint", "from", "added_at"], as_json, "SSH keys")
 
 
 @ssh_key.command("remove")

@@ -19,6 +19,7 @@ from sqlalchemy import Connection
 from sqlmodel import Session, select
 
 from gateway.errors import AdminError
+from gateway.key_sources import split_line
 from gateway.ledger import direct
 from gateway.ledger import statements as sql
 from gateway.ledger.models import ORGAN_KINDS, Organ, OrganData, Route, SshKey
@@ -107,9 +108,16 @@ class OrganDirectory:
         self.organ(organ_id)
         with self.tx() as s:
             if s.get(SshKey, (organ_id, fingerprint)) is not None:
-                raise AdminError("SSH_KEY_EXISTS", f"organ {organ_id!r} already has key {fingerprint}")
+                raise AdminError(
+                    "SSH_KEY_EXISTS",
+                    f"organ {organ_id!r} already has key {fingerprint} (to change where it may log in from, remove it "
+                    "and add it again)",
+                )
             s.add(SshKey(organ_id=organ_id, fingerprint=fingerprint, key_line=key_line, added_at=now))
-            self._append(s, now, "ssh_key_added", fingerprint, organ_id=organ_id)
+            sources = split_line(key_line)[0]
+            self._append(
+                s, now, "ssh_key_added", fingerprint + (f" from {sources}" if sources else ""), organ_id=organ_id
+            )
 
     def ssh_keys(self, organ_id: str | None = None) -> list[SshKey]:
         with self.read() as s:

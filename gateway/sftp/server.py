@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import asyncssh
 
+from gateway.key_sources import allowed_from, split_line
 from gateway.sftp.files import SftpSession
 from gateway.sftp.spares import SparePool
 from gateway.sftp.startups import Startups
@@ -124,17 +125,20 @@ class _Auth(asyncssh.SSHServer):
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         lines = await asyncio.get_running_loop().run_in_executor(None, self.door.hooks.authorized_keys, username)
-        allowed = set()
+        elsewhere = False  # the organ's key, limited to other addresses than the client's
         for line in lines or []:
+            sources, public_key = split_line(line)
             with contextlib.suppress(asyncssh.KeyImportError, ValueError):
-                allowed.add(asyncssh.import_public_key(line).public_data)
-        if key.public_data in allowed:
-            return True
+                if asyncssh.import_public_key(public_key).public_data == key.public_data:
+                    if allowed_from(sources, self.host):
+                        return True
+                    elsewhere = True
         if self.door.startups.login_failed(self.host):
             self.door.hooks.audit(
                 username if lines is not None else None,
                 "login_failed",
-                f"user {username[:64]!r} key {key.get_fingerprint()}",
+                f"user {username[:64]!r} key {key.get_fingerprint()}"
+                + (f": not from {self.host}, the key is limited to other addresses" if elsewhere else ""),
                 False,
                 self.peer,
             )
