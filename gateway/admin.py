@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import AdminError
 from gateway.key_sources import parse_sources, with_sources
 from gateway.ledger.models import Event, Organ, Transfer, utc
+from gateway.lifecycle import OPEN, State
 from gateway.service import Gateway
 
 ORGAN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -131,6 +132,50 @@ def transfer_row(t: Transfer) -> dict[str, Any]:
         "created_at": utc(t.created_at).isoformat(),
         "updated_at": utc(t.updated_at).isoformat(),
     }
+
+
+def exchange_stats(gw: Gateway, since: datetime, until: datetime, organ_id: str | None = None) -> dict[str, Any]:
+    """What went where between ``since`` and ``until`` (by the time each file was received), for `transfers stats`:
+    per sender and recipient how many were received, delivered, picked up, expired, rejected and are still open,
+    and the bytes delivered; and each sender's rejections by status code. ``organ_id``: only those it sent or got."""
+    if since >= until:
+        raise AdminError(
+            "STATS_WINDOW", f"--since {utc(since).isoformat()} is not before --until {utc(until).isoformat()}"
+        )
+    routes: dict[tuple[str, str], dict[str, Any]] = {}
+    rejections: dict[tuple[str, int], int] = {}
+    for sender, recipient, state, code, count, size in gw.ledger.transfer_counts(since, until):
+        if organ_id is not None and organ_id not in (sender, recipient):
+            continue
+        row = routes.setdefault((sender, recipient or ""), dict.fromkeys(STATS_COLUMNS, 0))
+        row["received"] += count
+        if state in _DELIVERED:
+            row["delivered"] += count
+            row["bytes_delivered"] += int(size)  # a numeric sum on some databases
+        if column := _COUNTED_AS.get(State(state)):
+            row[column] += count
+        if state == State.REJECTED and code is not None:
+            rejections[(sender, code)] = rejections.get((sender, code), 0) + count
+    return {
+        "since": utc(since).isoformat(),
+        "until": utc(until).isoformat(),
+        "routes": [{"sender_id": s, "recipient_id": r or None, **row} for (s, r), row in sorted(routes.items())],
+        "rejections": [
+            {"sender_id": s, "status_code": code, "count": n} for (s, code), n in sorted(rejections.items())
+        ],
+    }
+
+
+# `transfers stats`: a route's columns. Delivered counts every dossier that reached the inbox (waiting there,
+# picked up or expired); open, those on their way (held ones included).
+STATS_COLUMNS = ("received", "delivered", "picked_up", "expired", "rejected", "open", "bytes_delivered")
+_DELIVERED = frozenset({State.DELIVERED, State.FETCHED, State.EXPIRED})
+_COUNTED_AS = {
+    State.FETCHED: "picked_up",
+    State.EXPIRED: "expired",
+    State.REJECTED: "rejected",
+    **dict.fromkeys(OPEN - _DELIVERED, "open"),
+}
 
 
 def event_row(e: Event) -> dict[str, Any]:

@@ -576,6 +576,7 @@ def run_year(args: argparse.Namespace) -> dict[str, Any]:
             ("audit", "verify"),
             ("transfers", "list"),
             ("transfers", "show", message_id),
+            ("transfers", "stats", "--since", f"{datetime.now(UTC) - timedelta(days=400):%Y-%m-%d}"),  # the year
             ("audit", "list"),
             ("purge",),
         ):

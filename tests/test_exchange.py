@@ -265,6 +265,14 @@ def test_a_dossier_whose_spooled_copy_is_damaged_while_held_is_not_delivered_and
     assert (again.state, again.status_code) == ("delivered", 100)
     assert box.decrypt(BE, box.folder(BE, "inbox") / again.delivered_name).data == samples.dossier_bytes(doc)
 
+    stats = json.loads(box.cli("transfers", "stats", "--organ", BE, "--json").stdout)  # the month's report
+    [route] = stats["routes"]
+    assert (route["sender_id"], route["recipient_id"], route["received"]) == (KV, BE, 2)
+    assert (route["delivered"], route["rejected"], route["open"]) == (1, 1, 0)
+    assert stats["rejections"] == [{"sender_id": KV, "status_code": 500, "count": 1}]
+    shown = box.cli("transfers", "stats", "--organ", BE, "--since", "2026-01-01").stdout
+    assert "rejections by status code" in shown and "canton-be" in shown
+
 
 def test_files_stamped_in_the_future_by_a_clock_that_runs_ahead_are_taken_at_once(box: Sandbox) -> None:
     # A legacy host whose clock runs a day ahead: its export keeps that time as the file's modification time

@@ -13,6 +13,7 @@ from sqlalchemy import event, text
 from gateway import admin, samples
 from gateway.config import load_settings
 from gateway.crypto import export_public_key, generate_key
+from gateway.errors import AdminError
 from gateway.fsck import fsck
 from gateway.history import age_ledger
 from gateway.retention import expire_deliveries, purge
@@ -207,3 +208,37 @@ def test_a_ledger_a_year_old_is_checked_verified_and_purged_one_night_at_a_time(
         for forged in (ids[0], ids[-1]):  # in the first batch and in the last
             conn.execute(text("UPDATE event SET detail = 'forged' WHERE transfer_id = :tid"), {"tid": forged})
     assert len(gw.ledger.verify_chain()[1]) == 2 * 5, "each of their five events"
+
+
+def test_the_admin_reads_what_went_where_in_a_month(gw: Gateway, clock: Clock) -> None:
+    worker = gw.worker()
+    deliver(gw, "may.json", samples.dossier_bytes(samples.make_dossier(KV, PK, now=clock())))
+    deliver(gw, "broken.json", b"{not json")
+    clock.advance(days=40)
+    june = clock()
+    for name in ("a.json", "b.json"):
+        deliver(gw, name, samples.dossier_bytes(samples.make_dossier(KV, PK, now=clock())))
+    deliver(gw, "to-nobody.json", samples.dossier_bytes(samples.make_dossier(KV, "canton-xx", now=clock())))
+    picked = gw.ledger.transfers(state="delivered")[-1]
+    (gw.folders.inbox(PK) / picked.delivered_name).unlink()  # the committee fetches one of them
+    worker.pick_up(PK, picked.delivered_name)
+
+    last_month = admin.exchange_stats(gw, june - timedelta(days=30), clock() + timedelta(seconds=1))
+    size = sum(t.size for t in gw.ledger.transfers(state="fetched") + gw.ledger.transfers(state="delivered")[-1:])
+    assert last_month["routes"] == [
+        {"sender_id": KV, "recipient_id": "canton-xx", "received": 1, "rejected": 1}
+        | dict.fromkeys(("delivered", "picked_up", "expired", "open", "bytes_delivered"), 0),
+        {"sender_id": KV, "recipient_id": PK, "received": 2, "delivered": 2, "picked_up": 1, "bytes_delivered": size}
+        | dict.fromkeys(("expired", "rejected", "open"), 0),
+    ]
+    assert last_month["rejections"] == [{"sender_id": KV, "status_code": 301, "count": 1}]
+
+    both = admin.exchange_stats(gw, june - timedelta(days=60), clock() + timedelta(seconds=1), organ_id=PK)
+    assert [(r["recipient_id"], r["received"], r["delivered"]) for r in both["routes"]] == [(PK, 3, 3)], (
+        "the unreadable one named no recipient, so it is not PK's"
+    )
+    everything = admin.exchange_stats(gw, june - timedelta(days=60), clock() + timedelta(seconds=1))
+    assert {(r["recipient_id"], r["rejected"]) for r in everything["routes"]} >= {(None, 1)}
+    assert {"sender_id": KV, "status_code": 200, "count": 1} in everything["rejections"]
+    with pytest.raises(AdminError, match="STATS_WINDOW"):
+        admin.exchange_stats(gw, clock(), june)

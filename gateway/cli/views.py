@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import click
 from rich.text import Text
@@ -11,6 +12,8 @@ from gateway import admin
 from gateway.cli.output import err, gateway_of, known_organ, out, print_rows
 from gateway.handlers.parse import shown
 from gateway.lifecycle import State
+
+_DAY_OR_MOMENT = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]
 
 # -- views -------------------------------------------------------------------------------------------------
 
@@ -53,6 +56,36 @@ def transfers_show(ctx: click.Context, message_id: str, as_json: bool) -> None:
             )
         )
         print_rows(t["events"], ["at", "action", "detail", "ok"], False, "timeline")
+
+
+@transfers.command("stats")
+@click.option(
+    "--since", type=click.DateTime(_DAY_OR_MOMENT), default=None, help="From this day (UTC); default: 30 days ago."
+)
+@click.option(
+    "--until",
+    type=click.DateTime(_DAY_OR_MOMENT),
+    default=None,
+    help="Up to this day (UTC, not included); default: now.",
+)
+@click.option("--organ", "organ_id", default=None, help="Only what this organ sent or received.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def transfers_stats(
+    ctx: click.Context, since: datetime | None, until: datetime | None, organ_id: str | None, as_json: bool
+) -> None:
+    """What went where: per sender and recipient, the dossiers received, delivered, picked up, expired, rejected and
+    still open, and each sender's rejections by status code (by the day each file was received)."""
+    gw = known_organ(ctx, organ_id)
+    until = until.replace(tzinfo=UTC) if until else gw.clock()
+    since = since.replace(tzinfo=UTC) if since else until - timedelta(days=30)
+    stats = admin.exchange_stats(gw, since, until, organ_id)
+    if as_json:
+        click.echo(json.dumps(stats, ensure_ascii=False, indent=2))
+        return
+    window = f"received from {stats['since']} until {stats['until']}"
+    print_rows(stats["routes"], ["sender_id", "recipient_id", *admin.STATS_COLUMNS], False, window)
+    print_rows(stats["rejections"], ["sender_id", "status_code", "count"], False, "rejections by status code")
 
 
 @click.group()

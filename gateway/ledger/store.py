@@ -432,6 +432,20 @@ class Ledger(OrganDirectory, AuditTrail):
             actions={action: n for action, n in actions},
         )
 
+    def transfer_counts(
+        self, since: datetime, until: datetime
+    ) -> list[tuple[str, str | None, str, int | None, int, int]]:
+        """Transfers received in [``since``, ``until``): (sender, recipient, state, status code, how many, bytes) for
+        each such combination."""
+        columns = (Transfer.sender_id, Transfer.recipient_id, Transfer.state, Transfer.status_code)
+        with self.read() as s:
+            query = (
+                select(*columns, func.count(), func.coalesce(func.sum(Transfer.size), 0))  # type: ignore[call-overload]
+                .where(Transfer.created_at >= since, Transfer.created_at < until)
+                .group_by(*columns)
+            )
+            return [tuple(row) for row in s.exec(query)]
+
     def count_by_state(self) -> dict[str, int]:
         with self.read() as s:
             rows = s.exec(select(Transfer.state, func.count()).group_by(Transfer.state))  # type: ignore[call-overload]
