@@ -68,6 +68,7 @@ class Gateway:
         self.metrics: ThreadingWSGIServer | None = None  # the metrics endpoint, while `serve` runs with one
         self.last_round: tuple[float, float] | None = None  # the last maintenance round: its end (Unix time), seconds
         self._was_short = False  # whether the last maintenance round found the data dir's filesystem short
+        self.actor: str | None = None  # the admin account the ledger names on its events (set before it opens)
 
     @cached_property
     def wake(self) -> Wakeup:
@@ -76,7 +77,9 @@ class Gateway:
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger(self.settings.ledger_url)
+        ledger = Ledger(self.settings.ledger_url)
+        ledger.actor = self.actor
+        return ledger
 
     @cached_property
     def keyring(self) -> Keyring:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pwd
 import time
 import zipfile
 from collections.abc import Iterator
@@ -272,6 +273,24 @@ def test_a_dossier_whose_spooled_copy_is_damaged_while_held_is_not_delivered_and
     assert stats["rejections"] == [{"sender_id": KV, "status_code": 500, "count": 1}]
     shown = box.cli("transfers", "stats", "--organ", BE, "--since", "2026-01-01").stdout
     assert "rejections by status code" in shown and "canton-be" in shown
+
+
+def test_the_audit_trail_names_the_account_behind_each_admin_change_and_no_one_behind_the_gateways_own(
+    box: Sandbox,
+) -> None:
+    box.env["SUDO_USER"] = "alice"  # an admin working through sudo
+    try:
+        box.cli("organ", "add", "canton-ti", "--kind", "canton", "--name", "Canton TI")
+    finally:
+        del box.env["SUDO_USER"]
+    box.cli("organ", "disable", "canton-ti")
+    events = json.loads(box.cli("audit", "list", "--limit", "1000", "--json").stdout)
+    account = pwd.getpwuid(os.getuid()).pw_name
+    by_action = {e["action"]: e["peer"] for e in events if e["organ_id"] == "canton-ti"}
+    expected = f"cli {account} (sudo by alice)" if account != "alice" else "cli alice"
+    assert by_action["organ_added"] == expected
+    assert by_action["organ_disabled"] == f"cli {account}"
+    assert {e["peer"] for e in events if e["action"].startswith("transition:")} == {None}, "serve's steps: nobody's"
 
 
 def test_files_stamped_in_the_future_by_a_clock_that_runs_ahead_are_taken_at_once(box: Sandbox) -> None:

@@ -7,6 +7,8 @@ what they share.
 
 from __future__ import annotations
 
+import os
+import pwd
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,8 +44,22 @@ def cli(ctx: click.Context, data_dir: Path | None, config_file: Path | None) -> 
     """flam-gateway: the secure file-drop exchange between FlaM execution bodies."""
     settings = load_settings(config_file, data_dir)
     gateway = Gateway(settings, system_clock)
+    if ctx.invoked_subcommand != "serve":  # serve's own events are the gateway's, and its door's name the client
+        gateway.actor = admin_account()
     ctx.obj = gateway
     ctx.call_on_close(gateway.close)
+
+
+def admin_account() -> str:
+    """The account running this command, as the audit trail names it: ``cli alice``, or ``cli root (sudo by
+    alice)`` when an admin ran it through sudo (SUDO_USER says who; the account itself comes from the kernel)."""
+    uid = os.getuid()
+    try:
+        account = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        account = f"uid {uid}"
+    behind = os.environ.get("SUDO_USER", "")
+    return (f"cli {account}" + (f" (sudo by {behind})" if behind and behind != account else ""))[:80]
 
 
 for _subject in (directory, keys, running, views):

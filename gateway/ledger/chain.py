@@ -46,6 +46,9 @@ class AuditTrail:
     """The audit-chain half of the ledger (mixed into gateway.ledger.store.Ledger, which opens transactions)."""
 
     is_sqlite: bool
+    # who this process acts for: an admin's command names the account that ran it on every event it appends
+    # without a peer of its own (a change to the directory, a repair, a purge); `serve` names nobody
+    actor: str | None = None
     tx: Callable[[], AbstractContextManager[Session]]
     read: Callable[[], AbstractContextManager[Session]]
     core_read: Callable[[], AbstractContextManager[Connection]]
@@ -127,6 +130,7 @@ class AuditTrail:
             conn.execute(_TAKE_CHAIN_LOCK)
         last = direct.scalar(conn, _LAST_HASH)
         for event in events:
+            event["peer"] = event["peer"] or self.actor
             event["prev_hash"] = last or GENESIS
             event["hash"] = last = _event_hash(event)
         direct.execute(conn, _INSERT_EVENT, events)
