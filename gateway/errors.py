@@ -7,6 +7,9 @@ Two families matter to the pipeline:
 * :class:`GatewayFault` - the gateway's fault (disk, gpg, database). Nothing is lost: the dossier
   stays where it is and is retried; the admin is alerted.
 
+One problem is the gateway's fault and still ends the dossier: ``SPOOL_DAMAGED`` (500), its spooled copy
+changed after intake, so there is nothing left to retry with; the sender is asked to send it again.
+
 :class:`Held` sits between them: the dossier is fine but the recipient cannot receive it yet.
 :class:`AdminError` is for CLI misuse (unknown organ, unusable key file, ...).
 

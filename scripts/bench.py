@@ -578,9 +578,11 @@ def run_year(args: argparse.Namespace) -> dict[str, Any]:
             ("transfers", "show", message_id),
             ("transfers", "stats", "--since", f"{datetime.now(UTC) - timedelta(days=400):%Y-%m-%d}"),  # the year
             ("audit", "list"),
+            ("audit", "list", "--action", "login_failed"),  # none in the year: every event read
+            ("audit", "list", "--action", "upload", "--since", f"{datetime.now(UTC) - timedelta(days=30):%Y-%m-%d}"),
             ("purge",),
         ):
-            name = " ".join(argv[:2])
+            name = " ".join(argv[:4] if argv[:2] == ("audit", "list") else argv[:2])
             commands[name] = figures = _timed_cli(box, argv)
             print(
                 f"year: `{name}` {figures['seconds']:.1f} s, peak RSS {figures['peak_mb']:.0f} MB, "

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -302,11 +303,16 @@ def test_a_key_limited_to_the_organs_own_network_logs_in_from_there_only(box: Sa
     limit_key("10.0.0.0/8")  # the canton's office network: the gateway's own 127.0.0.1 is not in it
     assert openssh_sftp(box, aargau, "ls\n").returncode != 0
 
-    def refused_here() -> bool:
-        events = json.loads(box.cli("audit", "list", "--organ", aargau, "--json").stdout)
-        return any(e["action"] == "login_failed" and "not from 127.0.0.1" in e["detail"] for e in events)
+    def refused_here() -> list[dict[str, Any]]:
+        """The canton's failed logins today, as an auditor asks for them."""
+        today = f"{datetime.now(UTC):%Y-%m-%d}"
+        filters = ("--organ", aargau, "--action", "login_failed", "--since", today)
+        return json.loads(box.cli("audit", "list", *filters, "--json").stdout)
 
-    box.wait_for(refused_here, 20, "the refusal and its reason in the audit trail")
+    [failed] = box.wait_for(refused_here, 20, "the refusal and its reason in the audit trail")
+    assert failed["action"] == "login_failed" and "not from 127.0.0.1" in failed["detail"]
+    tomorrow = f"{datetime.now(UTC) + timedelta(days=1):%Y-%m-%d}"
+    assert json.loads(box.cli("audit", "list", "--organ", aargau, "--since", tomorrow, "--json").stdout) == []
     again = box.cli("organ", "ssh-key", "add", aargau, public_key, "--from", "127.0.0.0/8", check=False)
     assert again.returncode == 2 and "remove it and add it again" in again.stderr
 

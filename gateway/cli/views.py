@@ -15,6 +15,12 @@ from gateway.lifecycle import State
 
 _DAY_OR_MOMENT = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]
 
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A day or moment given on the command line, read as UTC (the ledger's time)."""
+    return moment.replace(tzinfo=UTC) if moment else None
+
+
 # -- views -------------------------------------------------------------------------------------------------
 
 
@@ -77,8 +83,8 @@ def transfers_stats(
     """What went where: per sender and recipient, the dossiers received, delivered, picked up, expired, rejected and
     still open, and each sender's rejections by status code (by the day each file was received)."""
     gw = known_organ(ctx, organ_id)
-    until = until.replace(tzinfo=UTC) if until else gw.clock()
-    since = since.replace(tzinfo=UTC) if since else until - timedelta(days=30)
+    until = _utc(until) or gw.clock()
+    since = _utc(since) or until - timedelta(days=30)
     stats = admin.exchange_stats(gw, since, until, organ_id)
     if as_json:
         click.echo(json.dumps(stats, ensure_ascii=False, indent=2))
@@ -95,13 +101,27 @@ def audit() -> None:
 
 @audit.command("list")
 @click.option("--organ", "organ_id", default=None)
+@click.option(
+    "--action", default=None, help="Only this action: login_failed, upload, route_allowed, transition:rejected, …"
+)
+@click.option("--since", type=click.DateTime(_DAY_OR_MOMENT), default=None, help="From this day or moment (UTC).")
+@click.option("--until", type=click.DateTime(_DAY_OR_MOMENT), default=None, help="Before this day or moment (UTC).")
 @click.option("--limit", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def audit_list(ctx: click.Context, organ_id: str | None, limit: int, as_json: bool) -> None:
-    """List audit events, newest last."""
+def audit_list(
+    ctx: click.Context,
+    organ_id: str | None,
+    action: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List audit events, newest last: the newest LIMIT of those the filters keep."""
     gw = known_organ(ctx, organ_id)
-    rows = [admin.event_row(e) for e in gw.ledger.events(organ_id=organ_id, limit=limit)]
+    events = gw.ledger.events(organ_id=organ_id, action=action, since=_utc(since), until=_utc(until), limit=limit)
+    rows = [admin.event_row(e) for e in events]
     print_rows(rows, ["at", "organ_id", "action", "detail", "ok", "peer"], as_json, "audit")
 
 

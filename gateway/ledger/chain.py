@@ -83,13 +83,24 @@ class AuditTrail:
         transfer_id: str | None = None,
         limit: int | None = None,
         audit_only: bool = False,
+        action: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[Event]:
+        """Events in order, those of ``organ_id`` or ``transfer_id``, with ``action``, at or after ``since`` and
+        before ``until``: the filters that are given; with ``limit`` the newest that many."""
         with self.read() as s:
             query = select(Event).order_by(Event.id.desc() if limit else Event.id)  # type: ignore[union-attr]
             if organ_id is not None:
                 query = query.where(Event.organ_id == organ_id)
             if transfer_id is not None:
                 query = query.where(Event.transfer_id == transfer_id)
+            if action is not None:
+                query = query.where(Event.action == action)
+            if since is not None:
+                query = query.where(Event.at >= since)
+            if until is not None:
+                query = query.where(Event.at < until)
             if audit_only:
                 query = query.where(Event.transfer_id.is_(None))  # type: ignore[union-attr]
             if limit is not None:
