@@ -4,7 +4,8 @@
 RECEIVED -> VALIDATED -> ENCRYPTED -> DELIVERED -> FETCHED   (picked up: receipt 110)
     |           |                          +-----> EXPIRED   (not picked up in time: receipt 204)
     +-----------+---> REJECTED (receipt with every reason; original kept in quarantine)
-                +---> HELD ---> VALIDATED (cause gone) | REJECTED 311 (after the hold time)
+                +---> HELD ---> VALIDATED (cause gone) | REJECTED 311 (after the hold time; 301/310 at once when
+                                the admin disables the recipient or denies the route meanwhile)
 ```
 
 ENCRYPTED only moves on: a failed delivery is the gateway's fault (disk, permissions) and is retried.

@@ -99,8 +99,9 @@ def encrypt_step(transfer: TransferView, ctx: Context) -> Step:
     """VALIDATED -> ENCRYPTED (signed for the recipient in the private spool), or HELD (601)."""
     recipient = ctx.directory.find_organ(transfer.recipient_id or "")
     src = ctx.folders.spooled(transfer.sender_id, transfer.id, transfer.file_name)
-    if damaged := spool_damage(transfer, src):
-        return damaged
+    closed = route_closed(transfer, ctx) or spool_damage(transfer, src)
+    if closed is not None:
+        return closed
     try:
         encrypt(
             src,
@@ -129,7 +130,10 @@ def deliver_step(transfer: TransferView, ctx: Context) -> Step:
 
 
 def retry_held(transfer: TransferView, ctx: Context) -> Step | None:
-    """HELD -> VALIDATED once the recipient's key is usable, REJECTED (311) after the hold time."""
+    """HELD -> VALIDATED once the recipient's key is usable, REJECTED (311) after the hold time, or at once (301,
+    310) when the admin has since disabled the recipient or denied the route."""
+    if closed := route_closed(transfer, ctx):
+        return closed
     recipient = ctx.directory.find_organ(transfer.recipient_id or "")
     problem = ctx.crypto.check_recipient(getattr(recipient, "pgp_fingerprint", None), ctx.now)
     if problem is None:
@@ -137,6 +141,13 @@ def retry_held(transfer: TransferView, ctx: Context) -> Step | None:
     if ctx.now - transfer.updated_at >= ctx.hold:
         return Step(State.REJECTED, problems=[problem], info=f"held too long: {problem.message}")
     return None
+
+
+def route_closed(transfer: TransferView, ctx: Context) -> Step | None:
+    """REJECTED (301, 310) when the route the dossier passed at validation is closed now: the admin disabled the
+    recipient or denied the route while the dossier waited (held for a key) or was on its way."""
+    problems = route_problems(transfer.sender_id, transfer.recipient_id, ctx.directory)
+    return Step(State.REJECTED, problems=problems, info=_summary(problems)) if problems else None
 
 
 def spool_damage(transfer: TransferView, path: Path) -> Step | None:

@@ -275,6 +275,35 @@ def test_a_dossier_whose_spooled_copy_is_damaged_while_held_is_not_delivered_and
     assert "rejections by status code" in shown and "canton-be" in shown
 
 
+def test_an_admin_who_disables_the_recipient_or_denies_the_route_ends_the_dossiers_held_for_it(box: Sandbox) -> None:
+    uri = "canton-ur"
+    box.cli("organ", "add", uri, "--kind", "canton", "--name", "Canton UR")  # no PGP key yet
+    box.allow(KV, uri)
+    first, second = samples.make_dossier(KV, uri), samples.make_dossier(KV, uri)
+    box.drop(KV, "to-uri-1.json", samples.dossier_bytes(first))
+    assert settled(box, "to-uri-1.json").state == "held"
+
+    box.cli("organ", "disable", uri)  # the canton leaves the exchange: it receives nothing now, held or not
+    rejected = box.wait_for(lambda: settled(box, "to-uri-1.json").state == "rejected" and settled(box, "to-uri-1.json"))
+    assert rejected.status_code == 301
+    assert receipt_for(box, rejected.id, 301)["errors"][0]["code"] == "RECIPIENT_INACTIVE"
+
+    box.cli("organ", "enable", uri)
+    box.drop(KV, "to-uri-2.json", samples.dossier_bytes(second))
+    assert settled(box, "to-uri-2.json").state == "held"
+    box.cli("route", "deny", KV, uri)
+    rejected = box.wait_for(lambda: settled(box, "to-uri-2.json").state == "rejected" and settled(box, "to-uri-2.json"))
+    assert receipt_for(box, rejected.id, 310)["errors"][0]["code"] == "ROUTE_FORBIDDEN"
+
+    box.allow(KV, uri)
+    box.add_organ_keys(uri)
+    assert not list(box.folder(uri, "inbox").iterdir()), "neither was delivered on the way"
+    box.drop(KV, "to-uri-1-again.json", samples.dossier_bytes(first))  # the sender sends it again, same message id
+    again = settled(box, "to-uri-1-again.json")
+    assert (again.state, again.status_code) == ("delivered", 100)
+    assert box.decrypt(uri, box.folder(uri, "inbox") / again.delivered_name).data == samples.dossier_bytes(first)
+
+
 def test_the_audit_trail_names_the_account_behind_each_admin_change_and_no_one_behind_the_gateways_own(
     box: Sandbox,
 ) -> None:
