@@ -82,14 +82,18 @@ def test_upload_delivery_download_and_pick_up_over_sftp(box: Sandbox, tmp_path: 
         assert plain.data == local.read_bytes() and plain.signature_valid
         sftp.remove(f"/inbox/{transfer.delivered_name}")
 
-    box.wait_transfer("report.json", "fetched")
+    box.wait_transfer("report.json", "fetched")  # the ledger first, then the receipt's file: wait for both
+    box.wait_for(lambda: len(list(box.folder(KV, "receipts").glob(f"*{transfer.id}*"))) == 2, 20, "receipt 110")
     with paramiko_sftp(box, KV) as sftp:
         names = sftp.listdir("/receipts")
         codes = sorted(json.loads(sftp.open(f"/receipts/{n}").read())["status_code"] for n in names if transfer.id in n)
     assert codes == [100, 110]
 
-    actions = [e["action"] for e in json.loads(box.cli("audit", "list", "--organ", PK, "--json").stdout)]
-    assert {"login", "list", "download", "remove"} <= set(actions)
+    def audited() -> bool:  # the door writes its access events every 0.2 s
+        actions = {e["action"] for e in json.loads(box.cli("audit", "list", "--organ", PK, "--json").stdout)}
+        return {"login", "list", "download", "remove"} <= actions
+
+    box.wait_for(audited, 20, "the committee's accesses in the audit trail")
 
 
 def test_filepart_uploads_renamed_when_done_are_delivered_once(box: Sandbox) -> None:
