@@ -162,9 +162,31 @@ def load_settings(
     config_file: Path | None = None, data_dir: Path | None = None, env: dict[str, str] | None = None
 ) -> Settings:
     """Build the settings: defaults, then the TOML file, then FLAM_GATEWAY_* env, then an explicit data dir."""
+    return replace(Settings(), **{name: value for name, (value, _) in _given(config_file, data_dir, env).items()})
+
+
+def explain_settings(
+    config_file: Path | None = None, data_dir: Path | None = None, env: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Every setting with the value the gateway runs with and where it comes from: ``default``, the config file,
+    the environment variable or ``--data-dir`` (the database URL without its password)."""
+    given = _given(config_file, data_dir, env)
+    settings = load_settings(config_file, data_dir, env)
+    rows = []
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        shown = (
+            without_password(value) if f.name == "database_url" else str(value) if isinstance(value, Path) else value
+        )
+        rows.append({"setting": f.name, "value": shown, "from": given[f.name][1] if f.name in given else "default"})
+    return rows
+
+
+def _given(config_file: Path | None, data_dir: Path | None, env: dict[str, str] | None) -> dict[str, tuple[Any, str]]:
+    """Each setting given above its default: its value and where it was given (the last of the layers wins)."""
     env = dict(os.environ if env is None else env)
     known = {f.name for f in fields(Settings)}
-    values: dict[str, Any] = {}
+    values: dict[str, tuple[Any, str]] = {}
     if config_file is not None:
         try:
             raw = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
@@ -175,13 +197,13 @@ def load_settings(
         unknown = sorted(set(flat) - known)
         if unknown:
             raise AdminError("CONFIG_INVALID", f"unknown setting(s) in {config_file}: {', '.join(unknown)}")
-        values.update({k: _coerce(k, v) for k, v in flat.items()})
+        values.update({k: (_coerce(k, v), str(config_file)) for k, v in flat.items()})
     if "FLAM_GATEWAY_HOME" in env:
-        values["data_dir"] = Path(env["FLAM_GATEWAY_HOME"])
+        values["data_dir"] = (Path(env["FLAM_GATEWAY_HOME"]), "FLAM_GATEWAY_HOME")
     for name in known:
         key = f"FLAM_GATEWAY_{name.upper()}"
         if key in env:
-            values[name] = _coerce(name, env[key])
+            values[name] = (_coerce(name, env[key]), key)
     if data_dir is not None:
-        values["data_dir"] = Path(data_dir)
-    return replace(Settings(), **values)
+        values["data_dir"] = (Path(data_dir), "--data-dir")
+    return values

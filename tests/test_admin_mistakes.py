@@ -3,6 +3,7 @@ cannot be opened, a setting out of range, an address that is not HOST:PORT, an o
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,21 @@ def test_a_database_that_goes_away_during_a_command_is_told_in_one_line(tmp_path
     assert "terminating connection due to administrator command" in told, told
     box.cli("route", "allow", "pk-bau-zh", "kv-bau-zh")  # the database is back: the same command goes through
     assert {(r.sender_id, r.recipient_id) for r in box.ledger.routes()} >= {("pk-bau-zh", "kv-bau-zh")}
+
+
+def test_the_admin_reads_which_settings_the_gateway_runs_with_and_where_each_comes_from(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text("[workers]\nworkers = 4\n\n[expiry]\nhold_days = 5\n")
+    url = "postgresql+psycopg://flam:s3cret@db.example/flam"
+    box = Sandbox(tmp_path / "box", database_url=url, settings={"workers": "2"})  # the unit file's environment
+    done = box.cli("--config", str(config), "settings", "--json")
+    rows = {row["setting"]: row for row in json.loads(done.stdout)}
+    assert rows["workers"] == {"setting": "workers", "value": 2, "from": "FLAM_GATEWAY_WORKERS"}, "not the file's 4"
+    assert rows["hold_days"] == {"setting": "hold_days", "value": 5.0, "from": str(config)}
+    assert rows["listen"] == {"setting": "listen", "value": "127.0.0.1:2222", "from": "default"}
+    assert (rows["data_dir"]["value"], rows["data_dir"]["from"]) == (str(box.data_dir), "FLAM_GATEWAY_HOME")
+    assert rows["database_url"]["value"] == "postgresql+psycopg://flam:***@db.example/flam"
+    assert "s3cret" not in done.stdout
+    table = box.cli("--data-dir", str(tmp_path / "elsewhere"), "settings").stdout
+    assert "--data-dir" in table and "s3cret" not in table
+    assert not (tmp_path / "elsewhere").exists(), "reading the settings makes nothing"

@@ -1,7 +1,7 @@
 """`flam-gateway`: parses arguments, calls the admin operations and the service, prints tables or JSON.
 
 The commands live by subject: ``directory`` (organs, their keys, routes), ``keys`` (the gateway's own keys),
-``running`` (init, serve, status, check, fsck, purge, demo) and ``views`` (transfers, audit); ``output`` holds
+``running`` (init, serve, status, check, settings, fsck, purge, demo) and ``views`` (transfers, audit); ``output`` holds
 what they share.
 """
 

@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 
 from gateway.cli.output import err, gateway_of, out, print_rows
-from gateway.config import without_password
+from gateway.config import explain_settings, without_password
 from gateway.folders import power_cut_risk
 from gateway.fsck import fsck
 from gateway.handlers.inspect import inspect_file
@@ -159,6 +159,17 @@ def check(ctx: click.Context, file: Path, sender: str, as_json: bool) -> None:
     ctx.exit(1 if errors else 0)
 
 
+@click.command("settings")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def settings_command(ctx: click.Context, as_json: bool) -> None:
+    """Every setting the gateway runs with here and where it comes from (default, config file, environment
+    variable, --data-dir); the database URL without its password."""
+    root = ctx.find_root().params
+    rows = explain_settings(root["config_file"], root["data_dir"])
+    print_rows(rows, ["setting", "value", "from"], as_json, "settings")
+
+
 @click.command()
 def demo() -> None:
     """Run the whole story in a temporary folder on a free local port (three organs, SFTP, gpg), then exit."""
@@ -200,4 +211,4 @@ def purge_command(ctx: click.Context) -> None:
     )
 
 
-COMMANDS = (init, serve, status, check, demo, fsck_command, purge_command)
+COMMANDS = (init, serve, status, check, settings_command, demo, fsck_command, purge_command)
