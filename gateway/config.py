@@ -162,7 +162,7 @@ def load_settings(
     config_file: Path | None = None, data_dir: Path | None = None, env: dict[str, str] | None = None
 ) -> Settings:
     """Build the settings: defaults, then the TOML file, then FLAM_GATEWAY_* env, then an explicit data dir."""
-    return replace(Settings(), **{name: value for name, (value, _) in _given(config_file, data_dir, env).items()})
+    return _settings(_given(config_file, data_dir, env))
 
 
 def explain_settings(
@@ -171,7 +171,7 @@ def explain_settings(
     """Every setting with the value the gateway runs with and where it comes from: ``default``, the config file,
     the environment variable or ``--data-dir`` (the database URL without its password)."""
     given = _given(config_file, data_dir, env)
-    settings = load_settings(config_file, data_dir, env)
+    settings = _settings(given)
     rows = []
     for f in fields(Settings):
         value = getattr(settings, f.name)
@@ -180,6 +180,10 @@ def explain_settings(
         )
         rows.append({"setting": f.name, "value": shown, "from": given[f.name][1] if f.name in given else "default"})
     return rows
+
+
+def _settings(given: dict[str, tuple[Any, str]]) -> Settings:
+    return replace(Settings(), **{name: value for name, (value, _) in given.items()})
 
 
 def _given(config_file: Path | None, data_dir: Path | None, env: dict[str, str] | None) -> dict[str, tuple[Any, str]]:

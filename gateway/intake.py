@@ -220,11 +220,8 @@ def _sync_and_hash(path: Path) -> tuple[int, str]:
         return 0, ""
     os.fsync(fd)
     with os.fdopen(fd, "rb") as fh:
-        digest, size = hashlib.sha256(), 0
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+        digest = hashlib.file_digest(fh, "sha256")
+        return fh.tell(), digest.hexdigest()  # the size is what was hashed: read to the end
 
 
 # What _Events handles. Asking inotify for nothing else spares the watcher the events of every write, open,

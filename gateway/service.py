@@ -61,14 +61,14 @@ def openpgp_port(engine: str, keyring: Keyring) -> Crypto:
 class Gateway:
     """A gateway node over one data directory."""
 
-    def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
-        self.settings, self.clock = settings, clock
+    def __init__(self, settings: Settings, clock: Clock = system_clock, actor: str | None = None) -> None:
+        """``actor``: the admin account an admin's command runs as, which the ledger names on its events."""
+        self.settings, self.clock, self.actor = settings, clock, actor
         self.folders = Folders(settings.data_dir)
         self.door_port: int | None = None
         self.metrics: ThreadingWSGIServer | None = None  # the metrics endpoint, while `serve` runs with one
         self.last_round: tuple[float, float] | None = None  # the last maintenance round: its end (Unix time), seconds
         self._was_short = False  # whether the last maintenance round found the data dir's filesystem short
-        self.actor: str | None = None  # the admin account the ledger names on its events (set before it opens)
 
     @cached_property
     def wake(self) -> Wakeup:

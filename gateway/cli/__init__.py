@@ -43,9 +43,8 @@ from gateway.service import Gateway
 def cli(ctx: click.Context, data_dir: Path | None, config_file: Path | None) -> None:
     """flam-gateway: the secure file-drop exchange between FlaM execution bodies."""
     settings = load_settings(config_file, data_dir)
-    gateway = Gateway(settings, system_clock)
-    if ctx.invoked_subcommand != "serve":  # serve's own events are the gateway's, and its door's name the client
-        gateway.actor = admin_account()
+    # serve's own events are the gateway's (and its door's name the client); every other command acts for its admin
+    gateway = Gateway(settings, system_clock, actor=None if ctx.invoked_subcommand == "serve" else admin_account())
     ctx.obj = gateway
     ctx.call_on_close(gateway.close)
 
