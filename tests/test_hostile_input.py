@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -130,6 +132,26 @@ def test_file_names_made_to_fool_the_admin_are_shown_as_they_are_their_control_c
     assert "report\\x1b]0;all clear\\x07\\x1b[8m\\u202egnp.json" in listed.stdout, listed.stdout
     assert not {"\x1b", "\x07", "\u202e"} & set(listed.stdout), "nothing the terminal would act on"
     assert box.cli("transfers", "show", rejected.id).stdout.startswith("report\\x1b]0;all clear")
+
+
+def test_a_file_named_to_forge_lines_of_the_serve_log_stays_within_its_own_line_when_its_intake_fails(
+    box: Sandbox,
+) -> None:
+    forged = "report\n2026-11-30 03:00:00,000 INFO gateway.intake: received 1 file(s)\x1b[8m.json"
+    spool = box.data_dir / "spool" / "in" / SENDER
+    spool.mkdir(exist_ok=True)
+    subprocess.run(["chattr", "+i", spool], check=True)  # the spool takes no file (an admin's script, a disk fault)
+    try:
+        box.drop(SENDER, forged, b"{}")
+        box.wait_for(lambda: "intake of " in box.log.read_text(), 20, "the failed intake in the serve log")
+    finally:
+        subprocess.run(["chattr", "-i", spool], check=True)
+    log = box.log.read_text()
+    assert "report\\n2026-11-30 03:00:00,000 INFO gateway.intake: received 1 file(s)\\x1b[8m.json" in log, log[-2000:]
+    assert not re.search(r"^2026-11-30 03:00:00", log, re.MULTILINE), "no line forged"
+    assert "\x1b" not in log, "nothing hidden from the admin reading it in a terminal"
+    rejected = box.wait_transfer(forged, "rejected")  # the spool takes files again: the next scan takes it
+    assert rejected.status_code == 200
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

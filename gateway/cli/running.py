@@ -27,6 +27,23 @@ from gateway.service import notify_systemd
 _log = logging.getLogger(__name__)
 
 
+class _EscapingFormatter(logging.Formatter):
+    """The serve log's lines, with what a client chose (a file name, an SSH user name) unable to forge or hide one:
+    control and direction characters in a message are written as escapes, a newline as ``\\n``. (Bytes that are
+    not UTF-8 are escaped by Python's stderr itself.)"""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = shown(record.message)
+        return super().formatMessage(record)
+
+
+def _log_to_stderr(level: str) -> None:
+    """serve's log: stderr (journald under systemd), a line per message, from ``level`` up."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
 @click.command()
 @click.pass_context
 def init(ctx: click.Context) -> None:
@@ -54,7 +71,7 @@ def init(ctx: click.Context) -> None:
 @click.pass_context
 def serve(ctx: click.Context, listen: str | None, log_level: str) -> None:
     """Run the gateway in the foreground (SIGTERM/SIGINT stop it cleanly)."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr(log_level)
     if log_level.upper() != "DEBUG":
         # asyncssh logs a dozen lines per connection at INFO, with the user name a client sent as it came: a flood
         # of connections would flood the log (and journald drops a service's lines past its rate limit, the
