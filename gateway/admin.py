@@ -134,14 +134,20 @@ def transfer_row(t: Transfer) -> dict[str, Any]:
     }
 
 
+def check_window(since: datetime | None, until: datetime | None) -> None:
+    """Refuse a window of time that ends before it starts (TIME_WINDOW): it would show nothing, as if nothing had
+    happened."""
+    if since is not None and until is not None and since >= until:
+        raise AdminError(
+            "TIME_WINDOW", f"--since {utc(since).isoformat()} is not before --until {utc(until).isoformat()}"
+        )
+
+
 def exchange_stats(gw: Gateway, since: datetime, until: datetime, organ_id: str | None = None) -> dict[str, Any]:
     """What went where between ``since`` and ``until`` (by the time each file was received), for `transfers stats`:
     per sender and recipient how many were received, delivered, picked up, expired, rejected and are still open,
     and the bytes delivered; and each sender's rejections by status code. ``organ_id``: only those it sent or got."""
-    if since >= until:
-        raise AdminError(
-            "STATS_WINDOW", f"--since {utc(since).isoformat()} is not before --until {utc(until).isoformat()}"
-        )
+    check_window(since, until)
     routes: dict[tuple[str, str], dict[str, Any]] = {}
     rejections: dict[tuple[str, int], int] = {}
     for sender, recipient, state, code, count, size in gw.ledger.transfer_counts(since, until):

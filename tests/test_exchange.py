@@ -13,6 +13,7 @@ import pwd
 import time
 import zipfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -261,6 +262,8 @@ def test_a_dossier_whose_spooled_copy_is_damaged_while_held_is_not_delivered_and
     assert f"transfer {transfer.id} rejected for the gateway's fault" in box.log.read_text(), "the admin is told"
     assert (box.data_dir / "quarantine" / KV / spooled.name).exists(), "the damaged copy is kept for the admin"
 
+    time.sleep(1)
+    between = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S}"  # after the first was received, to the second
     box.drop(KV, "to-bern-again.json", samples.dossier_bytes(doc))  # the same dossier, under the same message id
     again = settled(box, "to-bern-again.json")
     assert (again.state, again.status_code) == ("delivered", 100)
@@ -273,6 +276,14 @@ def test_a_dossier_whose_spooled_copy_is_damaged_while_held_is_not_delivered_and
     assert stats["rejections"] == [{"sender_id": KV, "status_code": 500, "count": 1}]
     shown = box.cli("transfers", "stats", "--organ", BE, "--since", "2026-01-01").stdout
     assert "rejections by status code" in shown and "canton-be" in shown
+
+    def listed(*window: str) -> list[str]:
+        return [t["file"] for t in json.loads(box.cli("transfers", "list", "--organ", BE, *window, "--json").stdout)]
+
+    assert listed("--since", between) == ["to-bern-again.json"]
+    assert listed("--until", between) == ["to-bern.json"]
+    backwards = box.cli("transfers", "list", "--since", between, "--until", between[:10], check=False)
+    assert (backwards.returncode, backwards.stderr.split(":")[0]) == (2, "error TIME_WINDOW"), backwards.stderr
 
 
 def test_an_admin_who_disables_the_recipient_or_denies_the_route_ends_the_dossiers_held_for_it(box: Sandbox) -> None:

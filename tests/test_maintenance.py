@@ -240,5 +240,9 @@ def test_the_admin_reads_what_went_where_in_a_month(gw: Gateway, clock: Clock) -
     everything = admin.exchange_stats(gw, june - timedelta(days=60), clock() + timedelta(seconds=1))
     assert {(r["recipient_id"], r["rejected"]) for r in everything["routes"]} >= {(None, 1)}
     assert {"sender_id": KV, "status_code": 200, "count": 1} in everything["rejections"]
-    with pytest.raises(AdminError, match="STATS_WINDOW"):
+    with pytest.raises(AdminError, match="TIME_WINDOW"):
         admin.exchange_stats(gw, clock(), june)
+    received = [t.file_name for t in gw.ledger.transfers(received_until=june)]  # `transfers list --until`
+    assert received == ["may.json", "broken.json"]
+    received = [t.file_name for t in gw.ledger.transfers(received_since=june, limit=2)]
+    assert received == ["b.json", "to-nobody.json"], "the newest two of June's, newest last"

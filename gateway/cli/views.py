@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import click
 from rich.text import Text
@@ -14,11 +16,25 @@ from gateway.handlers.parse import shown
 from gateway.lifecycle import State
 
 _DAY_OR_MOMENT = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]
+_Command = TypeVar("_Command", bound=Callable[..., Any])
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    """A day or moment given on the command line, read as UTC (the ledger's time)."""
-    return moment.replace(tzinfo=UTC) if moment else None
+def _window_options(since_help: str, until_help: str) -> Callable[[_Command], _Command]:
+    """``--since`` and ``--until``: a day (``2026-11-01``) or a moment (``2026-11-30T08:00:00``), UTC."""
+
+    def add(command: _Command) -> _Command:
+        command = click.option("--until", type=click.DateTime(_DAY_OR_MOMENT), default=None, help=until_help)(command)
+        return click.option("--since", type=click.DateTime(_DAY_OR_MOMENT), default=None, help=since_help)(command)
+
+    return add
+
+
+def _window(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
+    """The days or moments given on the command line, read as UTC (the ledger's time); TIME_WINDOW if the window
+    ends before it starts."""
+    since, until = (moment.replace(tzinfo=UTC) if moment else None for moment in (since, until))
+    admin.check_window(since, until)
+    return since, until
 
 
 # -- views -------------------------------------------------------------------------------------------------
@@ -33,12 +49,25 @@ def transfers() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--organ", "organ_id", default=None, help="Only transfers sent by or to this organ.")
 @click.option("--status", default=None, type=click.Choice([s.value for s in State]), help="Only this state.")
+@_window_options("Received from this day or moment (UTC).", "Received before this day or moment (UTC).")
 @click.option("--limit", default=200, show_default=True, type=click.IntRange(min=1), help="The newest this many.")
 @click.pass_context
-def transfers_list(ctx: click.Context, as_json: bool, organ_id: str | None, status: str | None, limit: int) -> None:
-    """List transfers, newest last."""
+def transfers_list(
+    ctx: click.Context,
+    as_json: bool,
+    organ_id: str | None,
+    status: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+) -> None:
+    """List transfers, newest last: the newest LIMIT of those the filters keep."""
     gw = known_organ(ctx, organ_id)
-    rows = [admin.transfer_row(t) for t in gw.ledger.transfers(organ_id=organ_id, state=status, limit=limit)]
+    since, until = _window(since, until)
+    found = gw.ledger.transfers(
+        organ_id=organ_id, state=status, received_since=since, received_until=until, limit=limit
+    )
+    rows = [admin.transfer_row(t) for t in found]
     cols = ["created_at", "message_id", "dossier_id", "sender_id", "recipient_id", "state", "status_code", "file"]
     print_rows(rows, cols, as_json, "transfers")
 
@@ -65,15 +94,7 @@ def transfers_show(ctx: click.Context, message_id: str, as_json: bool) -> None:
 
 
 @transfers.command("stats")
-@click.option(
-    "--since", type=click.DateTime(_DAY_OR_MOMENT), default=None, help="From this day (UTC); default: 30 days ago."
-)
-@click.option(
-    "--until",
-    type=click.DateTime(_DAY_OR_MOMENT),
-    default=None,
-    help="Up to this day (UTC, not included); default: now.",
-)
+@_window_options("From this day (UTC); default: 30 days ago.", "Up to this day (UTC, not included); default: now.")
 @click.option("--organ", "organ_id", default=None, help="Only what this organ sent or received.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -83,8 +104,9 @@ def transfers_stats(
     """What went where: per sender and recipient, the dossiers received, delivered, picked up, expired, rejected and
     still open, and each sender's rejections by status code (by the day each file was received)."""
     gw = known_organ(ctx, organ_id)
-    until = _utc(until) or gw.clock()
-    since = _utc(since) or until - timedelta(days=30)
+    since, until = _window(since, until)
+    until = until or gw.clock()
+    since = since or until - timedelta(days=30)
     stats = admin.exchange_stats(gw, since, until, organ_id)
     if as_json:
         click.echo(json.dumps(stats, ensure_ascii=False, indent=2))
@@ -104,8 +126,7 @@ def audit() -> None:
 @click.option(
     "--action", default=None, help="Only this action: login_failed, upload, route_allowed, transition:rejected, …"
 )
-@click.option("--since", type=click.DateTime(_DAY_OR_MOMENT), default=None, help="From this day or moment (UTC).")
-@click.option("--until", type=click.DateTime(_DAY_OR_MOMENT), default=None, help="Before this day or moment (UTC).")
+@_window_options("From this day or moment (UTC).", "Before this day or moment (UTC).")
 @click.option("--limit", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -120,7 +141,8 @@ def audit_list(
 ) -> None:
     """List audit events, newest last: the newest LIMIT of those the filters keep."""
     gw = known_organ(ctx, organ_id)
-    events = gw.ledger.events(organ_id=organ_id, action=action, since=_utc(since), until=_utc(until), limit=limit)
+    since, until = _window(since, until)
+    events = gw.ledger.events(organ_id=organ_id, action=action, since=since, until=until, limit=limit)
     rows = [admin.event_row(e) for e in events]
     print_rows(rows, ["at", "organ_id", "action", "detail", "ok", "peer"], as_json, "audit")
 

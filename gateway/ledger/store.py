@@ -377,10 +377,13 @@ class Ledger(OrganDirectory, AuditTrail):
         state: str | None = None,
         states: Sequence[State] = (),
         changed_before: datetime | None = None,
+        received_since: datetime | None = None,
+        received_until: datetime | None = None,
         limit: int | None = None,
     ) -> list[Transfer]:
         """Transfers by id, of one organ (as sender or recipient), in ``state`` or ``states``, last changed at or
-        before ``changed_before``, the newest ``limit`` of them: those filters that are given."""
+        before ``changed_before``, received from ``received_since`` and before ``received_until``, the newest
+        ``limit`` of them: those filters that are given."""
         with self.read() as s:
             query = select(Transfer).order_by(Transfer.id.desc() if limit else Transfer.id)  # type: ignore[union-attr]
             if organ_id is not None:
@@ -389,6 +392,10 @@ class Ledger(OrganDirectory, AuditTrail):
                 query = query.where(Transfer.state == state)
             if changed_before is not None:
                 query = query.where(Transfer.updated_at <= changed_before)
+            if received_since is not None:
+                query = query.where(Transfer.created_at >= received_since)
+            if received_until is not None:
+                query = query.where(Transfer.created_at < received_until)
             if states:
                 query = query.where(Transfer.state.in_([st.value for st in states]))  # type: ignore[attr-defined]
             if limit is not None:
