@@ -317,6 +317,10 @@ def test_a_key_limited_to_the_organs_own_network_logs_in_from_there_only(box: Sa
     assert failed["action"] == "login_failed" and "not from 127.0.0.1" in failed["detail"]
     tomorrow = f"{datetime.now(UTC) + timedelta(days=1):%Y-%m-%d}"
     assert json.loads(box.cli("audit", "list", "--organ", aargau, "--since", tomorrow, "--json").stdout) == []
+    misspelt = box.cli("audit", "list", "--organ", aargau, "--action", "login_fail", "--json")
+    assert json.loads(misspelt.stdout) == [], "alone, an empty list would read as 'no failed logins'"
+    assert "no event in the audit trail has the action 'login_fail'" in misspelt.stderr, misspelt.stderr
+    assert "login_failed" in misspelt.stderr.split("; it has ")[1].split(", "), "the actions the trail has"
     again = box.cli("organ", "ssh-key", "add", aargau, public_key, "--from", "127.0.0.0/8", check=False)
     assert again.returncode == 2 and "remove it and add it again" in again.stderr
 

@@ -145,6 +145,8 @@ def audit_list(
     events = gw.ledger.events(organ_id=organ_id, action=action, since=since, until=until, limit=limit)
     rows = [admin.event_row(e) for e in events]
     print_rows(rows, ["at", "organ_id", "action", "detail", "ok", "peer"], as_json, "audit")
+    if action is not None and not events and action not in (actions := gw.ledger.actions()):
+        err.print(Text(f"note: no event in the audit trail has the action {action!r}; it has {', '.join(actions)}"))
 
 
 @audit.command("verify")

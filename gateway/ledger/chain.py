@@ -108,6 +108,11 @@ class AuditTrail:
             rows = list(s.exec(query))
         return sorted(rows, key=lambda e: e.id or 0)
 
+    def actions(self) -> list[str]:
+        """Every action the audit trail holds an event of, in order (a scan of the whole trail)."""
+        with self.read() as s:
+            return list(s.exec(select(Event.action).distinct().order_by(Event.action)))
+
     def verify_chain(self) -> tuple[int, list[int]]:
         """Recompute the audit chain; returns (events checked, ids of events that do not match).
 
