@@ -69,6 +69,7 @@ class Settings:
     max_startups_per_address: int = 200  # SFTP connections not yet logged in, from one address
     max_startups: int = 1000  # ... from all addresses together
     max_auth_tries: int = 6  # keys one SFTP connection may offer that are refused; then it is closed
+    upload_quota_bytes: int = 16 << 30  # what one organ may have waiting at the gateway (outbox, spool); 0: no quota
     max_message_bytes: int = Limits.max_message_bytes
     max_json_bytes: int = Limits.max_json_bytes
     max_zip_entries: int = Limits.max_zip_entries

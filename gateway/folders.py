@@ -303,6 +303,17 @@ class Folders:
     def outbox(self, organ_id: str) -> Path:
         return self.organs / organ_id / "outbox"
 
+    def outbox_bytes(self, organ_id: str) -> int:
+        """The bytes of the files in ``organ_id``'s outbox, but for the SFTP door's uploads under way (the door
+        counts those itself)."""
+        total = 0
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.outbox(organ_id)) as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):  # taken by intake meanwhile
+                    if not entry.name.startswith(UPLOAD_PREFIX) and entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+        return total
+
     def inbox(self, organ_id: str) -> Path:
         return self.organs / organ_id / "inbox"
 

@@ -46,6 +46,9 @@ TERMINAL: frozenset[State] = frozenset(s for s, targets in TRANSITIONS.items() i
 # States of a life not over: deliveries waiting for pick-up and held dossiers included (what fsck and monitoring read).
 OPEN: frozenset[State] = frozenset(set(State) - TERMINAL)
 
+# States whose file the gateway still holds in its spool (what an organ's upload quota counts, with its outbox).
+IN_SPOOL: frozenset[State] = frozenset(OPEN - {State.DELIVERED})
+
 # States a worker picks up and moves on (the rest wait for a person: pick-up, expiry, hold time).
 WORKABLE: frozenset[State] = frozenset({State.RECEIVED, State.VALIDATED, State.ENCRYPTED})
 

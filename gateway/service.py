@@ -377,6 +377,8 @@ class Gateway:
             max_startups_per_address=s.max_startups_per_address,
             max_startups=s.max_startups,
             max_auth_tries=s.max_auth_tries,
+            max_upload_bytes=s.max_message_bytes,
+            upload_quota_bytes=s.upload_quota_bytes,
         )
         loop = uvloop.new_event_loop()
         stopped = asyncio.Event()
@@ -390,7 +392,7 @@ class Gateway:
                     organs_root=self.folders.organs,
                     spares=self.folders.spare,
                     host_keys=ensure_host_keys(self.folders.hostkeys),
-                    hooks=DoorHooks(ledger, audit, self.clock),
+                    hooks=DoorHooks(ledger, audit, self.clock, self.folders),
                     limits=limits,
                 )
             )
@@ -422,16 +424,21 @@ def _first_to_end(
 
 
 class DoorHooks:
-    """What the SFTP door may ask of the rest of the gateway: the keys an organ may use, and audit."""
+    """What the SFTP door may ask of the rest of the gateway: the keys an organ may use, what it has waiting at
+    the gateway (for its upload quota), and audit."""
 
-    def __init__(self, ledger: Ledger, audit: AuditBuffer, clock: Clock) -> None:
-        self.ledger, self.audit_buffer, self.clock = ledger, audit, clock
+    def __init__(self, ledger: Ledger, audit: AuditBuffer, clock: Clock, folders: Folders) -> None:
+        self.ledger, self.audit_buffer, self.clock, self.folders = ledger, audit, clock, folders
 
     def authorized_keys(self, organ_id: str) -> list[str] | None:
         return self.ledger.authorized_keys(organ_id)
 
     def audit(self, organ_id: str | None, action: str, detail: str, ok: bool, peer: str) -> None:
         self.audit_buffer.add(self.clock(), action, detail, organ_id, ok, peer)
+
+    def waiting_bytes(self, organ_id: str) -> int:
+        # the outbox first: a file intake takes in between is counted twice for a second, never missed
+        return self.folders.outbox_bytes(organ_id) + self.ledger.spooled_bytes(organ_id)
 
 
 def notify_systemd(message: str) -> None:

@@ -353,6 +353,58 @@ def test_a_stranger_logging_in_under_a_name_in_console_markup_is_shown_as_it_is_
     assert shown.returncode == 0 and f"'{stranger}'" in shown.stdout, shown.stdout + shown.stderr
 
 
+def test_an_organ_cannot_fill_the_gateways_disk_an_upload_too_large_or_past_its_quota_is_refused_as_it_comes(
+    tmp_path: Path,
+) -> None:
+    box = Sandbox(settings={"max_message_bytes": 3_000_000, "upload_quota_bytes": 5_000_000})
+    geneva = "canton-ge"
+    try:
+        box.init_pair(KV, PK)
+        box.cli("organ", "add", geneva, "--kind", "canton", "--name", "Canton GE")  # no OpenPGP key yet: held
+        box.allow(KV, geneva)
+        port = box.start()
+        outbox = box.folder(KV, "outbox")
+
+        def put(path: Path) -> subprocess.CompletedProcess:
+            return harness.openssh_sftp(port, KV, box.organs[KV].ssh_key, f"put {path} /outbox/\n")
+
+        def refusals() -> list[str]:
+            events = json.loads(box.cli("audit", "list", "--organ", KV, "--action", "refused", "--json").stdout)
+            return [e["detail"] for e in events]
+
+        (scans := tmp_path / "scans.zip").write_bytes(os.urandom(4_000_000))  # more than the gateway takes
+        done = put(scans)
+        assert done.returncode != 0, "the client hears it"
+        [refused] = box.wait_for(refusals, 20, "the refusal in the audit trail")
+        assert "/outbox/scans.zip was not stored: it is larger than the 2.9 MiB the gateway takes" in refused
+        assert not list(outbox.iterdir()), "nothing of it stored, no upload file left"
+
+        for n in (1, 2):  # two dossiers of 2 MB for the canton without a key: both held, 4 MB waiting
+            doc = samples.make_dossier(KV, geneva, attachments=[("scan.pdf", samples.make_pdf(1_400_000, seed=n))])
+            (dossier := tmp_path / f"to-geneva-{n}.json").write_bytes(samples.dossier_bytes(doc))
+            assert put(dossier).returncode == 0
+            box.wait_transfer(dossier.name, "held")
+        third = samples.make_dossier(KV, PK, attachments=[("scan.pdf", samples.make_pdf(1_400_000, seed=3))])
+        (dossier := tmp_path / "to-committee.json").write_bytes(samples.dossier_bytes(third))
+        done = put(dossier)
+        assert done.returncode != 0, "past the quota: refused as it comes"
+        over = box.wait_for(lambda: refusals()[1:], 20, "the quota's refusal in the audit trail")
+        told = "/outbox/to-committee.json was not stored: it would take kv-bau-zh past its quota of 4.8 MiB waiting"
+        held = sum(t.size for t in box.transfers() if t.state == "held")
+        assert told in over[0] and f"({held / 2**20:.1f} MiB are waiting already: in its outbox, or received" in over[0]
+        assert over[0].endswith("send it again once those are delivered"), over[0]
+        assert not list(outbox.iterdir()) and "to-committee.json" not in {t.file_name for t in box.transfers()}
+
+        box.add_organ_keys(geneva)  # the canton's key arrives: what waited is delivered, the quota free again
+        for n in (1, 2):
+            box.wait_transfer(f"to-geneva-{n}.json", "delivered")
+        assert put(dossier).returncode == 0
+        delivered = box.wait_transfer("to-committee.json", "delivered")
+        assert box.decrypt(PK, box.folder(PK, "inbox") / delivered.delivered_name).data == dossier.read_bytes()
+    finally:
+        box.close()
+
+
 def test_sessions_per_organ_are_capped(box: Sandbox) -> None:
     sessions = [paramiko_sftp(box, PK) for _ in range(3)]
     try:

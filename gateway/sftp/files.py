@@ -12,16 +12,17 @@ import stat
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
-from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied
+from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied, SFTPQuotaExceeded
 
 from gateway.folders import UPLOAD_PREFIX, rename_durably
+from gateway.health import mib
 from gateway.sftp.jail import AREAS, Jail, Place
 
 if TYPE_CHECKING:
@@ -130,18 +131,12 @@ class SftpSession(asyncssh.SFTPServer):
 
     # -- files -------------------------------------------------------------------------------------------------
 
-    def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> _Handle:
+    def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> _Handle | Awaitable[_Handle]:
         self._touch()
         if pflags & _WRITE_FLAGS:
-            try:
-                place = self.jail.file(path, areas=("outbox",))
-            except SFTPPermissionDenied as exc:
-                raise self._refuse("write", exc) from None
-            if os.path.lexists(place.real):  # any entry, a dangling link too
-                raise self._refuse("write", SFTPFailure(f"{place.virtual} exists already; uploads never overwrite"))
-            temp = place.real.parent / f"{UPLOAD_PREFIX}{secrets.token_hex(8)}.upload"
-            fd = self.door.spares.take(temp)
-            return _Handle(fd, place, temp)
+            if self.door.quota.stale(self.organ):
+                return self._upload_after_reading(path)
+            return self._upload(path)
         place = self.jail.file(path)
         self.jail.regular(place)
         try:
@@ -153,6 +148,25 @@ class SftpSession(asyncssh.SFTPServer):
             raise SFTPNoSuchFile("no such file")
         return _Handle(fd, place)
 
+    async def _upload_after_reading(self, path: bytes) -> _Handle:
+        await self.door.quota.fresh(self.organ)  # what the organ has waiting, read at most a second ago
+        return self._upload(path)
+
+    def _upload(self, path: bytes) -> _Handle:
+        try:
+            place = self.jail.file(path, areas=("outbox",))
+        except SFTPPermissionDenied as exc:
+            raise self._refuse("write", exc) from None
+        if os.path.lexists(place.real):  # any entry, a dangling link too
+            raise self._refuse("write", SFTPFailure(f"{place.virtual} exists already; uploads never overwrite"))
+        try:
+            self.door.quota.check(self.organ, 1, 0, place.virtual)
+        except SFTPQuotaExceeded as exc:
+            raise self._refuse("write", exc) from None
+        temp = place.real.parent / f"{UPLOAD_PREFIX}{secrets.token_hex(8)}.upload"
+        fd = self.door.spares.take(temp)
+        return _Handle(fd, place, temp)
+
     def read(self, handle: _Handle, offset: int, size: int) -> bytes:
         data = os.pread(handle.fd, size, offset)
         handle.count += len(data)
@@ -161,9 +175,11 @@ class SftpSession(asyncssh.SFTPServer):
     def write(self, handle: _Handle, offset: int, data: bytes) -> int:
         if handle.temp is None:
             raise SFTPPermissionDenied("opened for reading")
+        self._bound(handle, max(offset + len(data), handle.count + len(data)))
         try:
             _write_all(handle.fd, data, offset)
             handle.count += len(data)
+            self.door.quota.wrote(self.organ, len(data))
             if handle.count - handle.flushed >= _FLUSH_BYTES and (handle.flushing is None or handle.flushing.done()):
                 _raise_flush_error(handle)
                 handle.flushed = handle.count
@@ -172,6 +188,23 @@ class SftpSession(asyncssh.SFTPServer):
             handle.failed = True  # the client hears this error; its close then discards the upload
             raise
         return len(data)
+
+    def _bound(self, handle: _Handle, size: int) -> None:
+        """Refuse a write that would make the upload (``size`` bytes with it) larger than the gateway takes, or take
+        the organ past its quota: the upload is then never stored (the first refusal is audited; the client's writes
+        in flight after it are refused alike)."""
+        if handle.failed:
+            raise SFTPFailure(f"{handle.place.virtual} is not stored: an earlier write to it failed")
+        try:
+            if size > self.door.limits.max_upload_bytes:
+                raise SFTPFailure(
+                    f"{handle.place.virtual} was not stored: it is larger than the "
+                    f"{mib(self.door.limits.max_upload_bytes)} the gateway takes (max_message_bytes)"
+                )
+            self.door.quota.check(self.organ, size, handle.count, handle.place.virtual)
+        except (SFTPFailure, SFTPQuotaExceeded) as exc:
+            handle.failed = True
+            raise self._refuse("write", exc) from None
 
     def fstat(self, handle: _Handle) -> os.stat_result:
         return os.fstat(handle.fd)
@@ -191,6 +224,7 @@ class SftpSession(asyncssh.SFTPServer):
         # asyncssh calls close() from SFTPServerHandler._process_close for the client's FXP_CLOSE, and from
         # SFTPServerHandler._cleanup for every handle still open when the connection is gone (asyncssh
         # sftp.py, _process_close and _cleanup). Only the first is a finished upload; its caller tells which.
+        stored = False
         try:
             if handle.temp is None:
                 self._audit("download", f"{handle.place.virtual} {handle.count} bytes")
@@ -201,8 +235,11 @@ class SftpSession(asyncssh.SFTPServer):
                 raise SFTPFailure(f"{handle.place.virtual} was not stored: a write to it failed")
             else:
                 self._commit(handle)
+                stored = True
         finally:
             os.close(handle.fd)
+            if handle.temp is not None:
+                self.door.quota.ended(self.organ, handle.count, stored)
 
     def _discard(self, handle: _Handle, action: str) -> None:
         assert handle.temp is not None

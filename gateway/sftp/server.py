@@ -18,7 +18,9 @@ from typing import Any, Protocol
 import asyncssh
 
 from gateway.key_sources import allowed_from, split_line
+from gateway.limits import Limits
 from gateway.sftp.files import SftpSession
+from gateway.sftp.quota import Quota
 from gateway.sftp.spares import SparePool
 from gateway.sftp.startups import Startups
 
@@ -51,16 +53,21 @@ class DoorLimits:
     max_startups_per_address: int = 200  # connections not yet logged in (gateway.sftp.startups)
     max_startups: int = 1000
     max_auth_tries: int = 6  # keys a connection may offer that are refused
+    max_upload_bytes: int = Limits.max_message_bytes  # an upload larger is refused as it passes it
+    upload_quota_bytes: int = 0  # what an organ may have waiting at the gateway (gateway.sftp.quota); 0: no quota
 
 
 class DoorHooks(Protocol):
-    """What the door asks of the gateway. ``authorized_keys`` may block (the door runs it in a thread);
-    ``audit`` is called on the event loop and must return at once. Completed uploads need no hook: they
+    """What the door asks of the gateway. ``authorized_keys`` and ``waiting_bytes`` (what an organ has in its
+    outbox and the spool) may block (the door runs them in a thread); ``audit`` is called on the event loop and
+    must return at once. Completed uploads need no hook: they
     are renamed into place, and the watcher sees the rename."""
 
     def authorized_keys(self, organ_id: str) -> list[str] | None: ...
 
     def audit(self, organ_id: str | None, action: str, detail: str, ok: bool, peer: str) -> None: ...
+
+    def waiting_bytes(self, organ_id: str) -> int: ...
 
 
 @dataclass
@@ -69,6 +76,7 @@ class DoorState:
     hooks: DoorHooks
     limits: DoorLimits
     spares: SparePool
+    quota: Quota
     flusher: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, "upload-flush"))
     sessions: dict[str, int] = field(default_factory=dict)
     connections: dict[asyncssh.SSHServerConnection, float] = field(default_factory=dict)
@@ -163,6 +171,7 @@ class _Auth(asyncssh.SSHServer):
         self.door.sessions[organ] = self.door.sessions.get(organ, 0) + 1
         self.door.connections[self.conn] = time.monotonic()
         self.door.hooks.audit(organ, "login", "publickey", True, self.peer)
+        self.door.quota.refresh(organ)  # read before the first upload needs it
 
 
 class Door:
@@ -207,7 +216,8 @@ async def start_door(
 ) -> Door:
     """Listen for SFTP on ``host:port`` (port 0: any free port); ``spares`` is a folder of the door's own on
     the outboxes' filesystem, where it makes upload files ahead of need."""
-    door = DoorState(Path(organs_root), hooks, limits, SparePool(spares))
+    quota = Quota(limits.upload_quota_bytes, hooks.waiting_bytes)
+    door = DoorState(Path(organs_root), hooks, limits, SparePool(spares), quota)
     server = await asyncssh.create_server(
         lambda: _Auth(door),
         host,

@@ -1,0 +1,100 @@
+"""Each organ's upload quota: the bytes it may have waiting at the gateway (in its outbox and the spool, not yet
+delivered or rejected), so that one organ, or one stolen key, cannot fill the disk every organ shares.
+
+What waits is read through a hook (the ledger and the outbox; it may block, so in a thread) at most once a second
+per organ, and an upload's open waits for a reading if the last is older; the uploads the door has committed since
+a reading and those under way are counted as they happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from asyncssh import SFTPQuotaExceeded
+
+from gateway.health import mib
+
+log = logging.getLogger(__name__)
+
+_FRESH_SECONDS = 1.0
+
+
+class Quota:
+    """The door's count of what each organ has waiting; ``limit`` 0: no quota."""
+
+    def __init__(self, limit: int, read: Callable[[str], int]) -> None:
+        self.limit = limit
+        self._read = read
+        self._known: dict[str, int] = {}  # the last reading
+        self._read_at: dict[str, float] = {}
+        self._reading: dict[str, asyncio.Future[int]] = {}  # readings under way
+        self._committed: defaultdict[str, int] = defaultdict(int)  # uploads stored since the last reading began
+        self._under_way: defaultdict[str, int] = defaultdict(int)  # bytes written to uploads not yet closed
+
+    def stale(self, organ: str) -> bool:
+        """Whether the last reading of what ``organ`` has waiting is over a second old (or under way)."""
+        return bool(self.limit) and (
+            organ in self._reading or time.monotonic() - self._read_at.get(organ, -_FRESH_SECONDS) >= _FRESH_SECONDS
+        )
+
+    def refresh(self, organ: str) -> asyncio.Future[int] | None:
+        """Read what ``organ`` has waiting again, in a thread, if the last reading is stale; returns the reading
+        under way, if any."""
+        if not self.stale(organ):
+            return None
+        if (reading := self._reading.get(organ)) is not None:
+            return reading
+        counted = self._committed[organ]  # the reading sees these (and maybe a few more, counted twice until the next)
+        reading = self._reading[organ] = asyncio.get_running_loop().run_in_executor(None, self._read, organ)
+
+        def done(read: asyncio.Future[int]) -> None:
+            del self._reading[organ]
+            self._read_at[organ] = time.monotonic()
+            if read.cancelled() or read.exception() is not None:
+                log.warning("quota: cannot read what %s has waiting (%s); the last reading stands", organ, read)
+                return
+            self._known[organ] = read.result()
+            self._committed[organ] -= counted
+
+        reading.add_done_callback(done)
+        return reading
+
+    async def fresh(self, organ: str) -> None:
+        """Wait for a reading of what ``organ`` has waiting, if the last is stale: at most 2 s (a ledger that does
+        not answer holds up no upload; the last reading stands)."""
+        if (reading := self.refresh(organ)) is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(reading), 2.0)
+
+    def waiting(self, organ: str) -> int:
+        """The bytes ``organ`` has waiting at the gateway, its uploads under way included."""
+        self.refresh(organ)
+        return self._known.get(organ, 0) + self._committed[organ] + self._under_way[organ]
+
+    def check(self, organ: str, size: int, written: int, what: str) -> None:
+        """Raise SFTPQuotaExceeded if the upload ``what``, ``size`` bytes once this write is done (``written`` of
+        them so far), would take ``organ`` past its quota."""
+        if not self.limit:
+            return
+        others = self.waiting(organ) - written
+        if others + size > self.limit:
+            raise SFTPQuotaExceeded(
+                f"{what} was not stored: it would take {organ} past its quota of {mib(self.limit)} waiting at the "
+                f"gateway ({mib(others)} are waiting already: in its outbox, or received and not yet delivered); "
+                "send it again once those are delivered"
+            )
+
+    def wrote(self, organ: str, size: int) -> None:
+        """``size`` more bytes written to an upload of ``organ``'s under way."""
+        self._under_way[organ] += size
+
+    def ended(self, organ: str, size: int, stored: bool) -> None:
+        """An upload of ``size`` bytes closed: ``stored`` in the outbox, or discarded."""
+        self._under_way[organ] -= size
+        if stored:
+            self._committed[organ] += size
