@@ -438,7 +438,7 @@ class DoorHooks:
 
     def waiting_bytes(self, organ_id: str) -> int:
         # the outbox first: a file intake takes in between is counted twice for a second, never missed
-        return self.folders.outbox_bytes(organ_id) + self.ledger.spooled_bytes(organ_id)
+        return self.folders.outbox_bytes(organ_id) + self.ledger.spooled_bytes().get(organ_id, 0)
 
 
 def notify_systemd(message: str) -> None:

@@ -383,11 +383,13 @@ def test_monitoring_reads_the_open_transfers_and_the_last_hour_without_the_year_
     assert gauges.open_transfers == {"received": (1, NOW)}
     assert (gauges.retrying, gauges.receipts_unwritten) == (1, (1, NOW))
     assert gauges.actions == {"transition:received": 1, "fault": 1, "receipt:701": 1}
+    assert ledger.spooled_bytes() == {fresh.sender_id: fresh.size}, "the finished ones hold no spool"
     for statement, table, index in (
         (sql.GAUGE_OPEN, "transfer", "ix_transfer_claim"),
         (sql.GAUGE_RETRYING, "transfer", "ix_transfer_claim" if ledger.is_sqlite else "ix_transfer_waiting"),
         (sql.GAUGE_UNWRITTEN, "receipt", "ix_receipt_due"),
         (sql.GAUGE_ACTIONS, "event", "ix_event_at"),
+        (sql.SPOOLED_BYTES, "transfer", "ix_transfer_claim"),  # the SFTP door's upload quota, once a second
     ):
         plan = query_plan(ledger, statement, table, since=NOW - timedelta(hours=1))
         assert index in plan and f"SCAN {table}\n" not in f"{plan}\n", (statement, plan)

@@ -21,7 +21,7 @@ from gateway.ledger.models import (
     Transfer,
     states_in,
 )
-from gateway.lifecycle import OPEN, State
+from gateway.lifecycle import IN_SPOOL, OPEN, State
 
 TRANSFERS = Transfer.__table__  # type: ignore[attr-defined]
 RECEIPTS = Receipt.__table__  # type: ignore[attr-defined]
@@ -103,6 +103,13 @@ DELIVERED_FILES = select(TRANSFERS.c.recipient_id, TRANSFERS.c.delivered_name).w
 _OPEN = states_in(OPEN)
 GAUGE_OPEN = (
     select(TRANSFERS.c.state, func.count(), func.min(TRANSFERS.c.updated_at)).where(_OPEN).group_by(TRANSFERS.c.state)
+)
+# what each organ has sent that waits in the spool (its upload quota): through the claim index, as the gauges, not
+# through the sender's index and its whole history
+SPOOLED_BYTES = (
+    select(TRANSFERS.c.sender_id, func.coalesce(func.sum(TRANSFERS.c.size), 0))
+    .where(states_in(IN_SPOOL))
+    .group_by(TRANSFERS.c.sender_id)
 )
 GAUGE_RETRYING = select(func.count()).select_from(TRANSFERS).where(WAITING, TRANSFERS.c.attempts > 0)
 GAUGE_UNWRITTEN = select(func.count(), func.min(RECEIPTS.c.event_time)).select_from(RECEIPTS).where(UNWRITTEN)

@@ -35,7 +35,7 @@ from gateway.ledger.models import (
     utc,
 )
 from gateway.ledger.sqlite import SqliteWriter, reading, sqlite_engine
-from gateway.lifecycle import IN_SPOOL, State
+from gateway.lifecycle import State
 
 
 class StaleTransition(Exception):
@@ -453,15 +453,11 @@ class Ledger(OrganDirectory, AuditTrail):
             )
             return [tuple(row) for row in s.exec(query)]
 
-    def spooled_bytes(self, sender_id: str) -> int:
-        """The bytes of ``sender_id``'s files the gateway holds in its spool (received, not yet delivered or
-        rejected): the part of the organ's upload quota that the ledger knows."""
+    def spooled_bytes(self) -> dict[str, int]:
+        """The bytes of each organ's files that the gateway holds in its spool (received, not yet delivered or
+        rejected): the part of the organs' upload quotas that the ledger knows."""
         with self.read() as s:
-            query = select(func.coalesce(func.sum(Transfer.size), 0)).where(  # type: ignore[call-overload]
-                Transfer.state.in_([st.value for st in IN_SPOOL]),  # type: ignore[attr-defined]
-                Transfer.sender_id == sender_id,
-            )
-            return int(s.exec(query).one())
+            return {sender: int(size) for sender, size in s.connection().execute(sql.SPOOLED_BYTES)}
 
     def count_by_state(self) -> dict[str, int]:
         with self.read() as s:

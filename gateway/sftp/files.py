@@ -134,9 +134,13 @@ class SftpSession(asyncssh.SFTPServer):
     def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> _Handle | Awaitable[_Handle]:
         self._touch()
         if pflags & _WRITE_FLAGS:
-            if self.door.quota.stale(self.organ):
-                return self._upload_after_reading(path)
-            return self._upload(path)
+            place = self._upload_place(path)
+            # an upload of the largest size might not fit by the last reading, which is over a second old: read again
+            # first (the organ's dossiers may have been delivered since); otherwise it is read again on the side
+            largest = self.door.limits.max_upload_bytes
+            if self.door.quota.stale(self.organ) and self.door.quota.over(self.organ, largest) is not None:
+                return self._upload_after_reading(place)
+            return self._upload(place)
         place = self.jail.file(path)
         self.jail.regular(place)
         try:
@@ -148,17 +152,20 @@ class SftpSession(asyncssh.SFTPServer):
             raise SFTPNoSuchFile("no such file")
         return _Handle(fd, place)
 
-    async def _upload_after_reading(self, path: bytes) -> _Handle:
-        await self.door.quota.fresh(self.organ)  # what the organ has waiting, read at most a second ago
-        return self._upload(path)
-
-    def _upload(self, path: bytes) -> _Handle:
+    def _upload_place(self, path: bytes) -> Place:
         try:
             place = self.jail.file(path, areas=("outbox",))
         except SFTPPermissionDenied as exc:
             raise self._refuse("write", exc) from None
         if os.path.lexists(place.real):  # any entry, a dangling link too
             raise self._refuse("write", SFTPFailure(f"{place.virtual} exists already; uploads never overwrite"))
+        return place
+
+    async def _upload_after_reading(self, place: Place) -> _Handle:
+        await self.door.quota.fresh(self.organ)
+        return self._upload(place)
+
+    def _upload(self, place: Place) -> _Handle:
         try:
             self.door.quota.check(self.organ, 1, 0, place.virtual)
         except SFTPQuotaExceeded as exc:

@@ -2,8 +2,9 @@
 delivered or rejected), so that one organ, or one stolen key, cannot fill the disk every organ shares.
 
 What waits is read through a hook (the ledger and the outbox; it may block, so in a thread) at most once a second
-per organ, and an upload's open waits for a reading if the last is older; the uploads the door has committed since
-a reading and those under way are counted as they happen.
+per organ; the uploads the door has committed since a reading and those under way are counted as they happen, so a
+reading a second old is off only by what others (a local program, another node's door) added or what was delivered
+meanwhile. An upload opened when an upload of the largest size would not fit by such a reading waits for a new one.
 """
 
 from __future__ import annotations
@@ -76,13 +77,18 @@ class Quota:
         self.refresh(organ)
         return self._known.get(organ, 0) + self._committed[organ] + self._under_way[organ]
 
+    def over(self, organ: str, size: int, written: int = 0) -> int | None:
+        """What ``organ`` has waiting besides an upload of ``size`` bytes (``written`` of them so far), if with it
+        the organ would pass its quota; else None."""
+        if not self.limit:
+            return None
+        others = self.waiting(organ) - written
+        return others if others + size > self.limit else None
+
     def check(self, organ: str, size: int, written: int, what: str) -> None:
         """Raise SFTPQuotaExceeded if the upload ``what``, ``size`` bytes once this write is done (``written`` of
         them so far), would take ``organ`` past its quota."""
-        if not self.limit:
-            return
-        others = self.waiting(organ) - written
-        if others + size > self.limit:
+        if (others := self.over(organ, size, written)) is not None:
             raise SFTPQuotaExceeded(
                 f"{what} was not stored: it would take {organ} past its quota of {mib(self.limit)} waiting at the "
                 f"gateway ({mib(others)} are waiting already: in its outbox, or received and not yet delivered); "
