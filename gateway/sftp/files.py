@@ -22,7 +22,6 @@ import asyncssh
 from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied, SFTPQuotaExceeded
 
 from gateway.folders import UPLOAD_PREFIX, rename_durably
-from gateway.health import mib
 from gateway.sftp.jail import AREAS, Jail, Place
 
 if TYPE_CHECKING:
@@ -137,7 +136,7 @@ class SftpSession(asyncssh.SFTPServer):
             place = self._upload_place(path)
             # an upload of the largest size might not fit by the last reading, which is over a second old: read again
             # first (the organ's dossiers may have been delivered since); otherwise it is read again on the side
-            largest = self.door.limits.max_upload_bytes
+            largest = self.door.limits.max_message_bytes
             if self.door.quota.stale(self.organ) and self.door.quota.over(self.organ, largest) is not None:
                 return self._upload_after_reading(place)
             return self._upload(place)
@@ -197,19 +196,14 @@ class SftpSession(asyncssh.SFTPServer):
         return len(data)
 
     def _bound(self, handle: _Handle, size: int) -> None:
-        """Refuse a write that would make the upload (``size`` bytes with it) larger than the gateway takes, or take
-        the organ past its quota: the upload is then never stored (the first refusal is audited; the client's writes
-        in flight after it are refused alike)."""
+        """Refuse a write that would take the organ past its quota (``size``: the upload's bytes with it): the upload
+        is then never stored (the first refusal is audited; the client's writes in flight after it are refused
+        alike). An upload larger than the gateway takes is stored, and rejected with its 330 receipt (the spec)."""
         if handle.failed:
             raise SFTPFailure(f"{handle.place.virtual} is not stored: an earlier write to it failed")
         try:
-            if size > self.door.limits.max_upload_bytes:
-                raise SFTPFailure(
-                    f"{handle.place.virtual} was not stored: it is larger than the "
-                    f"{mib(self.door.limits.max_upload_bytes)} the gateway takes (max_message_bytes)"
-                )
             self.door.quota.check(self.organ, size, handle.count, handle.place.virtual)
-        except (SFTPFailure, SFTPQuotaExceeded) as exc:
+        except SFTPQuotaExceeded as exc:
             handle.failed = True
             raise self._refuse("write", exc) from None
 

@@ -53,7 +53,7 @@ class DoorLimits:
     max_startups_per_address: int = 200  # connections not yet logged in (gateway.sftp.startups)
     max_startups: int = 1000
     max_auth_tries: int = 6  # keys a connection may offer that are refused
-    max_upload_bytes: int = Limits.max_message_bytes  # an upload larger is refused as it passes it
+    max_message_bytes: int = Limits.max_message_bytes  # the largest upload the gateway takes (not refused here)
     upload_quota_bytes: int = 0  # what an organ may have waiting at the gateway (gateway.sftp.quota); 0: no quota
 
 
