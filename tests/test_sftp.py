@@ -356,7 +356,7 @@ def test_a_stranger_logging_in_under_a_name_in_console_markup_is_shown_as_it_is_
 def test_an_organ_cannot_fill_the_gateways_disk_an_upload_past_its_quota_is_refused_as_it_comes(
     tmp_path: Path,
 ) -> None:
-    box = Sandbox(settings={"max_message_bytes": 3_000_000, "upload_quota_bytes": 5_000_000})
+    box = Sandbox(settings={"max_message_bytes": 3_000_000, "upload_quota_bytes": 5_000_000, "rescan_seconds": 1})
     geneva = "canton-ge"
     try:
         box.init_pair(KV, PK)

@@ -134,10 +134,7 @@ class SftpSession(asyncssh.SFTPServer):
         self._touch()
         if pflags & _WRITE_FLAGS:
             place = self._upload_place(path)
-            # an upload of the largest size might not fit by the last reading, which is over a second old: read again
-            # first (the organ's dossiers may have been delivered since); otherwise it is read again on the side
-            largest = self.door.limits.max_message_bytes
-            if self.door.quota.stale(self.organ) and self.door.quota.over(self.organ, largest) is not None:
+            if self.door.quota.over(self.organ, 1) is not None:
                 return self._upload_after_reading(place)
             return self._upload(place)
         place = self.jail.file(path)
@@ -161,7 +158,7 @@ class SftpSession(asyncssh.SFTPServer):
         return place
 
     async def _upload_after_reading(self, place: Place) -> _Handle:
-        await self.door.quota.fresh(self.organ)
+        await self.door.quota.fresh(self.organ)  # the last reading refuses it: the organ's dossiers may have gone since
         return self._upload(place)
 
     def _upload(self, place: Place) -> _Handle:
@@ -178,10 +175,26 @@ class SftpSession(asyncssh.SFTPServer):
         handle.count += len(data)
         return data
 
-    def write(self, handle: _Handle, offset: int, data: bytes) -> int:
+    def write(self, handle: _Handle, offset: int, data: bytes) -> int | Awaitable[int]:
         if handle.temp is None:
             raise SFTPPermissionDenied("opened for reading")
-        self._bound(handle, max(offset + len(data), handle.count + len(data)))
+        if handle.failed:  # the client's writes in flight after a refused or failed one
+            raise SFTPFailure(f"{handle.place.virtual} is not stored: an earlier write to it failed")
+        size = max(offset, handle.count) + len(data)  # the upload's bytes with this write
+        if self.door.quota.over(self.organ, size, handle.count) is not None:
+            return self._write_after_reading(handle, offset, data, size)
+        return self._write(handle, offset, data)
+
+    async def _write_after_reading(self, handle: _Handle, offset: int, data: bytes, size: int) -> int:
+        await self.door.quota.fresh(self.organ)  # the last reading refuses it: the organ's dossiers may have gone since
+        try:
+            self.door.quota.check(self.organ, size, handle.count, handle.place.virtual)
+        except SFTPQuotaExceeded as exc:
+            handle.failed = True  # never stored: its close discards it
+            raise self._refuse("write", exc) from None
+        return self._write(handle, offset, data)
+
+    def _write(self, handle: _Handle, offset: int, data: bytes) -> int:
         try:
             _write_all(handle.fd, data, offset)
             handle.count += len(data)
@@ -194,18 +207,6 @@ class SftpSession(asyncssh.SFTPServer):
             handle.failed = True  # the client hears this error; its close then discards the upload
             raise
         return len(data)
-
-    def _bound(self, handle: _Handle, size: int) -> None:
-        """Refuse a write that would take the organ past its quota (``size``: the upload's bytes with it): the upload
-        is then never stored (the first refusal is audited; the client's writes in flight after it are refused
-        alike). An upload larger than the gateway takes is stored, and rejected with its 330 receipt (the spec)."""
-        if handle.failed:
-            raise SFTPFailure(f"{handle.place.virtual} is not stored: an earlier write to it failed")
-        try:
-            self.door.quota.check(self.organ, size, handle.count, handle.place.virtual)
-        except SFTPQuotaExceeded as exc:
-            handle.failed = True
-            raise self._refuse("write", exc) from None
 
     def fstat(self, handle: _Handle) -> os.stat_result:
         return os.fstat(handle.fd)

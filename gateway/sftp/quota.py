@@ -1,10 +1,10 @@
 """Each organ's upload quota: the bytes it may have waiting at the gateway (in its outbox and the spool, not yet
 delivered or rejected), so that one organ, or one stolen key, cannot fill the disk every organ shares.
 
-What waits is read through a hook (the ledger and the outbox; it may block, so in a thread) at most once a second
-per organ; the uploads the door has committed since a reading and those under way are counted as they happen, so a
-reading a second old is off only by what others (a local program, another node's door) added or what was delivered
-meanwhile. An upload opened when an upload of the largest size would not fit by such a reading waits for a new one.
+What waits is read through a hook (the outbox and the ledger; it may block, so in a thread) at most once a second
+per organ, on the side; the uploads the door has committed since a reading began and those under way are counted
+as they happen. So a reading is off only by what others added (a local program, another node's door) or what was
+delivered or rejected since: an upload that the last reading would refuse waits for a new one first.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from gateway.health import mib
 log = logging.getLogger(__name__)
 
 _FRESH_SECONDS = 1.0
+_WAIT_SECONDS = 2.0  # the longest an upload waits for a reading: a ledger that does not answer holds up no upload
 
 
 class Quota:
@@ -33,28 +34,17 @@ class Quota:
         self._read = read
         self._known: dict[str, int] = {}  # the last reading
         self._read_at: dict[str, float] = {}
-        self._reading: dict[str, asyncio.Future[int]] = {}  # readings under way
+        self._reading: dict[str, asyncio.Future[int]] = {}  # the reading under way
         self._committed: defaultdict[str, int] = defaultdict(int)  # uploads stored since the last reading began
         self._under_way: defaultdict[str, int] = defaultdict(int)  # bytes written to uploads not yet closed
 
-    def stale(self, organ: str) -> bool:
-        """Whether the last reading of what ``organ`` has waiting is over a second old (or under way)."""
-        return bool(self.limit) and (
-            organ in self._reading or time.monotonic() - self._read_at.get(organ, -_FRESH_SECONDS) >= _FRESH_SECONDS
-        )
-
-    def refresh(self, organ: str) -> asyncio.Future[int] | None:
-        """Read what ``organ`` has waiting again, in a thread, if the last reading is stale; returns the reading
-        under way, if any."""
-        if not self.stale(organ):
-            return None
-        if (reading := self._reading.get(organ)) is not None:
-            return reading
+    def _start(self, organ: str) -> asyncio.Future[int]:
         counted = self._committed[organ]  # the reading sees these (and maybe a few more, counted twice until the next)
         reading = self._reading[organ] = asyncio.get_running_loop().run_in_executor(None, self._read, organ)
 
         def done(read: asyncio.Future[int]) -> None:
-            del self._reading[organ]
+            if self._reading.get(organ) is read:
+                del self._reading[organ]
             self._read_at[organ] = time.monotonic()
             if read.cancelled() or read.exception() is not None:
                 log.warning("quota: cannot read what %s has waiting (%s); the last reading stands", organ, read)
@@ -65,12 +55,19 @@ class Quota:
         reading.add_done_callback(done)
         return reading
 
+    def refresh(self, organ: str) -> None:
+        """Read what ``organ`` has waiting again, on the side, if the last reading is over a second old."""
+        last = self._read_at.get(organ, -_FRESH_SECONDS)
+        if self.limit and organ not in self._reading and time.monotonic() - last >= _FRESH_SECONDS:
+            self._start(organ)
+
     async def fresh(self, organ: str) -> None:
-        """Wait for a reading of what ``organ`` has waiting, if the last is stale: at most 2 s (a ledger that does
-        not answer holds up no upload; the last reading stands)."""
-        if (reading := self.refresh(organ)) is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(reading), 2.0)
+        """Wait for a reading of what ``organ`` has waiting begun now (after the one under way, which may have begun
+        before the door's last uploads), at most 2 s for each: the last reading stands if none comes."""
+        with contextlib.suppress(Exception):  # a timeout, or the reading's own failure (logged by it)
+            if (under_way := self._reading.get(organ)) is not None:
+                await asyncio.wait_for(asyncio.shield(under_way), _WAIT_SECONDS)
+            await asyncio.wait_for(asyncio.shield(self._start(organ)), _WAIT_SECONDS)
 
     def waiting(self, organ: str) -> int:
         """The bytes ``organ`` has waiting at the gateway, its uploads under way included."""

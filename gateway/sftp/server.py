@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import asyncssh
 
 from gateway.key_sources import allowed_from, split_line
-from gateway.limits import Limits
 from gateway.sftp.files import SftpSession
 from gateway.sftp.quota import Quota
 from gateway.sftp.spares import SparePool
@@ -53,7 +52,6 @@ class DoorLimits:
     max_startups_per_address: int = 200  # connections not yet logged in (gateway.sftp.startups)
     max_startups: int = 1000
     max_auth_tries: int = 6  # keys a connection may offer that are refused
-    max_message_bytes: int = Limits.max_message_bytes  # the largest upload the gateway takes (not refused here)
     upload_quota_bytes: int = 0  # what an organ may have waiting at the gateway (gateway.sftp.quota); 0: no quota
 
 
