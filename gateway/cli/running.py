@@ -28,9 +28,9 @@ _log = logging.getLogger(__name__)
 
 
 class _EscapingFormatter(logging.Formatter):
-    """The serve log's lines, with what a client chose (a file name, an SSH user name) unable to forge or hide one:
-    control and direction characters in a message are written as escapes, a newline as ``\\n``. (Bytes that are
-    not UTF-8 are escaped by Python's stderr itself.)"""
+    """The serve log's lines, with what an organ chose (a file name) unable to forge or hide one: control and
+    direction characters in a message are written as escapes, a newline as ``\\n``. (Bytes that are not UTF-8 are
+    escaped by Python's stderr itself; asyncssh refuses such characters in SSH user names.)"""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = shown(record.message)

@@ -52,14 +52,14 @@ class DoorLimits:
     max_startups_per_address: int = 200  # connections not yet logged in (gateway.sftp.startups)
     max_startups: int = 1000
     max_auth_tries: int = 6  # keys a connection may offer that are refused
-    upload_quota_bytes: int = 0  # what an organ may have waiting at the gateway (gateway.sftp.quota); 0: no quota
+    upload_quota_bytes: int = 16 << 30  # what an organ may have waiting at the gateway (gateway.sftp.quota); 0: none
 
 
 class DoorHooks(Protocol):
     """What the door asks of the gateway. ``authorized_keys`` and ``waiting_bytes`` (what an organ has in its
     outbox and the spool) may block (the door runs them in a thread); ``audit`` is called on the event loop and
-    must return at once. Completed uploads need no hook: they
-    are renamed into place, and the watcher sees the rename."""
+    must return at once. Completed uploads need no hook: they are renamed into place, and the watcher sees the
+    rename."""
 
     def authorized_keys(self, organ_id: str) -> list[str] | None: ...
 
