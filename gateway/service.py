@@ -77,9 +77,7 @@ class Gateway:
 
     @cached_property
     def ledger(self) -> Ledger:
-        ledger = Ledger(self.settings.ledger_url)
-        ledger.actor = self.actor
-        return ledger
+        return Ledger(self.settings.ledger_url, self.actor)
 
     @cached_property
     def keyring(self) -> Keyring:

@@ -108,8 +108,8 @@ class TransferQueries:
     def spooled_bytes(self) -> dict[str, int]:
         """The bytes of each organ's files that the gateway holds in its spool (received, not yet delivered or
         rejected): the part of the organs' upload quotas that the ledger knows."""
-        with self.read() as s:
-            return {sender: int(size) for sender, size in s.connection().execute(sql.SPOOLED_BYTES)}
+        with self.core_read() as conn:
+            return {sender: int(size) for sender, size in conn.execute(sql.SPOOLED_BYTES)}
 
     def count_by_state(self) -> dict[str, int]:
         with self.read() as s:

@@ -92,9 +92,10 @@ class _PostgresWriters:
 class Ledger(OrganDirectory, AuditTrail, TransferQueries):
     """Transactional access to the ledger tables."""
 
-    def __init__(self, url: str) -> None:
-        """Open the ledger at ``url`` (creating its tables); GatewayFault ``LEDGER_UNAVAILABLE`` says why not."""
-        self.url = url
+    def __init__(self, url: str, actor: str | None = None) -> None:
+        """Open the ledger at ``url`` (creating its tables); GatewayFault ``LEDGER_UNAVAILABLE`` says why not.
+        ``actor``: the admin account this process acts for, named on the events it appends (AuditTrail.actor)."""
+        self.url, self.actor = url, actor
         self.is_sqlite = url.startswith("sqlite")
         self._writer: SqliteWriter | _PostgresWriters = SqliteWriter(url) if self.is_sqlite else _PostgresWriters()
         try:

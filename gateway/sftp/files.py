@@ -158,17 +158,22 @@ class SftpSession(asyncssh.SFTPServer):
         return place
 
     async def _upload_after_reading(self, place: Place) -> _Handle:
-        await self.door.quota.fresh(self.organ)  # the last reading refuses it: the organ's dossiers may have gone since
+        await self._quota_after_reading(1, 0, place.virtual)
         return self._upload(place)
 
     def _upload(self, place: Place) -> _Handle:
-        try:
-            self.door.quota.check(self.organ, 1, 0, place.virtual)
-        except SFTPQuotaExceeded as exc:
-            raise self._refuse("write", exc) from None
         temp = place.real.parent / f"{UPLOAD_PREFIX}{secrets.token_hex(8)}.upload"
         fd = self.door.spares.take(temp)
         return _Handle(fd, place, temp)
+
+    async def _quota_after_reading(self, size: int, written: int, what: str) -> None:
+        """The last reading refuses the upload ``what`` (``size`` bytes with the write at hand, ``written`` so far):
+        read again, as the organ's dossiers may have gone since, and refuse it only if the new reading does too."""
+        await self.door.quota.fresh(self.organ)
+        try:
+            self.door.quota.check(self.organ, size, written, what)
+        except SFTPQuotaExceeded as exc:
+            raise self._refuse("write", exc) from None
 
     def read(self, handle: _Handle, offset: int, size: int) -> bytes:
         data = os.pread(handle.fd, size, offset)
@@ -186,12 +191,11 @@ class SftpSession(asyncssh.SFTPServer):
         return self._write(handle, offset, data)
 
     async def _write_after_reading(self, handle: _Handle, offset: int, data: bytes, size: int) -> int:
-        await self.door.quota.fresh(self.organ)  # the last reading refuses it: the organ's dossiers may have gone since
         try:
-            self.door.quota.check(self.organ, size, handle.count, handle.place.virtual)
-        except SFTPQuotaExceeded as exc:
+            await self._quota_after_reading(size, handle.count, handle.place.virtual)
+        except SFTPQuotaExceeded:
             handle.failed = True  # never stored: its close discards it
-            raise self._refuse("write", exc) from None
+            raise
         return self._write(handle, offset, data)
 
     def _write(self, handle: _Handle, offset: int, data: bytes) -> int:
