@@ -42,6 +42,29 @@ def set_active(gw: Gateway, organ_id: str, active: bool) -> Organ:
     return gw.ledger.update_organ(organ_id, gw.clock(), "organ_enabled" if active else "organ_disabled", active=active)
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(|b|kib|mib|gib|tib)")  # matched against the size in lower case
+_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def set_upload_quota(gw: Gateway, organ_id: str, size: str) -> Organ:
+    """Give an organ its own upload quota: a size (``64GiB``, ``500MiB``, bytes), ``none`` (or 0) for no quota, or
+    ``default`` for the gateway's setting ``upload_quota_bytes`` again."""
+    word = size.strip().lower()
+    if word == "default":
+        quota = None
+    elif word == "none":
+        quota = 0
+    elif match := _SIZE.fullmatch(word):
+        quota = int(float(match[1]) * _UNITS[match[2]])
+    else:
+        raise AdminError(
+            "QUOTA_INVALID",
+            f"{size!r} is not a size: bytes, or a number with KiB, MiB, GiB or TiB (500MiB, 64GiB); 'none' for no "
+            "quota; 'default' for the gateway's setting (upload_quota_bytes)",
+        )
+    return gw.ledger.update_organ(organ_id, gw.clock(), "organ_quota", upload_quota_bytes=quota)
+
+
 def import_pgp_key(gw: Gateway, organ_id: str, file: Path) -> str:
     """Import an organ's armored public key after checking it can encrypt; returns its fingerprint."""
     gw.ledger.organ(organ_id)

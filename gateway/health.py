@@ -59,6 +59,11 @@ def mib(size: int) -> str:
     return f"{size / 2**20:,.1f} MiB"
 
 
+def sized(size: int) -> str:
+    """A size in GiB from 1 GiB up, else in MiB, for people."""
+    return f"{size / 2**30:,.1f} GiB" if size >= 2**30 else mib(size)
+
+
 def stuck(gauges: Gauges, now: datetime, after: timedelta) -> list[str]:
     """Why the gateway looks stuck at ``now`` (nothing: it keeps up): work or receipts older than ``after``."""
     reasons = []

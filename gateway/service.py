@@ -375,7 +375,6 @@ class Gateway:
             max_startups_per_address=s.max_startups_per_address,
             max_startups=s.max_startups,
             max_auth_tries=s.max_auth_tries,
-            upload_quota_bytes=s.upload_quota_bytes,
         )
         loop = uvloop.new_event_loop()
         stopped = asyncio.Event()
@@ -389,7 +388,7 @@ class Gateway:
                     organs_root=self.folders.organs,
                     spares=self.folders.spare,
                     host_keys=ensure_host_keys(self.folders.hostkeys),
-                    hooks=DoorHooks(ledger, audit, self.clock, self.folders),
+                    hooks=DoorHooks(ledger, audit, self.clock, self.folders, s.upload_quota_bytes),
                     limits=limits,
                 )
             )
@@ -422,10 +421,11 @@ def _first_to_end(
 
 class DoorHooks:
     """What the SFTP door may ask of the rest of the gateway: the keys an organ may use, what it has waiting at
-    the gateway (for its upload quota), and audit."""
+    the gateway and its upload quota (its own, or ``upload_quota`` from the settings), and audit."""
 
-    def __init__(self, ledger: Ledger, audit: AuditBuffer, clock: Clock, folders: Folders) -> None:
+    def __init__(self, ledger: Ledger, audit: AuditBuffer, clock: Clock, folders: Folders, upload_quota: int) -> None:
         self.ledger, self.audit_buffer, self.clock, self.folders = ledger, audit, clock, folders
+        self.upload_quota = upload_quota
 
     def authorized_keys(self, organ_id: str) -> list[str] | None:
         return self.ledger.authorized_keys(organ_id)
@@ -433,9 +433,11 @@ class DoorHooks:
     def audit(self, organ_id: str | None, action: str, detail: str, ok: bool, peer: str) -> None:
         self.audit_buffer.add(self.clock(), action, detail, organ_id, ok, peer)
 
-    def waiting_bytes(self, organ_id: str) -> int:
+    def quota_reading(self, organ_id: str) -> tuple[int, int]:
         # the outbox first: a file intake takes in between is counted twice for a second, never missed
-        return self.folders.outbox_bytes(organ_id) + self.ledger.spooled_bytes().get(organ_id, 0)
+        waiting = self.folders.outbox_bytes(organ_id) + self.ledger.spooled_bytes().get(organ_id, 0)
+        organ = self.ledger.find_organ(organ_id)
+        return waiting, self.upload_quota if organ is None else organ.upload_quota(self.upload_quota)
 
 
 def notify_systemd(message: str) -> None:

@@ -320,9 +320,13 @@ def test_an_access_event_the_database_refuses_is_written_escaped_and_holds_up_no
     assert ledger.verify_chain()[1] == []
 
 
-def test_a_ledger_made_by_an_earlier_version_gets_the_indexes_and_the_directory_version(ledger_url: str) -> None:
+def test_a_ledger_made_by_an_earlier_version_gets_the_indexes_the_directory_version_and_the_organs_quotas(
+    ledger_url: str,
+) -> None:
     old = Ledger(ledger_url)
+    setup_organs(old)
     with old.engine.begin() as conn:  # as the first release left it
+        conn.execute(text("ALTER TABLE organ DROP COLUMN upload_quota_bytes"))
         conn.execute(text("DROP INDEX ix_transfer_claim"))
         conn.execute(text("DROP TABLE directoryversion"))
         conn.execute(text("DROP INDEX IF EXISTS ix_transfer_waiting"))
@@ -338,7 +342,9 @@ def test_a_ledger_made_by_an_earlier_version_gets_the_indexes_and_the_directory_
         assert "ix_transfer_message" in names and "ix_transfer_sender_msg" not in names
         assert ("ix_transfer_waiting" in names) is not upgraded.is_sqlite, "PostgreSQL's claim index, only there"
         assert "ix_receipt_due" in {ix["name"] for ix in inspect(upgraded.engine).get_indexes("receipt")}
-        setup_organs(upgraded)
+        assert upgraded.organ("kv-bau-zh").upload_quota(16 << 30) == 16 << 30, "the organs there: the setting's"
+        upgraded.update_organ("kv-bau-zh", NOW, "organ_quota", upload_quota_bytes=64 << 30)  # more than 32 bits
+        assert upgraded.organ("kv-bau-zh").upload_quota_bytes == 64 << 30
         transfer = received(upgraded)
         claimed = upgraded.claim("node-a:0", NOW, timedelta(minutes=5))
         assert claimed.transfer.id == transfer.id

@@ -398,12 +398,33 @@ def test_an_organ_cannot_fill_the_gateways_disk_an_upload_past_its_quota_is_refu
         assert over.endswith("send it again once those are delivered"), over
         assert not list(outbox.iterdir()) and "to-committee.json" not in {t.file_name for t in box.transfers()}
 
+        def listed() -> dict[str, Any]:
+            return next(o for o in json.loads(box.cli("organ", "list", "--json").stdout) if o["id"] == KV)
+
+        # the admin, asked why uploads fail, sees what waits against the quota, and gives the organ one of its own
+        kv = listed()
+        assert kv["waiting_bytes"] == held and kv["upload_quota_bytes"] == 5_000_000 and not kv["own_upload_quota"]
+        typo = box.cli("organ", "quota", KV, "8MB", check=False)
+        assert typo.returncode == 2 and "error QUOTA_INVALID: '8MB' is not a size: bytes, or a number with KiB" in (
+            " ".join(typo.stderr.split())
+        )
+        assert "error ORGAN_UNKNOWN" in box.cli("organ", "quota", "kv-bau-zx", "8MiB", check=False).stderr
+        said = box.cli("organ", "quota", KV, "8MiB").stdout
+        assert "organ kv-bau-zh: upload quota 8.0 MiB (its own)" in " ".join(said.split())
+        assert "8.0 MiB (own)" in box.cli("organ", "list").stdout
+        assert put(dossier).returncode == 0, "within its own quota: the same upload goes through while the two wait"
+        delivered = box.wait_transfer("to-committee.json", "delivered")
+        assert box.decrypt(PK, box.folder(PK, "inbox") / delivered.delivered_name).data == dossier.read_bytes()
+
+        box.cli("organ", "quota", KV, "default")  # the gateway's setting again
+        kv = listed()
+        assert kv["upload_quota_bytes"] == 5_000_000 and not kv["own_upload_quota"]
+        changes = json.loads(box.cli("audit", "list", "--action", "organ_quota", "--json").stdout)
+        assert [e["detail"] for e in changes] == ["upload_quota_bytes=8388608", "upload_quota_bytes=None"]
         box.add_organ_keys(geneva)  # the canton's key arrives: what waited is delivered, the quota free again
         for n in (1, 2):
             box.wait_transfer(f"to-geneva-{n}.json", "delivered")
-        assert put(dossier).returncode == 0
-        delivered = box.wait_transfer("to-committee.json", "delivered")
-        assert box.decrypt(PK, box.folder(PK, "inbox") / delivered.delivered_name).data == dossier.read_bytes()
+        assert listed()["waiting_bytes"] == 0
     finally:
         box.close()
 

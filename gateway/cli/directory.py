@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from gateway import admin
 from gateway.cli.output import gateway_of, out, print_rows
+from gateway.health import sized
 from gateway.key_sources import split_line
 from gateway.ledger.models import ORGAN_KINDS
 
@@ -42,6 +44,9 @@ def organ_list(ctx: click.Context, as_json: bool) -> None:
     keys: dict[str, int] = {}
     for key in gw.ledger.ssh_keys():
         keys[key.organ_id] = keys.get(key.organ_id, 0) + 1
+    organs = gw.ledger.organs()
+    outboxes = {o.id: gw.folders.outbox_bytes(o.id) for o in organs}  # before the spool, as the door reads them
+    spooled = gw.ledger.spooled_bytes()
     rows = [
         {
             "id": o.id,
@@ -52,10 +57,39 @@ def organ_list(ctx: click.Context, as_json: bool) -> None:
             "pgp_key": admin.pgp_key_state(gw, o.pgp_fingerprint),
             "armor": o.armor,
             "ssh_keys": keys.get(o.id, 0),
+            "waiting_bytes": outboxes[o.id] + spooled.get(o.id, 0),
+            "upload_quota_bytes": o.upload_quota(gw.settings.upload_quota_bytes),
+            "own_upload_quota": o.upload_quota_bytes is not None,
         }
-        for o in gw.ledger.organs()
+        for o in organs
     ]
-    print_rows(rows, ["id", "kind", "name", "active", "pgp_fingerprint", "pgp_key", "ssh_keys"], as_json, "organs")
+    if not as_json:
+        rows = [{**row, "waiting": sized(row["waiting_bytes"]), "quota": _quota_text(row)} for row in rows]
+    columns = ["id", "kind", "name", "active", "pgp_fingerprint", "pgp_key", "ssh_keys", "waiting", "quota"]
+    print_rows(rows, columns, as_json, "organs")
+
+
+def _quota_text(row: dict[str, Any]) -> str:
+    quota = sized(row["upload_quota_bytes"]) if row["upload_quota_bytes"] else "none"
+    return f"{quota} (own)" if row["own_upload_quota"] else quota
+
+
+@organ.command("quota")
+@click.argument("organ_id")
+@click.argument("size")
+@click.pass_context
+def organ_quota(ctx: click.Context, organ_id: str, size: str) -> None:
+    """Give an organ its own upload quota: what it may have waiting at the gateway (in its outbox and not yet
+    delivered or rejected). SIZE: 64GiB, 500MiB or bytes; 'none' (or 0) for no quota; 'default' for the
+    gateway's setting upload_quota_bytes again."""
+    gw = gateway_of(ctx)
+    organ = admin.set_upload_quota(gw, organ_id, size)
+    quota = organ.upload_quota(gw.settings.upload_quota_bytes)
+    whose = "the gateway's setting upload_quota_bytes" if organ.upload_quota_bytes is None else "its own"
+    out.print(
+        f"organ {organ_id}: upload quota {sized(quota) if quota else 'none'} ({whose}); the SFTP door holds its "
+        "uploads to it within a second"
+    )
 
 
 @organ.command("disable")

@@ -91,7 +91,7 @@ class OrganDirectory:
             return list(s.exec(select(Organ).order_by(Organ.id)))
 
     def update_organ(self, organ_id: str, now: datetime, action: str, **values: Any) -> Organ:
-        """Change organ fields (active, pgp_fingerprint, armor) and record why in the audit chain."""
+        """Change organ fields (active, pgp_fingerprint, armor, upload_quota_bytes); the audit chain says why."""
         with self.tx() as s:
             organ = s.get(Organ, organ_id)
             if organ is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, Index, Text, TextClause, text
+from sqlalchemy import BigInteger, Column, DateTime, Index, Text, TextClause, text
 from sqlmodel import Field, SQLModel
 
 from gateway.lifecycle import WORKABLE, State
@@ -46,6 +46,12 @@ class OrganData(SQLModel):
     pgp_fingerprint: str | None = Field(default=None, max_length=64)
     armor: bool = False  # deliveries as ASCII-armoured .asc instead of binary .pgp
     created_at: datetime = _ts()
+    # what it may have waiting at the gateway, if not the setting upload_quota_bytes (0: no quota; gateway.quota)
+    upload_quota_bytes: int | None = Field(default=None, sa_type=BigInteger)  # type: ignore[call-overload]
+
+    def upload_quota(self, setting: int) -> int:
+        """The bytes this organ may have waiting at the gateway (0: no bound), given the gateway's setting."""
+        return setting if self.upload_quota_bytes is None else self.upload_quota_bytes
 
 
 class Organ(OrganData, table=True):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, text, update
+from sqlalchemy import Connection, delete, inspect, text, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine, select
 
@@ -110,8 +110,11 @@ class Ledger(OrganDirectory, AuditTrail, TransferQueries):
         self._writer.sync_log()
 
     def _upgrade(self) -> None:
-        """Bring a ledger made by an earlier version up to date: indexes that tables created then lack."""
+        """Bring a ledger made by an earlier version up to date: columns and indexes that tables created then lack."""
         with self.engine.begin() as conn:
+            if "upload_quota_bytes" not in {column["name"] for column in inspect(conn).get_columns("organ")}:
+                unless_there = "" if self.is_sqlite else "IF NOT EXISTS "  # two nodes may upgrade at the same moment
+                conn.execute(text(f"ALTER TABLE organ ADD COLUMN {unless_there}upload_quota_bytes BIGINT"))
             conn.execute(text("DROP INDEX IF EXISTS ix_transfer_work"))  # replaced by ix_transfer_claim
             conn.execute(text("DROP INDEX IF EXISTS ix_transfer_sender_msg"))  # by ix_transfer_message
             for table in (Transfer.__table__, Receipt.__table__):  # type: ignore[attr-defined]

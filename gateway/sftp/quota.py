@@ -1,10 +1,11 @@
 """Each organ's upload quota: the bytes it may have waiting at the gateway (in its outbox and the spool, not yet
 delivered or rejected), so that one organ, or one stolen key, cannot fill the disk every organ shares.
 
-What waits is read through a hook (the outbox and the ledger; it may block, so in a thread) at most once a second
-per organ, on the side; the uploads the door has committed since a reading began and those under way are counted
-as they happen. So a reading is off only by what others added (a local program, another node's door) or what was
-delivered or rejected since: an upload that the last reading would refuse waits for a new one first.
+What waits, and the organ's quota (its own, or the gateway's setting), are read through a hook (the outbox and the
+ledger; it may block, so in a thread) at most once a second per organ, on the side; the uploads the door has
+committed since a reading began and those under way are counted as they happen. So a reading is off only by what
+others added (a local program, another node's door) or what was delivered or rejected since: an upload that the
+last reading would refuse waits for a new one first.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 
 from asyncssh import SFTPQuotaExceeded
 
-from gateway.health import mib
+from gateway.health import mib, sized
 
 log = logging.getLogger(__name__)
 
@@ -27,38 +28,40 @@ _WAIT_SECONDS = 2.0  # the longest an upload waits for a reading: a ledger that 
 
 
 class Quota:
-    """The door's count of what each organ has waiting; ``limit`` 0: no quota."""
+    """The door's count of what each organ has waiting, held to the quota its last reading found (0: none).
+    ``read(organ)``: what the organ has waiting and its quota."""
 
-    def __init__(self, limit: int, read: Callable[[str], int]) -> None:
-        self.limit = limit
+    def __init__(self, read: Callable[[str], tuple[int, int]]) -> None:
         self._read = read
         self._known: dict[str, int] = {}  # the last reading
+        self._limit: dict[str, int] = {}  # and the quota it found
         self._read_at: dict[str, float] = {}
         self._reading: dict[str, asyncio.Future[int]] = {}  # the reading under way
         self._committed: defaultdict[str, int] = defaultdict(int)  # uploads stored since the last reading began
         self._under_way: defaultdict[str, int] = defaultdict(int)  # bytes written to uploads not yet closed
 
-    def _start(self, organ: str) -> asyncio.Future[int]:
+    def _start(self, organ: str) -> asyncio.Future[tuple[int, int]]:
         counted = self._committed[organ]  # the reading sees these (and maybe a few more, counted twice until the next)
         reading = self._reading[organ] = asyncio.get_running_loop().run_in_executor(None, self._read, organ)
 
-        def done(read: asyncio.Future[int]) -> None:
+        def done(read: asyncio.Future[tuple[int, int]]) -> None:
             if self._reading.get(organ) is read:
                 del self._reading[organ]
             self._read_at[organ] = time.monotonic()
             if read.cancelled() or read.exception() is not None:
                 log.warning("quota: cannot read what %s has waiting (%s); the last reading stands", organ, read)
                 return
-            self._known[organ] = read.result()
+            self._known[organ], self._limit[organ] = read.result()
             self._committed[organ] -= counted
 
         reading.add_done_callback(done)
         return reading
 
     def refresh(self, organ: str) -> None:
-        """Read what ``organ`` has waiting again, on the side, if the last reading is over a second old."""
+        """Read what ``organ`` has waiting and its quota again, on the side, if the last reading is over a second
+        old."""
         last = self._read_at.get(organ, -_FRESH_SECONDS)
-        if self.limit and organ not in self._reading and time.monotonic() - last >= _FRESH_SECONDS:
+        if organ not in self._reading and time.monotonic() - last >= _FRESH_SECONDS:
             self._start(organ)
 
     async def fresh(self, organ: str) -> None:
@@ -76,19 +79,19 @@ class Quota:
 
     def over(self, organ: str, size: int, written: int = 0) -> int | None:
         """What ``organ`` has waiting besides an upload of ``size`` bytes (``written`` of them so far), if with it
-        the organ would pass its quota; else None."""
-        if not self.limit:
-            return None
+        the organ would pass its quota; else None (and before the first reading, begun at the organ's login)."""
         others = self.waiting(organ) - written
-        return others if others + size > self.limit else None
+        limit = self._limit.get(organ, 0)
+        return others if limit and others + size > limit else None
 
     def check(self, organ: str, size: int, written: int, what: str) -> None:
         """Raise SFTPQuotaExceeded if the upload ``what``, ``size`` bytes once this write is done (``written`` of
         them so far), would take ``organ`` past its quota."""
         if (others := self.over(organ, size, written)) is not None:
+            limit = sized(self._limit[organ])
             raise SFTPQuotaExceeded(
-                f"{what} was not stored: it would take {organ} past its quota of {mib(self.limit)} waiting at the "
-                f"gateway ({mib(others)} are waiting already: in its outbox, or received and not yet delivered); "
+                f"{what} was not stored: it would take {organ} past its quota of {limit} waiting at the gateway "
+                f"({mib(others)} are waiting already: in its outbox, or received and not yet delivered); "
                 "send it again once those are delivered"
             )
 

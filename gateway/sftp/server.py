@@ -52,20 +52,19 @@ class DoorLimits:
     max_startups_per_address: int = 200  # connections not yet logged in (gateway.sftp.startups)
     max_startups: int = 1000
     max_auth_tries: int = 6  # keys a connection may offer that are refused
-    upload_quota_bytes: int = 16 << 30  # what an organ may have waiting at the gateway (gateway.sftp.quota); 0: none
 
 
 class DoorHooks(Protocol):
-    """What the door asks of the gateway. ``authorized_keys`` and ``waiting_bytes`` (what an organ has in its
-    outbox and the spool) may block (the door runs them in a thread); ``audit`` is called on the event loop and
-    must return at once. Completed uploads need no hook: they are renamed into place, and the watcher sees the
-    rename."""
+    """What the door asks of the gateway. ``authorized_keys`` and ``quota_reading`` (what an organ has in its
+    outbox and the spool, and its upload quota: 0 for none) may block (the door runs them in a thread); ``audit``
+    is called on the event loop and must return at once. Completed uploads need no hook: they are renamed into
+    place, and the watcher sees the rename."""
 
     def authorized_keys(self, organ_id: str) -> list[str] | None: ...
 
     def audit(self, organ_id: str | None, action: str, detail: str, ok: bool, peer: str) -> None: ...
 
-    def waiting_bytes(self, organ_id: str) -> int: ...
+    def quota_reading(self, organ_id: str) -> tuple[int, int]: ...
 
 
 @dataclass
@@ -214,8 +213,7 @@ async def start_door(
 ) -> Door:
     """Listen for SFTP on ``host:port`` (port 0: any free port); ``spares`` is a folder of the door's own on
     the outboxes' filesystem, where it makes upload files ahead of need."""
-    quota = Quota(limits.upload_quota_bytes, hooks.waiting_bytes)
-    door = DoorState(Path(organs_root), hooks, limits, SparePool(spares), quota)
+    door = DoorState(Path(organs_root), hooks, limits, SparePool(spares), Quota(hooks.quota_reading))
     server = await asyncssh.create_server(
         lambda: _Auth(door),
         host,
