@@ -2,13 +2,15 @@
 
 ```
 RECEIVED -> VALIDATED -> ENCRYPTED -> DELIVERED -> FETCHED   (picked up: receipt 110)
-    |           |                          +-----> EXPIRED   (not picked up in time: receipt 204)
-    +-----------+---> REJECTED (receipt with every reason; original kept in quarantine)
+    |           |            |             +-----> EXPIRED   (not picked up in time: receipt 204)
+    +-----------+------------+---> REJECTED (receipt with every reason; the original kept in quarantine until
+                |                           it is encrypted: from ENCRYPTED only 301/310, below)
                 +---> HELD ---> VALIDATED (cause gone) | REJECTED 311 (after the hold time; 301/310 at once when
                                 the admin disables the recipient or denies the route meanwhile)
 ```
 
-ENCRYPTED only moves on: a failed delivery is the gateway's fault (disk, permissions) and is retried.
+ENCRYPTED is REJECTED only when the admin has disabled the recipient or denied the route before the dossier
+reached the inbox (301/310): a failed delivery is the gateway's fault (disk, permissions) and is retried.
 A pair not in :data:`TRANSITIONS` raises :class:`IllegalTransition` and changes nothing.
 """
 
@@ -35,7 +37,7 @@ TRANSITIONS: dict[State, dict[State, int | None]] = {
     State.RECEIVED: {State.VALIDATED: None, State.REJECTED: None},
     State.VALIDATED: {State.ENCRYPTED: None, State.HELD: 601, State.REJECTED: None},
     State.HELD: {State.VALIDATED: None, State.REJECTED: 311},
-    State.ENCRYPTED: {State.DELIVERED: 100},
+    State.ENCRYPTED: {State.DELIVERED: 100, State.REJECTED: None},
     State.DELIVERED: {State.FETCHED: 110, State.EXPIRED: 204},
     State.FETCHED: {},
     State.EXPIRED: {},

@@ -117,7 +117,10 @@ def encrypt_step(transfer: TransferView, ctx: Context) -> Step:
 
 
 def deliver_step(transfer: TransferView, ctx: Context) -> Step:
-    """ENCRYPTED -> DELIVERED: the encryption appears in the recipient's inbox atomically (100)."""
+    """ENCRYPTED -> DELIVERED: the encryption appears in the recipient's inbox atomically (100); or REJECTED
+    (301, 310) when the route closed since it was encrypted (its delivery failed and waited for a retry)."""
+    if closed := route_closed(transfer, ctx):
+        return closed
     recipient = ctx.directory.find_organ(transfer.recipient_id or "")
     name = delivery_name(
         transfer.sender_id,

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pwd
+import subprocess
 import time
 import zipfile
 from collections.abc import Iterator
@@ -313,6 +314,35 @@ def test_an_admin_who_disables_the_recipient_or_denies_the_route_ends_the_dossie
     again = settled(box, "to-uri-1-again.json")
     assert (again.state, again.status_code) == ("delivered", 100)
     assert box.decrypt(uri, box.folder(uri, "inbox") / again.delivered_name).data == samples.dossier_bytes(first)
+
+
+def test_a_dossier_on_its_way_when_the_admin_disables_its_recipient_is_not_delivered(box: Sandbox) -> None:
+    schwyz = "canton-sz"
+    box.add_organ(schwyz, "canton")
+    box.allow(KV, schwyz)
+    inbox, dossier = box.folder(schwyz, "inbox"), samples.make_dossier(KV, schwyz)
+
+    def delivery_failed() -> bool:
+        return any(t.file_name == "to-schwyz.json" and t.state == "encrypted" and t.attempts for t in box.transfers())
+
+    subprocess.run(["chattr", "+i", inbox], check=True)  # the inbox takes no file (a disk fault): retried
+    try:
+        box.drop(KV, "to-schwyz.json", samples.dossier_bytes(dossier))
+        box.wait_for(delivery_failed, 30, "a delivery that failed, encrypted and waiting for its retry")
+        box.cli("organ", "disable", schwyz)  # the canton leaves the exchange before the retry
+    finally:
+        subprocess.run(["chattr", "-i", inbox], check=True)
+    rejected = settled(box, "to-schwyz.json")
+    assert (rejected.state, rejected.status_code) == ("rejected", 301)
+    assert receipt_for(box, rejected.id, 301)["errors"][0]["code"] == "RECIPIENT_INACTIVE"
+    assert not list(inbox.iterdir()), "nothing delivered to a disabled organ"
+    assert not Folders(box.data_dir).encrypted(rejected.id).exists(), "its encrypted copy is gone with it"
+
+    box.cli("organ", "enable", schwyz)  # back: the sender sends it again, under the same message id
+    box.drop(KV, "to-schwyz-again.json", samples.dossier_bytes(dossier))
+    again = settled(box, "to-schwyz-again.json")
+    assert (again.state, again.status_code) == ("delivered", 100)
+    assert box.decrypt(schwyz, inbox / again.delivered_name).data == samples.dossier_bytes(dossier)
 
 
 def test_the_audit_trail_names_the_account_behind_each_admin_change_and_no_one_behind_the_gateways_own(
