@@ -103,7 +103,13 @@ def test_filepart_uploads_renamed_when_done_are_delivered_once(box: Sandbox) -> 
             fh.write(data)
         time.sleep(0.5)  # the watcher ignores the .filepart name
         sftp.rename("/outbox/winscp.json.filepart", "/outbox/winscp.json")
-    box.wait_transfer("winscp.json", "delivered")
+        box.wait_transfer("winscp.json", "delivered")
+        # a client that sets the time or checks the size after its rename (WinSCP, lftp) hears no error, although
+        # the gateway took the file at once; its temporary name is gone
+        assert sftp.stat("/outbox/winscp.json").st_size == len(data)
+        sftp.utime("/outbox/winscp.json", (1_700_000_000, 1_700_000_000))
+        with pytest.raises(FileNotFoundError):
+            sftp.stat("/outbox/winscp.json.filepart")
     assert [t.file_name for t in box.transfers()].count("winscp.json") == 1
 
 

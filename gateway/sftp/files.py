@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # A large upload is put on disk every 32 MiB while it streams in, on a thread: the fsync before the close's "ok"
 # then waits for the last few MiB, not for a backlog (measured: 0.75-1.0 s for 512 MiB on a journaled ext4).
 _FLUSH_BYTES = 32 << 20
-RECENT_SECONDS = 300.0  # how long stat/setstat still answer for a committed upload the gateway took away
+RECENT_SECONDS = 300.0  # how long stat/setstat still answer for an upload (or a rename) the gateway took away
 # ... for this many of a session's last uploads: each costs ~0.8 KB, and a night's session of 20,000 uploads
 # kept them all (the door grew by 19 MiB, past 100 MB of RSS)
 RECENT_UPLOADS = 256
@@ -300,11 +300,13 @@ class SftpSession(asyncssh.SFTPServer):
             old, new = self.jail.file(oldpath, areas=("outbox",)), self.jail.file(newpath, areas=("outbox",))
         except SFTPPermissionDenied as exc:
             raise self._refuse("rename", exc) from None
-        self.jail.regular(old)
+        info = self.jail.regular(old)
         try:
             rename_durably(old.real, new.real)
         except FileExistsError:
             raise self._refuse("rename", SFTPFailure(f"{new.virtual} exists already")) from None
+        self.recent.pop(old.virtual, None)
+        self._remember(new, info)  # a client may set the time after its rename, when the gateway took the file
         self._audit("rename", f"{old.virtual} -> {new.virtual}")
 
     def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
