@@ -127,6 +127,13 @@ class Worker:
         )
         if any(problem.status == 500 for problem in step.problems):
             log.error("transfer %s rejected for the gateway's fault: %s", transfer.id, step.info)
+        if step.target is State.HELD:  # the admin's to mend: the dossier waits for a key nobody else can import
+            t, [problem] = moved.transfer, step.problems
+            log.warning(
+                "transfer %s from %s to %s held (%s: %s); delivered once %s has a usable OpenPGP key (organ "
+                "pgp-key import), rejected with 311 after hold_days",
+                t.id, t.sender_id, t.recipient_id, problem.code, problem.message, t.recipient_id,
+            )  # fmt: skip
         self.tidy(moved.transfer, receipts=False)
         if moved.due is not None:
             self._write_receipt(moved.due)

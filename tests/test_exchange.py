@@ -225,6 +225,8 @@ def test_a_recipient_without_a_usable_key_holds_the_dossier_until_it_has_one(box
     assert (transfer.state, transfer.status_code) == ("held", 601)
     receipt = receipt_for(box, transfer.id, 601)
     assert receipt["errors"][0]["code"] == "RECIPIENT_NO_KEY"
+    told = f"WARNING gateway.worker: transfer {transfer.id} from {KV} to {GE} held (RECIPIENT_NO_KEY: the recipient"
+    assert told in box.log.read_text(), "the admin's log says what to mend"
 
     ge = box.add_organ_keys(GE)
     box.wait_for(lambda: box.ledger.transfer(transfer.id).state == "delivered", 30, "delivery after key import")
