@@ -206,9 +206,9 @@ class Worker:
             errors=json.loads(r.errors),
         )
         folder = self.folders.receipts(t.sender_id)
-        if folder.is_dir():
-            name = receipt_name(t.id, t.message_id, t.file_name, r.status_code)
-            self.folders.write_atomic(folder / name, receipt_bytes(document))
+        folder.mkdir(parents=True, exist_ok=True)  # removed on the host: the receipt is owed all the same
+        name = receipt_name(t.id, t.message_id, t.file_name, r.status_code)
+        self.folders.write_atomic(folder / name, receipt_bytes(document))
 
     def _retry_later(self, transfer: TransferData, exc: BaseException) -> None:
         """Back off exponentially; nothing is lost. The admin sees it in the log, the audit trail and fsck."""

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import time
 import zipfile
@@ -207,6 +208,13 @@ def test_each_rule_rejects_with_its_receipt_code_and_nothing_is_delivered(box: S
         quarantined = box.data_dir / "quarantine" / KV / f"{transfer.id}.{name}"
         assert quarantined.exists(), "the rejected original is kept for the admin, outside every organ's folders"
     assert set(box.folder(PK, "inbox").iterdir()) == before, "nothing rejected is delivered"
+
+
+def test_a_receipts_folder_removed_on_the_host_is_made_again_for_the_next_receipt(box: Sandbox) -> None:
+    shutil.rmtree(box.folder(PK, "receipts"))  # someone tidying the host; until now the receipts were lost
+    box.drop(PK, "to-canton.json", samples.dossier_bytes(samples.make_dossier(PK, CANTON)))
+    transfer = settled(box, "to-canton.json", sender=PK)
+    assert (transfer.state, receipt_for(box, transfer.id, 100, PK)["status_code"]) == ("delivered", 100)
 
 
 def test_a_repeated_message_id_gets_201(box: Sandbox) -> None:
