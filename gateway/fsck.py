@@ -7,6 +7,7 @@ admin and left alone. Run it with the service stopped, or without ``--repair`` w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,10 @@ class Finding:
         return asdict(self)
 
 
-def fsck(gw: Gateway, repair: bool = False) -> list[Finding]:
+def fsck(gw: Gateway, repair: bool = False, progress: Callable[[int, int], None] | None = None) -> list[Finding]:
     """Every difference between ledger and folders (repaired where ``repair`` and a safe step exists); repairs
-    only while no `serve` runs on the data dir (its work in progress would look like leftovers)."""
+    only while no `serve` runs on the data dir (its work in progress would look like leftovers). ``progress``:
+    the audit chain's check, the longest part (see Ledger.verify_chain)."""
     if repair and (pid := gw.folders.serving_pid()) is not None:
         raise AdminError(
             "DATA_DIR_IN_USE", f"serve (pid {pid}) runs on {gw.folders.root}: stop it before `fsck --repair`"
@@ -94,7 +96,7 @@ def fsck(gw: Gateway, repair: bool = False) -> list[Finding]:
         fingerprint = gw.ledger.organ(recipient).pgp_fingerprint
         if (state := pgp_key_state(gw, fingerprint)) != "usable":
             found("pgp_key", recipient, None, False, f"{recipient}'s OpenPGP key {fingerprint or ''}: {state}")
-    count, bad = gw.ledger.verify_chain()
+    count, bad = gw.ledger.verify_chain(progress)
     for event_id in bad:
         found("audit_chain", f"event {event_id}", None, False, f"audit event altered ({count} checked)")
     if repair and findings:

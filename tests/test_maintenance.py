@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -197,8 +200,19 @@ def test_a_ledger_a_year_old_is_checked_verified_and_purged_one_night_at_a_time(
     assert (history.transfers, history.receipts) == (367 * 5, 367 * 5 * 2)
 
     assert fsck(gw) == [], "an old ledger agrees with its folders"
-    events, bad = gw.ledger.verify_chain()
+    heard: list[tuple[int, int]] = []
+    events, bad = gw.ledger.verify_chain(lambda checked, about: heard.append((checked, about)))
     assert bad == [] and events == tonight + history.events > 10_000, "read in more than one batch"
+    assert heard[0][0] == 10_000 and heard[0][1] >= events and heard[-1] == (events, events), heard
+
+    # a year is 3.7 million events, 22 s: on a terminal `audit verify` (and `fsck`) show how far they are
+    env = {**os.environ, "FLAM_GATEWAY_DATABASE_URL": gw.settings.ledger_url, "COLUMNS": "120"}
+    command = ["flam-gateway", "--data-dir", str(gw.folders.root), "audit", "verify"]
+    terminal = subprocess.run(["script", "-qec", shlex.join(command), "/dev/null"], env=env, capture_output=True)
+    shown = terminal.stdout.decode()
+    assert terminal.returncode == 0 and "checking the audit chain" in shown and f"{events}/{events}" in shown, shown
+    piped = subprocess.run(command, env=env, capture_output=True, text=True)  # a log, cron: no bar in it
+    assert (piped.stdout, piped.stderr) == (f"audit chain intact: {events} events\n", "")
 
     report = purge(gw.worker(), gw.settings)
     assert report.transfers_purged == 2 * 5, "the two nights older than retention_days (365)"

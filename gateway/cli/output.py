@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -36,6 +38,16 @@ def known_organ(ctx: click.Context, organ_id: str | None) -> Gateway:
     if organ_id is not None:
         gw.ledger.organ(organ_id)
     return gw
+
+
+@contextmanager
+def progress(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A bar on stderr for a long admin operation, called with (done, total); shown only on a terminal (a log, a
+    pipe or cron gets nothing), and gone once the operation ends."""
+    columns = (TextColumn(what, markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def print_rows(rows: Sequence[dict[str, Any]], columns: Iterable[str], as_json: bool, title: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from gateway.cli.output import err, gateway_of, out, print_rows
+from gateway.cli.output import err, gateway_of, out, print_rows, progress
 from gateway.config import explain_settings, without_password
 from gateway.folders import power_cut_risk
 from gateway.fsck import fsck
@@ -204,7 +204,8 @@ def fsck_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
     gw = gateway_of(ctx)
     if not repair and (pid := gw.folders.serving_pid()) is not None:
         err.print(f"note: serve (pid {pid}) runs on this data dir; its work in progress may be listed too")
-    findings = fsck(gw, repair=repair)
+    with progress("checking the folders, then the audit chain") as checked:
+        findings = fsck(gw, repair=repair, progress=checked)
     rows = [f.as_dict() for f in findings]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))

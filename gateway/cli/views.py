@@ -11,7 +11,7 @@ import click
 from rich.text import Text
 
 from gateway import admin
-from gateway.cli.output import err, gateway_of, known_organ, out, print_rows
+from gateway.cli.output import err, gateway_of, known_organ, out, print_rows, progress
 from gateway.handlers.parse import shown
 from gateway.lifecycle import State
 
@@ -153,7 +153,8 @@ def audit_list(
 @click.pass_context
 def audit_verify(ctx: click.Context) -> None:
     """Recompute the hash chain of the audit trail; exit 1 if any event was altered."""
-    count, bad = gateway_of(ctx).ledger.verify_chain()
+    with progress("checking the audit chain") as checked:
+        count, bad = gateway_of(ctx).ledger.verify_chain(checked)
     if bad:
         err.print(Text.assemble((f"audit chain broken at event id(s) {bad[:20]}", "red"), f" ({count} events checked)"))
         ctx.exit(1)
