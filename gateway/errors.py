@@ -57,6 +57,7 @@ STATUS_OF: dict[str, int] = {
     "DATE_ORDER": 211,
     "DATE_IN_FUTURE": 211,
     "AMOUNT_DECIMALS": 211,
+    "COUNTRY_CODE": 211,
     "RULE_VIOLATION": 211,
     # 204 / 701: expiry
     "EXPIRED": 204,

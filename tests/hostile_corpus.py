@@ -175,7 +175,7 @@ SCHEMA: list[tuple[str, bytes]] = [
     ("media-type.json", _schema("/dossier/attachments/0/media_type", "text/plain")),
     ("attachment-path.json", _schema("/dossier/attachments/0/filename", "../a.pdf")),
     ("attachment-exe.json", _schema("/dossier/attachments/0/filename", "a.exe")),
-    ("sha-upper.json", _schema("/dossier/attachments/0/sha256", "A" * 64)),
+    ("sha-not-hex.json", _schema("/dossier/attachments/0/sha256", "g" * 64)),  # upper-case hex is hex
     ("size-zero.json", _schema("/dossier/attachments/0/size", 0)),
     ("control-kind.json", _schema("/dossier/control/kind", "vibes")),
     ("control-scope.json", _schema("/dossier/control/scope", "some")),
@@ -213,6 +213,8 @@ RULES: list[tuple[str, bytes, str]] = [
         "DATE_IN_FUTURE",
     ),
     ("wage-decimals.json", _schema("/dossier/workers/0/gross_hourly_wage_chf", Decimal("31.505")), "AMOUNT_DECIMALS"),
+    ("country-unknown.json", _schema("/dossier/employer/address/country", "XX"), "COUNTRY_CODE"),
+    ("nationality-unknown.json", _schema("/dossier/workers/0/nationality", "ZZ"), "COUNTRY_CODE"),
     ("finding-decimals.json", _schema("/dossier/findings/0/amount_chf", Decimal("19.999")), "AMOUNT_DECIMALS"),
 ]
 

@@ -475,18 +475,23 @@ def test_the_admin_sees_transfers_as_json_and_a_timeline(box: Sandbox) -> None:
 
 
 def test_vendors_check_files_offline(box: Sandbox, tmp_path: Path) -> None:
+    good_doc = samples.make_dossier(KV, PK, attachments=[("scan.pdf", samples.make_pdf(2_000))])
+    good_doc["dossier"]["workers"][0]["nationality"] = "XK"  # Kosovo: user-assigned in ISO, the Confederation's
+    attachment = good_doc["dossier"]["attachments"][0]
+    attachment["sha256"] = attachment["sha256"].upper()  # hex as .NET's Convert.ToHexString writes it
     good = tmp_path / "good.json"
-    good.write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+    good.write_bytes(samples.dossier_bytes(good_doc))
     assert box.cli("check", str(good), "--sender", KV).returncode == 0
     bad_doc = samples.make_dossier(KV, PK)
     _bad_uid(bad_doc)
     _decimals(bad_doc)
+    bad_doc["dossier"]["employer"]["address"]["country"] = "XX"  # the shape of a code, but no country's
     bad = tmp_path / "bad.json"
     bad.write_bytes(samples.dossier_bytes(bad_doc))
     done = box.cli("check", str(bad), "--sender", KV, "--json", check=False)
     assert done.returncode == 1
     codes = {e["code"] for e in json.loads(done.stdout)["errors"]}
-    assert {"UID_CHECKSUM", "AMOUNT_DECIMALS"} <= codes, "every error is listed"
+    assert {"UID_CHECKSUM", "AMOUNT_DECIMALS", "COUNTRY_CODE"} <= codes, "every error is listed"
 
 
 def test_the_watcher_outlives_a_removal_it_cannot_look_up(tmp_path: Path) -> None:

@@ -16,12 +16,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.errors import Problem
+from gateway.handlers.countries import COUNTRIES
 from gateway.handlers.parse import Parsed
 from gateway.limits import Limits
 
 SWISS_TIME = ZoneInfo("Europe/Zurich")
 _UID = re.compile(r"^CHE-(\d{3})\.(\d{3})\.(\d{3})$")
 _AHV = re.compile(r"^756\.\d{4}\.\d{4}\.\d{2}$")
+_COUNTRY_SHAPE = re.compile(r"^[A-Z]{2}$")
 _UID_WEIGHTS = (5, 4, 3, 2, 7, 6, 5, 4)
 _AMOUNT_KEYS = ("gross_hourly_wage_chf", "amount_chf", "control_costs_chf")
 
@@ -50,8 +52,8 @@ def rule_problems(parsed: Parsed, now: datetime, limits: Limits) -> list[Problem
     doc = parsed.document
     envelope = _dict(doc.get("envelope"))
     dossier = _dict(doc.get("dossier"))
-    problems = _check_digits(dossier) + _dates(envelope, dossier, now, limits) + _decimals(dossier, "/dossier")
-    return problems + _attachments(parsed, dossier)
+    problems = _check_digits(dossier) + _countries(dossier) + _dates(envelope, dossier, now, limits)
+    return problems + _decimals(dossier, "/dossier") + _attachments(parsed, dossier)
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -74,6 +76,20 @@ def _check_digits(dossier: dict[str, Any]) -> list[Problem]:
                 Problem("AHV_CHECKSUM", f"/dossier/workers/{i}/ahv_number", "the AHV number's check digit is wrong")
             )
     return problems
+
+
+def _countries(dossier: dict[str, Any]) -> list[Problem]:
+    """Country codes of the right shape (the schema checks that) that ISO 3166-1 does not assign."""
+    found = [("/dossier/employer/address/country", _dict(_dict(dossier.get("employer")).get("address")).get("country"))]
+    found += [
+        (f"/dossier/workers/{i}/nationality", _dict(worker).get("nationality"))
+        for i, worker in enumerate(_list(dossier.get("workers")))
+    ]
+    return [
+        Problem("COUNTRY_CODE", path, "not a country code of ISO 3166-1 alpha-2")
+        for path, code in found
+        if isinstance(code, str) and _COUNTRY_SHAPE.match(code) and code not in COUNTRIES
+    ]
 
 
 def _day(value: Any) -> date | None:
@@ -173,7 +189,7 @@ def _attachments(parsed: Parsed, dossier: dict[str, Any]) -> list[Problem]:
         size, digest, is_pdf = facts
         if isinstance(attachment.get("size"), int) and size != attachment["size"]:
             problems.append(Problem("ATTACHMENT_SIZE", f"{where}/size", "size does not match the attachment's bytes"))
-        if isinstance(attachment.get("sha256"), str) and digest != attachment["sha256"]:
+        if isinstance(attachment.get("sha256"), str) and digest != attachment["sha256"].lower():  # hex in any case
             problems.append(
                 Problem("ATTACHMENT_SHA256", f"{where}/sha256", "sha256 does not match the attachment's bytes")
             )
