@@ -118,8 +118,10 @@ def encrypt_step(transfer: TransferView, ctx: Context) -> Step:
 
 def deliver_step(transfer: TransferView, ctx: Context) -> Step:
     """ENCRYPTED -> DELIVERED: the encryption appears in the recipient's inbox atomically (100); or REJECTED
-    (301, 310) when the route closed since it was encrypted (its delivery failed and waited for a retry)."""
-    if closed := route_closed(transfer, ctx):
+    (301, 310) when the route closed since it was encrypted (its delivery failed and waited for a retry), unless
+    it is in the inbox already (a redo after a crash: its spool copy is gone once the rename happened)."""
+    encrypted = ctx.folders.encrypted(transfer.id)
+    if encrypted.exists() and (closed := route_closed(transfer, ctx)):
         return closed
     recipient = ctx.directory.find_organ(transfer.recipient_id or "")
     name = delivery_name(
@@ -128,7 +130,7 @@ def deliver_step(transfer: TransferView, ctx: Context) -> Step:
         transfer.form or "json",
         bool(getattr(recipient, "armor", False)),
     )
-    deliver(ctx.folders.encrypted(transfer.id), ctx.folders.inbox(transfer.recipient_id or "") / name)
+    deliver(encrypted, ctx.folders.inbox(transfer.recipient_id or "") / name)
     return Step(State.DELIVERED, values={"delivered_name": name}, info=STATUS_INFO[100])
 
 

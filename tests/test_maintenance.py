@@ -1,4 +1,4 @@
-"""Expiry, retention and fsck, on an in-process gateway driven by an injectable clock (no sleeping)."""
+"""Expiry, retention, fsck and redos, on an in-process gateway driven by an injectable clock (no sleeping)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from gateway.config import load_settings
 from gateway.crypto import export_public_key, generate_key
 from gateway.errors import AdminError
 from gateway.fsck import fsck
+from gateway.handlers.deliver import delivery_name
 from gateway.history import age_ledger
 from gateway.retention import expire_deliveries, purge
 from gateway.service import Gateway
@@ -119,6 +120,30 @@ def test_a_delivery_picked_up_while_nobody_watched_is_fetched_at_the_next_round(
     gw.reconcile_pickups()
     assert gw.ledger.transfer(delivered.id).state == "fetched"
     assert receipt_codes(gw) == [100, 110]
+
+
+def test_a_delivery_a_killed_run_made_is_recorded_on_the_redo_although_its_recipient_was_disabled_since(
+    gw: Gateway, clock: Clock
+) -> None:
+    inbox = gw.folders.inbox(PK)
+    subprocess.run(["chattr", "+i", inbox], check=True)  # its delivery fails: encrypted, waiting for a retry
+    try:
+        deliver(gw, "a.json", samples.dossier_bytes(samples.make_dossier(KV, PK, now=clock())))
+    finally:
+        subprocess.run(["chattr", "-i", inbox], check=True)
+    [transfer] = gw.ledger.transfers()
+    assert transfer.state == "encrypted"
+    # the retry placed it in the inbox and was killed before it recorded so; then the admin disables the committee
+    name = delivery_name(KV, transfer.message_id or "", "json", False)
+    gw.folders.encrypted(transfer.id).rename(inbox / name)
+    admin.set_active(gw, PK, False)
+    clock.advance(minutes=5)
+    worker = gw.worker()
+    while worker.work_one():
+        pass
+    redone = gw.ledger.transfer(transfer.id)
+    assert (redone.state, redone.delivered_name) == ("delivered", name)
+    assert receipt_codes(gw) == [100], "no 301 for a dossier the committee has in its inbox"
 
 
 def test_purge_destroys_old_quarantine_and_ledger_rows(gw: Gateway, clock: Clock) -> None:
