@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -44,25 +45,28 @@ def set_active(gw: Gateway, organ_id: str, active: bool) -> Organ:
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(|b|kib|mib|gib|tib)")  # matched against the size in lower case
 _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_LARGEST = 2**63 - 1  # the ledger's BIGINT
 
 
 def set_upload_quota(gw: Gateway, organ_id: str, size: str) -> Organ:
-    """Give an organ its own upload quota: a size (``64GiB``, ``500MiB``, bytes), ``none`` (or 0) for no quota, or
+    """Give an organ its own upload quota: a size (``64GiB``, ``1.5GiB``, bytes), ``none`` (or 0) for no quota, or
     ``default`` for the gateway's setting ``upload_quota_bytes`` again."""
+    return gw.ledger.update_organ(organ_id, gw.clock(), "organ_quota", upload_quota_bytes=_quota_of(size))
+
+
+def _quota_of(size: str) -> int | None:
     word = size.strip().lower()
-    if word == "default":
-        quota = None
-    elif word == "none":
-        quota = 0
-    elif match := _SIZE.fullmatch(word):
-        quota = int(float(match[1]) * _UNITS[match[2]])
-    else:
-        raise AdminError(
-            "QUOTA_INVALID",
-            f"{size!r} is not a size: bytes, or a number with KiB, MiB, GiB or TiB (500MiB, 64GiB); 'none' for no "
-            "quota; 'default' for the gateway's setting (upload_quota_bytes)",
-        )
-    return gw.ledger.update_organ(organ_id, gw.clock(), "organ_quota", upload_quota_bytes=quota)
+    if word in ("default", "none"):
+        return None if word == "default" else 0
+    if (match := _SIZE.fullmatch(word)) is not None:
+        exact = Decimal(match[1]) * _UNITS[match[2]]
+        if exact == int(exact) and exact <= _LARGEST:
+            return int(exact)
+    raise AdminError(
+        "QUOTA_INVALID",
+        f"{size!r} is not a size: whole bytes, or a number with KiB, MiB, GiB or TiB (500MiB, 1.5GiB, 64GiB), at most "
+        "8 EiB; 'none' (or 0) for no quota; 'default' for the gateway's setting (upload_quota_bytes)",
+    )
 
 
 def import_pgp_key(gw: Gateway, organ_id: str, file: Path) -> str:

@@ -375,6 +375,7 @@ class Gateway:
             max_startups_per_address=s.max_startups_per_address,
             max_startups=s.max_startups,
             max_auth_tries=s.max_auth_tries,
+            upload_quota_bytes=s.upload_quota_bytes,
         )
         loop = uvloop.new_event_loop()
         stopped = asyncio.Event()

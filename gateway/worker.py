@@ -127,7 +127,7 @@ class Worker:
         )
         if any(problem.status == 500 for problem in step.problems):
             log.error("transfer %s rejected for the gateway's fault: %s", transfer.id, step.info)
-        if step.target is State.HELD:  # the admin's to mend: the dossier waits for a key nobody else can import
+        if moved.transfer.state == State.HELD:  # the admin's to mend: it waits for a key nobody else can import
             t, [problem] = moved.transfer, step.problems
             log.warning(
                 "transfer %s from %s to %s held (%s: %s); delivered once %s has a usable OpenPGP key (organ "

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,21 @@ def short_tmp() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="fg-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def immutable() -> Callable[[Path], AbstractContextManager[None]]:
+    """Make a folder immutable for a ``with`` block (``chattr +i``: nothing added to it, removed or renamed, as a
+    disk fault or an admin's script would); skips where that is not allowed (it needs root)."""
+
+    @contextlib.contextmanager
+    def made(path: Path) -> Iterator[None]:
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make {path} immutable here (chattr +i needs root): {done.stderr.strip()}")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+
+    return made

@@ -11,10 +11,10 @@ import json
 import os
 import pwd
 import shutil
-import subprocess
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -326,7 +326,9 @@ def test_an_admin_who_disables_the_recipient_or_denies_the_route_ends_the_dossie
     assert box.decrypt(uri, box.folder(uri, "inbox") / again.delivered_name).data == samples.dossier_bytes(first)
 
 
-def test_a_dossier_on_its_way_when_the_admin_disables_its_recipient_is_not_delivered(box: Sandbox) -> None:
+def test_a_dossier_on_its_way_when_the_admin_disables_its_recipient_is_not_delivered(
+    box: Sandbox, immutable: Callable[[Path], AbstractContextManager[None]]
+) -> None:
     schwyz = "canton-sz"
     box.add_organ(schwyz, "canton")
     box.allow(KV, schwyz)
@@ -335,13 +337,10 @@ def test_a_dossier_on_its_way_when_the_admin_disables_its_recipient_is_not_deliv
     def delivery_failed() -> bool:
         return any(t.file_name == "to-schwyz.json" and t.state == "encrypted" and t.attempts for t in box.transfers())
 
-    subprocess.run(["chattr", "+i", inbox], check=True)  # the inbox takes no file (a disk fault): retried
-    try:
+    with immutable(inbox):  # the inbox takes no file (a disk fault): its delivery is retried
         box.drop(KV, "to-schwyz.json", samples.dossier_bytes(dossier))
         box.wait_for(delivery_failed, 30, "a delivery that failed, encrypted and waiting for its retry")
         box.cli("organ", "disable", schwyz)  # the canton leaves the exchange before the retry
-    finally:
-        subprocess.run(["chattr", "-i", inbox], check=True)
     rejected = settled(box, "to-schwyz.json")
     assert (rejected.state, rejected.status_code) == ("rejected", 301)
     assert receipt_for(box, rejected.id, 301)["errors"][0]["code"] == "RECIPIENT_INACTIVE"

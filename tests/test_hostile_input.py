@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -135,17 +135,14 @@ def test_file_names_made_to_fool_the_admin_are_shown_as_they_are_their_control_c
 
 
 def test_a_file_named_to_forge_lines_of_the_serve_log_stays_within_its_own_line_when_its_intake_fails(
-    box: Sandbox,
+    box: Sandbox, immutable: Callable[[Path], AbstractContextManager[None]]
 ) -> None:
     forged = "report\n2026-11-30 03:00:00,000 INFO gateway.intake: received 1 file(s)\x1b[8m.json"
     spool = box.data_dir / "spool" / "in" / SENDER
     spool.mkdir(exist_ok=True)
-    subprocess.run(["chattr", "+i", spool], check=True)  # the spool takes no file (an admin's script, a disk fault)
-    try:
+    with immutable(spool):  # the spool takes no file (an admin's script, a disk fault)
         box.drop(SENDER, forged, b"{}")
         box.wait_for(lambda: "intake of " in box.log.read_text(), 20, "the failed intake in the serve log")
-    finally:
-        subprocess.run(["chattr", "-i", spool], check=True)
     log = box.log.read_text()
     assert "report\\n2026-11-30 03:00:00,000 INFO gateway.intake: received 1 file(s)\\x1b[8m.json" in log, log[-2000:]
     assert not re.search(r"^2026-11-30 03:00:00", log, re.MULTILINE), "no line forged"

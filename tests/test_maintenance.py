@@ -6,7 +6,8 @@ import json
 import os
 import shlex
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -123,14 +124,11 @@ def test_a_delivery_picked_up_while_nobody_watched_is_fetched_at_the_next_round(
 
 
 def test_a_delivery_a_killed_run_made_is_recorded_on_the_redo_although_its_recipient_was_disabled_since(
-    gw: Gateway, clock: Clock
+    gw: Gateway, clock: Clock, immutable: Callable[[Path], AbstractContextManager[None]]
 ) -> None:
     inbox = gw.folders.inbox(PK)
-    subprocess.run(["chattr", "+i", inbox], check=True)  # its delivery fails: encrypted, waiting for a retry
-    try:
+    with immutable(inbox):  # its delivery fails: encrypted, waiting for a retry
         deliver(gw, "a.json", samples.dossier_bytes(samples.make_dossier(KV, PK, now=clock())))
-    finally:
-        subprocess.run(["chattr", "-i", inbox], check=True)
     [transfer] = gw.ledger.transfers()
     assert transfer.state == "encrypted"
     # the retry placed it in the inbox and was killed before it recorded so; then the admin disables the committee

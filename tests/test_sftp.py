@@ -21,6 +21,7 @@ import pytest
 from gateway import harness, samples
 from gateway.harness import Sandbox
 from gateway.sftp.files import RECENT_UPLOADS
+from gateway.sftp.quota import Quota
 
 KV, PK, CANTON = "kv-bau-zh", "pk-bau-zh", "canton-zh"
 
@@ -410,10 +411,10 @@ def test_an_organ_cannot_fill_the_gateways_disk_an_upload_past_its_quota_is_refu
         # the admin, asked why uploads fail, sees what waits against the quota, and gives the organ one of its own
         kv = listed()
         assert kv["waiting_bytes"] == held and kv["upload_quota_bytes"] == 5_000_000 and not kv["own_upload_quota"]
-        typo = box.cli("organ", "quota", KV, "8MB", check=False)
-        assert typo.returncode == 2 and "error QUOTA_INVALID: '8MB' is not a size: bytes, or a number with KiB" in (
-            " ".join(typo.stderr.split())
-        )
+        for typo in ("8MB", "0.5", "99999999999TiB"):  # decimal units, a fraction of a byte, past 8 EiB
+            refused = box.cli("organ", "quota", KV, typo, check=False)
+            told = f"error QUOTA_INVALID: '{typo}' is not a size: whole bytes, or a number with KiB"
+            assert refused.returncode == 2 and told in " ".join(refused.stderr.split()), refused.stderr
         assert "error ORGAN_UNKNOWN" in box.cli("organ", "quota", "kv-bau-zx", "8MiB", check=False).stderr
         said = box.cli("organ", "quota", KV, "8MiB").stdout
         assert "organ kv-bau-zh: upload quota 8.0 MiB (its own)" in " ".join(said.split())
@@ -433,6 +434,20 @@ def test_an_organ_cannot_fill_the_gateways_disk_an_upload_past_its_quota_is_refu
         assert listed()["waiting_bytes"] == 0
     finally:
         box.close()
+
+
+def test_the_quota_holds_before_the_doors_first_reading_and_while_the_ledger_does_not_answer() -> None:
+    def unanswered(organ: str) -> tuple[int, int]:
+        raise OSError("the ledger does not answer")
+
+    async def uploads() -> None:
+        quota = Quota(5_000_000, unanswered)  # the gateway's setting, until a reading brings the organ's own
+        quota.wrote(KV, 4_000_000)  # an upload under way, right after the door started
+        assert quota.over(KV, 2_000_000) == 4_000_000, "past the setting, with no reading yet"
+        await quota.fresh(KV)  # the reading fails: the setting stands
+        assert quota.over(KV, 2_000_000) == 4_000_000 and quota.over(KV, 1_000_000) is None
+
+    asyncio.run(uploads())
 
 
 def test_sessions_per_organ_are_capped(box: Sandbox) -> None:

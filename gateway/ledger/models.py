@@ -46,7 +46,7 @@ class OrganData(SQLModel):
     pgp_fingerprint: str | None = Field(default=None, max_length=64)
     armor: bool = False  # deliveries as ASCII-armoured .asc instead of binary .pgp
     created_at: datetime = _ts()
-    # what it may have waiting at the gateway, if not the setting upload_quota_bytes (0: no quota; gateway.quota)
+    # what it may have waiting at the gateway, if not the setting upload_quota_bytes (0: no quota; gateway.sftp.quota)
     upload_quota_bytes: int | None = Field(default=None, sa_type=BigInteger)  # type: ignore[call-overload]
 
     def upload_quota(self, setting: int) -> int:

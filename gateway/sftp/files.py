@@ -306,7 +306,7 @@ class SftpSession(asyncssh.SFTPServer):
         except FileExistsError:
             raise self._refuse("rename", SFTPFailure(f"{new.virtual} exists already")) from None
         self.recent.pop(old.virtual, None)
-        self._remember(new, info)  # a client may set the time after its rename, when the gateway took the file
+        self._remember(new, info)  # a client may stat or set the time after its rename: the gateway took the file
         self._audit("rename", f"{old.virtual} -> {new.virtual}")
 
     def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:

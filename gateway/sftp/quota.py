@@ -28,15 +28,15 @@ _WAIT_SECONDS = 2.0  # the longest an upload waits for a reading: a ledger that 
 
 
 class Quota:
-    """The door's count of what each organ has waiting, held to the quota its last reading found (0: none).
-    ``read(organ)``: what the organ has waiting and its quota."""
+    """The door's count of what each organ has waiting, held to the quota its last reading found (0: none), or
+    to ``setting`` (the gateway's) until one has. ``read(organ)``: what the organ has waiting and its quota."""
 
-    def __init__(self, read: Callable[[str], tuple[int, int]]) -> None:
-        self._read = read
+    def __init__(self, setting: int, read: Callable[[str], tuple[int, int]]) -> None:
+        self.setting, self._read = setting, read
         self._known: dict[str, int] = {}  # the last reading
         self._limit: dict[str, int] = {}  # and the quota it found
         self._read_at: dict[str, float] = {}
-        self._reading: dict[str, asyncio.Future[int]] = {}  # the reading under way
+        self._reading: dict[str, asyncio.Future[tuple[int, int]]] = {}  # the reading under way
         self._committed: defaultdict[str, int] = defaultdict(int)  # uploads stored since the last reading began
         self._under_way: defaultdict[str, int] = defaultdict(int)  # bytes written to uploads not yet closed
 
@@ -79,16 +79,16 @@ class Quota:
 
     def over(self, organ: str, size: int, written: int = 0) -> int | None:
         """What ``organ`` has waiting besides an upload of ``size`` bytes (``written`` of them so far), if with it
-        the organ would pass its quota; else None (and before the first reading, begun at the organ's login)."""
+        the organ would pass its quota; else None."""
         others = self.waiting(organ) - written
-        limit = self._limit.get(organ, 0)
+        limit = self._limit.get(organ, self.setting)
         return others if limit and others + size > limit else None
 
     def check(self, organ: str, size: int, written: int, what: str) -> None:
         """Raise SFTPQuotaExceeded if the upload ``what``, ``size`` bytes once this write is done (``written`` of
         them so far), would take ``organ`` past its quota."""
         if (others := self.over(organ, size, written)) is not None:
-            limit = sized(self._limit[organ])
+            limit = sized(self._limit.get(organ, self.setting))
             raise SFTPQuotaExceeded(
                 f"{what} was not stored: it would take {organ} past its quota of {limit} waiting at the gateway "
                 f"({mib(others)} are waiting already: in its outbox, or received and not yet delivered); "

@@ -52,6 +52,7 @@ class DoorLimits:
     max_startups_per_address: int = 200  # connections not yet logged in (gateway.sftp.startups)
     max_startups: int = 1000
     max_auth_tries: int = 6  # keys a connection may offer that are refused
+    upload_quota_bytes: int = 16 << 30  # an organ's quota until the door has read its own (gateway.sftp.quota)
 
 
 class DoorHooks(Protocol):
@@ -213,7 +214,9 @@ async def start_door(
 ) -> Door:
     """Listen for SFTP on ``host:port`` (port 0: any free port); ``spares`` is a folder of the door's own on
     the outboxes' filesystem, where it makes upload files ahead of need."""
-    door = DoorState(Path(organs_root), hooks, limits, SparePool(spares), Quota(hooks.quota_reading))
+    door = DoorState(
+        Path(organs_root), hooks, limits, SparePool(spares), Quota(limits.upload_quota_bytes, hooks.quota_reading)
+    )
     server = await asyncssh.create_server(
         lambda: _Auth(door),
         host,
