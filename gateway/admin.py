@@ -43,6 +43,16 @@ def set_active(gw: Gateway, organ_id: str, active: bool) -> Organ:
     return gw.ledger.update_organ(organ_id, gw.clock(), "organ_enabled" if active else "organ_disabled", active=active)
 
 
+def uploads_waiting(gw: Gateway) -> list[tuple[Organ, int, int]]:
+    """Each organ, the bytes it has waiting at the gateway (its outbox, then its dossiers in the spool, read as the
+    SFTP door reads them) and its upload quota (0: none)."""
+    organs = gw.ledger.organs()
+    outboxes = {o.id: gw.folders.outbox_bytes(o.id) for o in organs}
+    spooled = gw.ledger.spooled_bytes()
+    setting = gw.settings.upload_quota_bytes
+    return [(o, outboxes[o.id] + spooled.get(o.id, 0), o.upload_quota(setting)) for o in organs]
+
+
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(|b|kib|mib|gib|tib)")  # matched against the size in lower case
 _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _LARGEST = 2**63 - 1  # the ledger's BIGINT

@@ -54,6 +54,18 @@ def short_of_space(space: Space, min_free_bytes: int) -> list[str]:
     return reasons
 
 
+def near_quota(waiting: list[tuple[str, int, int]], percent: int) -> list[str]:
+    """The organs (id, bytes waiting at the gateway, upload quota: 0 for none) that have ``percent`` of their quota
+    waiting or more: their next uploads may be refused."""
+    return [
+        f"{organ} has {sized(bytes_waiting)} of its {sized(quota)} upload quota waiting at the gateway "
+        f"({100 * bytes_waiting // quota} %): uploads past it are refused; see what waits (`transfers list --organ "
+        f"{organ} --status held`), or give it more (`organ quota`)"
+        for organ, bytes_waiting, quota in waiting
+        if quota and bytes_waiting * 100 >= quota * percent
+    ]
+
+
 def mib(size: int) -> str:
     """A size in MiB, for people."""
     return f"{size / 2**20:,.1f} MiB"

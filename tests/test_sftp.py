@@ -411,6 +411,9 @@ def test_an_organ_cannot_fill_the_gateways_disk_an_upload_past_its_quota_is_refu
         # the admin, asked why uploads fail, sees what waits against the quota, and gives the organ one of its own
         kv = listed()
         assert kv["waiting_bytes"] == held and kv["upload_quota_bytes"] == 5_000_000 and not kv["own_upload_quota"]
+        near = box.cli("status", "--quota-percent", "50", check=False)  # what monitoring would have said before
+        told = f"near quota: {KV} has {held / 2**20:.1f} MiB of its 4.8 MiB upload quota waiting at the gateway"
+        assert near.returncode == 1 and told in " ".join(near.stderr.split()), near.stderr
         for typo in ("8MB", "0.5", "99999999999TiB"):  # decimal units, a fraction of a byte, past 8 EiB
             refused = box.cli("organ", "quota", KV, typo, check=False)
             told = f"error QUOTA_INVALID: '{typo}' is not a size: whole bytes, or a number with KiB"
@@ -419,6 +422,7 @@ def test_an_organ_cannot_fill_the_gateways_disk_an_upload_past_its_quota_is_refu
         said = box.cli("organ", "quota", KV, "8MiB").stdout
         assert "organ kv-bau-zh: upload quota 8.0 MiB (its own)" in " ".join(said.split())
         assert "8.0 MiB (own)" in box.cli("organ", "list").stdout
+        assert box.cli("status", "--quota-percent", "50").returncode == 0, "less than half of 8 MiB waits"
         assert put(dossier).returncode == 0, "within its own quota: the same upload goes through while the two wait"
         delivered = box.wait_transfer("to-committee.json", "delivered")
         assert box.decrypt(PK, box.folder(PK, "inbox") / delivered.delivered_name).data == dossier.read_bytes()

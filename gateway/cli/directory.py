@@ -44,9 +44,6 @@ def organ_list(ctx: click.Context, as_json: bool) -> None:
     keys: dict[str, int] = {}
     for key in gw.ledger.ssh_keys():
         keys[key.organ_id] = keys.get(key.organ_id, 0) + 1
-    organs = gw.ledger.organs()
-    outboxes = {o.id: gw.folders.outbox_bytes(o.id) for o in organs}  # before the spool, as the door reads them
-    spooled = gw.ledger.spooled_bytes()
     rows = [
         {
             "id": o.id,
@@ -57,11 +54,11 @@ def organ_list(ctx: click.Context, as_json: bool) -> None:
             "pgp_key": admin.pgp_key_state(gw, o.pgp_fingerprint),
             "armor": o.armor,
             "ssh_keys": keys.get(o.id, 0),
-            "waiting_bytes": outboxes[o.id] + spooled.get(o.id, 0),
-            "upload_quota_bytes": o.upload_quota(gw.settings.upload_quota_bytes),
+            "waiting_bytes": waiting,
+            "upload_quota_bytes": quota,
             "own_upload_quota": o.upload_quota_bytes is not None,
         }
-        for o in organs
+        for o, waiting, quota in admin.uploads_waiting(gw)
     ]
     if not as_json:
         rows = [{**row, "waiting": sized(row["waiting_bytes"]), "quota": _quota_text(row)} for row in rows]

@@ -14,13 +14,14 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from gateway import admin
 from gateway.cli.output import err, gateway_of, out, print_rows, progress
 from gateway.config import explain_settings, without_password
 from gateway.folders import power_cut_risk
 from gateway.fsck import fsck
 from gateway.handlers.inspect import inspect_file
 from gateway.handlers.parse import shown
-from gateway.health import ACTIONS_WINDOW, mib, short_of_space, stuck
+from gateway.health import ACTIONS_WINDOW, mib, near_quota, short_of_space, stuck
 from gateway.retention import purge
 from gateway.service import notify_systemd
 
@@ -111,12 +112,20 @@ def serve(ctx: click.Context, listen: str | None, log_level: str) -> None:
     help="Free space the data dir's filesystem should keep [default: twice max_message_bytes, room for the largest "
     "dossier and its encrypted copy].",
 )
+@click.option(
+    "--quota-percent",
+    default=80,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Name the active organs that have this much of their upload quota waiting at the gateway.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def status(ctx: click.Context, stuck_after: int, min_free_mib: int | None, as_json: bool) -> None:
+def status(ctx: click.Context, stuck_after: int, min_free_mib: int | None, quota_percent: int, as_json: bool) -> None:
     """The backlog now, for admins and monitoring: open transfers by state and how long the oldest has not moved,
     retries, receipts not yet written, the last hour's audit actions, the data dir's free space. Exit 1 when work or
-    a receipt has waited longer than --stuck-after, or the free space or inodes run short."""
+    a receipt has waited longer than --stuck-after, the free space or inodes run short, or an organ is near its
+    upload quota."""
     gw = gateway_of(ctx)
     now = gw.clock()
     gauges = gw.ledger.gauges(now - ACTIONS_WINDOW)
@@ -124,6 +133,7 @@ def status(ctx: click.Context, stuck_after: int, min_free_mib: int | None, as_js
     min_free = min_free_mib * 2**20 if min_free_mib is not None else gw.settings.room_needed
     reasons = stuck(gauges, now, timedelta(seconds=stuck_after))
     short = short_of_space(space, min_free)
+    full = near_quota([(o.id, n, q) for o, n, q in admin.uploads_waiting(gw) if o.active], quota_percent)
     states = [
         {"state": state, "count": n, "oldest_unmoved_since": oldest}
         for state, (n, oldest) in sorted(gauges.open_transfers.items())
@@ -139,6 +149,7 @@ def status(ctx: click.Context, stuck_after: int, min_free_mib: int | None, as_js
             "data_dir_space": dataclasses.asdict(space),
             "stuck": reasons,
             "short_of_space": short,
+            "near_quota": full,
         }
         click.echo(json.dumps(report, indent=2, default=str))
     else:
@@ -153,7 +164,9 @@ def status(ctx: click.Context, stuck_after: int, min_free_mib: int | None, as_js
             err.print(f"stuck: {reason}")
         for reason in short:
             err.print(f"short of space: {reason}")
-    if reasons or short:
+        for reason in full:
+            err.print(f"near quota: {reason}")
+    if reasons or short or full:
         sys.exit(1)
 
 
