@@ -454,6 +454,44 @@ def test_the_quota_holds_before_the_doors_first_reading_and_while_the_ledger_doe
     asyncio.run(uploads())
 
 
+def test_an_open_session_ends_when_its_organ_is_disabled_or_its_key_removed(box: Sandbox) -> None:
+    zug, luzern = "canton-zg", "canton-lu"  # two cantons whose keys were stolen, their thieves logged in
+    box.add_organ(zug, "canton")
+    box.add_organ(luzern, "canton")
+    thieves = {organ: paramiko_sftp(box, organ) for organ in (zug, luzern)}
+    legitimate = paramiko_sftp(box, KV)
+
+    def ended(session: Session) -> bool:
+        try:
+            session.listdir("/inbox")
+        except (OSError, EOFError, paramiko.SSHException):
+            return True
+        return False
+
+    try:
+        assert not any(ended(session) for session in thieves.values())
+        box.cli("organ", "disable", zug)  # the admin's two answers: the organ shut out, or its key removed
+        [key] = json.loads(box.cli("organ", "ssh-key", "list", luzern, "--json").stdout)
+        box.cli("organ", "ssh-key", "remove", luzern, key["fingerprint"])
+        for organ, session in thieves.items():
+            box.wait_for(lambda session=session: ended(session), 20, f"{organ}'s open session ended")
+        assert not ended(legitimate), "the sessions nobody revoked go on"
+
+        def told() -> dict[str, str]:
+            events = json.loads(box.cli("audit", "list", "--action", "session_ended", "--json").stdout)
+            return {e["organ_id"]: e["detail"] for e in events}
+
+        reasons = box.wait_for(lambda: len(told()) == 2 and told(), 10, "both ends in the audit trail")
+        assert reasons == {
+            zug: "session ended: the organ was disabled",
+            luzern: "session ended: its key was removed or limited elsewhere",
+        }
+    finally:
+        for session in (*thieves.values(), legitimate):
+            with contextlib.suppress(Exception):
+                session.close()
+
+
 def test_sessions_per_organ_are_capped(box: Sandbox) -> None:
     sessions = [paramiko_sftp(box, PK) for _ in range(3)]
     try:

@@ -95,7 +95,7 @@ def organ_quota(ctx: click.Context, organ_id: str, size: str) -> None:
 def organ_disable(ctx: click.Context, organ_id: str) -> None:
     """Disable an organ: no logins, nothing routed to it."""
     admin.set_active(gateway_of(ctx), organ_id, False)
-    out.print(f"organ {organ_id} disabled")
+    out.print(f"organ {organ_id} disabled; its open SFTP sessions end within seconds")
 
 
 @organ.command("enable")
@@ -175,7 +175,7 @@ def ssh_key_remove(ctx: click.Context, organ_id: str, fingerprint: str) -> None:
     """Remove an SSH key by its SHA256 fingerprint (see `organ ssh-key list`)."""
     gw = gateway_of(ctx)
     gw.ledger.remove_ssh_key(organ_id, fingerprint, gw.clock())
-    out.print(f"organ {organ_id}: SSH key {fingerprint} removed")
+    out.print(f"organ {organ_id}: SSH key {fingerprint} removed; the sessions it has open end within seconds")
 
 
 # -- routes ------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The SFTP door: the listener, public-key logins against the ledger, the caps on sessions and on connections not
-yet logged in, and the rounds that close idle sessions; each session's file operations are gateway.sftp.files.
+yet logged in, and the rounds that close idle sessions and those no longer let in (gateway.sftp.logins); each
+session's file operations are gateway.sftp.files.
 
 The door only moves bytes and tells the rest of the gateway through :class:`DoorHooks`; it never validates or
 encrypts.
@@ -8,7 +9,6 @@ encrypts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 import asyncssh
 
-from gateway.key_sources import allowed_from, split_line
 from gateway.sftp.files import SftpSession
+from gateway.sftp.logins import Login, end_revoked, key_allowed
 from gateway.sftp.quota import Quota
 from gateway.sftp.spares import SparePool
 from gateway.sftp.startups import Startups
@@ -77,7 +77,8 @@ class DoorState:
     quota: Quota
     flusher: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, "upload-flush"))
     sessions: dict[str, int] = field(default_factory=dict)
-    connections: dict[asyncssh.SSHServerConnection, float] = field(default_factory=dict)
+    connections: dict[asyncssh.SSHServerConnection, float] = field(default_factory=dict)  # logged in: last activity
+    logins: dict[asyncssh.SSHServerConnection, Login] = field(default_factory=dict)
     startups: Startups = field(init=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +95,7 @@ class _Auth(asyncssh.SSHServer):
         self.peer = self.host = "?"
         self.waiting = False  # counted among the connections not yet logged in
         self.failures = 0  # keys refused on this connection
+        self.key = b""  # the key that logged in
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -114,6 +116,7 @@ class _Auth(asyncssh.SSHServer):
         self._logged_in_or_gone()
         if self.conn is not None:
             self.door.connections.pop(self.conn, None)
+            self.door.logins.pop(self.conn, None)
         if self.organ is not None:
             self.door.sessions[self.organ] = self.door.sessions.get(self.organ, 1) - 1
 
@@ -131,14 +134,10 @@ class _Auth(asyncssh.SSHServer):
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         lines = await asyncio.get_running_loop().run_in_executor(None, self.door.hooks.authorized_keys, username)
-        elsewhere = False  # the organ's key, limited to other addresses than the client's
-        for line in lines or []:
-            sources, public_key = split_line(line)
-            with contextlib.suppress(asyncssh.KeyImportError, ValueError):
-                if asyncssh.import_public_key(public_key).public_data == key.public_data:
-                    if allowed_from(sources, self.host):
-                        return True
-                    elsewhere = True
+        allowed, elsewhere = key_allowed(lines, key.public_data, self.host)
+        if allowed:
+            self.key = key.public_data
+            return True
         if self.door.startups.login_failed(self.host):
             self.door.hooks.audit(
                 username if lines is not None else None,
@@ -168,6 +167,7 @@ class _Auth(asyncssh.SSHServer):
         self.organ = organ
         self.door.sessions[organ] = self.door.sessions.get(organ, 0) + 1
         self.door.connections[self.conn] = time.monotonic()
+        self.door.logins[self.conn] = Login(organ, self.key, self.host, self.peer)
         self.door.hooks.audit(organ, "login", "publickey", True, self.peer)
         self.door.quota.refresh(organ)  # read before the first upload needs it
 
@@ -179,6 +179,12 @@ class Door:
         self._server, self._door = server, door
         self.port: int = server.sockets[0].getsockname()[1]
         self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
+        self._revoker = asyncio.get_running_loop().create_task(
+            end_revoked(door.logins, door.hooks.authorized_keys, self._ended)
+        )
+
+    def _ended(self, organ: str, detail: str, peer: str) -> None:
+        self._door.hooks.audit(organ, "session_ended", detail, False, peer)
 
     async def _reap_idle(self) -> None:
         """Close idle sessions, and put the connections refused meanwhile, and the failed logins not recorded one
@@ -194,6 +200,7 @@ class Door:
 
     async def close(self) -> None:
         self._reaper.cancel()
+        self._revoker.cancel()
         self._server.close()
         for conn in list(self._door.connections):
             conn.close()
