@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import AdminError
+from gateway.handlers.parse import shown
 from gateway.key_sources import parse_sources, with_sources
 from gateway.ledger.models import Event, Organ, Transfer, utc
 from gateway.lifecycle import OPEN, State
 from gateway.service import Gateway
 
 ORGAN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+ORGAN_NAME_LENGTH = 200  # the ledger's column
 KEY_WARNING = timedelta(days=30)  # `organ list` and `fsck` warn this long before a recipient's key stops working
 
 
@@ -32,6 +34,12 @@ def add_organ(gw: Gateway, organ_id: str, kind: str, name: str, armor: bool = Fa
     """Register an organ and create its outbox, inbox and receipts folders."""
     if not ORGAN_ID.match(organ_id):
         raise AdminError("ORGAN_ID", f"organ id {organ_id!r} must match {ORGAN_ID.pattern}")
+    if not name.strip() or len(name) > ORGAN_NAME_LENGTH or shown(name) != name:
+        raise AdminError(
+            "ORGAN_NAME",
+            f"organ name {shown(name[:ORGAN_NAME_LENGTH])!r} must be 1 to {ORGAN_NAME_LENGTH} printable characters "
+            "(no control or text-direction characters)",
+        )
     organ = gw.ledger.add_organ(organ_id, kind, name, gw.clock())
     if armor:
         organ = gw.ledger.update_organ(organ_id, gw.clock(), "organ_armor", armor=True)

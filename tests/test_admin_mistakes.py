@@ -118,7 +118,7 @@ def test_an_option_the_command_cannot_take_is_refused_with_its_name(
     assert done.returncode == 2 and told in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
-def test_an_organ_id_an_ssh_key_or_an_organ_filter_the_gateway_cannot_take_is_refused_with_the_reason(
+def test_an_organ_id_or_name_a_route_an_ssh_key_or_a_filter_the_gateway_cannot_take_is_refused_with_the_reason(
     tmp_path: Path,
 ) -> None:
     box = Sandbox(root=tmp_path, settings={"listen": ""})
@@ -127,7 +127,16 @@ def test_an_organ_id_an_ssh_key_or_an_organ_filter_the_gateway_cannot_take_is_re
         done = box.cli("organ", "add", "../kv", "--kind", "control_body", "--name", "KV", check=False)
         assert done.returncode == 2, done.stdout
         assert done.stderr == "error ORGAN_ID: organ id '../kv' must match ^[a-z0-9][a-z0-9-]{1,62}$\n", done.stderr
+        for name in ("", "N" * 201, "Tessin\x1b[31m"):  # PostgreSQL's column ended the first try with a traceback
+            done = box.cli("organ", "add", "canton-ti", "--kind", "canton", "--name", name, check=False)
+            assert done.returncode == 2 and done.stderr.startswith("error ORGAN_NAME: organ name "), done.stderr
+            assert "must be 1 to 200 printable characters" in " ".join(done.stderr.split())
         box.cli("organ", "add", "kv-bau-zh", "--kind", "control_body", "--name", "KV")
+        done = box.cli("route", "allow", "kv-bau-zh", "kv-bau-zh", check=False)
+        assert (done.returncode, done.stderr) == (
+            2,
+            "error ROUTE_SELF: kv-bau-zh would send to itself: a route joins two organs\n",
+        )
         private = tmp_path / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(private)], check=True)
         done = box.cli("organ", "ssh-key", "add", "kv-bau-zh", str(private), check=False)

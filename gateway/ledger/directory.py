@@ -145,6 +145,8 @@ class OrganDirectory:
     def set_route(self, sender_id: str, recipient_id: str, allowed: bool, now: datetime) -> None:
         self.organ(sender_id)
         self.organ(recipient_id)
+        if allowed and sender_id == recipient_id:
+            raise AdminError("ROUTE_SELF", f"{sender_id} would send to itself: a route joins two organs")
         with self.tx() as s:
             existing = s.get(Route, (sender_id, recipient_id))
             if allowed and existing is None:
