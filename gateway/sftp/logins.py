@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
 import asyncssh
@@ -48,7 +48,7 @@ def key_allowed(lines: list[str] | None, key: bytes, host: str) -> tuple[bool, b
 
 
 async def end_revoked(
-    logins: Mapping[asyncssh.SSHServerConnection, Login],
+    logins: MutableMapping[asyncssh.SSHServerConnection, Login],
     keys_of: Callable[[str], list[str] | None],
     audit: Callable[[str, str, str], None],
 ) -> None:
@@ -57,13 +57,13 @@ async def end_revoked(
     while True:
         await asyncio.sleep(RECHECK_SECONDS)
         try:
-            await _end_round(dict(logins), keys_of, audit)
+            await _end_round(logins, keys_of, audit)
         except Exception:  # a fault here must not end the rounds (nor the door)
             log.exception("checking the open sessions failed")
 
 
 async def _end_round(
-    logins: dict[asyncssh.SSHServerConnection, Login],
+    logins: MutableMapping[asyncssh.SSHServerConnection, Login],
     keys_of: Callable[[str], list[str] | None],
     audit: Callable[[str, str, str], None],
 ) -> None:
@@ -74,8 +74,9 @@ async def _end_round(
         except Exception as exc:  # the ledger: the sessions stay until it answers
             log.warning("cannot read %s's keys to check its open sessions (%s)", organ, exc)
             continue
-        for conn, login in logins.items():
+        for conn, login in list(logins.items()):  # as they are now: some may have ended during the read
             if login.organ == organ and not key_allowed(lines, login.key, login.host)[0]:
                 why = "the organ was disabled" if lines is None else "its key was removed or limited elsewhere"
                 audit(organ, f"session ended: {why}", login.peer)
+                del logins[conn]  # ended once, whenever its close completes
                 conn.close()
