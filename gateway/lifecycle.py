@@ -4,13 +4,14 @@
 RECEIVED -> VALIDATED -> ENCRYPTED -> DELIVERED -> FETCHED   (picked up: receipt 110)
     |           |            |             +-----> EXPIRED   (not picked up in time: receipt 204)
     +-----------+------------+---> REJECTED (receipt with every reason; the original kept in quarantine until
-                |                           it is encrypted: from ENCRYPTED only 301/310, below)
+                |                           it is encrypted: from ENCRYPTED only 301/310/311, below)
                 +---> HELD ---> VALIDATED (cause gone) | REJECTED 311 (after the hold time; 301/310 at once when
                                 the admin disables the recipient or denies the route meanwhile)
 ```
 
-ENCRYPTED is REJECTED only when the admin has disabled the recipient or denied the route before the dossier
-reached the inbox (301/310): a failed delivery is the gateway's fault (disk, permissions) and is retried.
+ENCRYPTED is REJECTED only when, before the dossier reached the inbox, the admin has disabled the recipient or
+denied the route (301/310) or withdrawn or replaced the recipient's key (311): a failed delivery is the gateway's
+fault (disk, permissions) and is retried.
 A pair not in :data:`TRANSITIONS` raises :class:`IllegalTransition` and changes nothing.
 """
 

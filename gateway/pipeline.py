@@ -55,6 +55,7 @@ class TransferView(Protocol):
     state: str
     message_id: str | None
     recipient_id: str | None
+    encrypted_to: str | None
     form: str | None
     sha256: str
     updated_at: datetime
@@ -79,8 +80,7 @@ def validate(transfer: TransferView, ctx: Context) -> Step:
     path = ctx.folders.spooled(transfer.sender_id, transfer.id, transfer.file_name)
     mode = path.lstat().st_mode
     if not stat.S_ISREG(mode):
-        problem = Problem("FILE_NOT_REGULAR", "", "only regular files are accepted (no folders, links or pipes)")
-        return Step(State.REJECTED, problems=[problem], info=problem.message)
+        return rejected_for("FILE_NOT_REGULAR", "", "only regular files are accepted (no folders, links or pipes)")
     inspection = inspect_file(path, transfer.sender_id, ctx.limits, ctx.now, transfer.file_name)
     envelope = envelope_of(inspection.parsed) if inspection.parsed else {}
     problems = list(inspection.problems)
@@ -102,28 +102,30 @@ def encrypt_step(transfer: TransferView, ctx: Context) -> Step:
     closed = route_closed(transfer, ctx) or spool_damage(transfer, src)
     if closed is not None:
         return closed
+    fingerprint = getattr(recipient, "pgp_fingerprint", None)
     try:
         encrypt(
             src,
             ctx.folders.encrypted(transfer.id),
-            getattr(recipient, "pgp_fingerprint", None),
+            fingerprint,
             ctx.crypto,
             ctx.now,
             bool(getattr(recipient, "armor", False)),
         )
     except Held as held:
         return Step(State.HELD, problems=[held.problem], info=f"{STATUS_INFO[601]}: {held.problem.message}")
-    return Step(State.ENCRYPTED)
+    return Step(State.ENCRYPTED, values={"encrypted_to": fingerprint})
 
 
 def deliver_step(transfer: TransferView, ctx: Context) -> Step:
     """ENCRYPTED -> DELIVERED: the encryption appears in the recipient's inbox atomically (100); or REJECTED
-    (301, 310) when the route closed since it was encrypted (its delivery failed and waited for a retry), unless
-    it is in the inbox already (a redo after a crash: its spool copy is gone once the rename happened)."""
+    when, since it was encrypted (its delivery failed and waited for a retry), the route closed (301, 310) or the
+    recipient's key was withdrawn or replaced (311), unless it is in the inbox already (a redo after a crash: its
+    spool copy is gone once the rename happened)."""
     encrypted = ctx.folders.encrypted(transfer.id)
-    if encrypted.exists() and (closed := route_closed(transfer, ctx)):
-        return closed
     recipient = ctx.directory.find_organ(transfer.recipient_id or "")
+    if encrypted.exists() and (closed := route_closed(transfer, ctx) or key_changed(transfer, recipient)):
+        return closed
     name = delivery_name(
         transfer.sender_id,
         transfer.message_id or transfer.id,
@@ -155,6 +157,20 @@ def route_closed(transfer: TransferView, ctx: Context) -> Step | None:
     return Step(State.REJECTED, problems=problems, info=_summary(problems)) if problems else None
 
 
+def key_changed(transfer: TransferView, recipient: Any) -> Step | None:
+    """REJECTED (311) when the recipient's key is no longer the one the dossier was encrypted to: the admin withdrew
+    it (lost, compromised) or replaced it while the delivery waited. The plaintext is gone by then, so the dossier
+    cannot be encrypted again; the sender sends it again (its message id is free)."""
+    if transfer.encrypted_to is None or getattr(recipient, "pgp_fingerprint", None) == transfer.encrypted_to:
+        return None  # (None: encrypted by a version that did not record the key)
+    return rejected_for(
+        "RECIPIENT_KEY_CHANGED",
+        "/envelope/recipient_id",
+        "the recipient's OpenPGP key was withdrawn or replaced after the dossier was encrypted to it: nothing was "
+        "delivered; send the dossier again",
+    )
+
+
 def spool_damage(transfer: TransferView, path: Path) -> Step | None:
     """REJECTED (500, SPOOL_DAMAGED) when the spooled file no longer has the SHA-256 that intake recorded.
 
@@ -163,13 +179,17 @@ def spool_damage(transfer: TransferView, path: Path) -> Step | None:
     """
     if not transfer.sha256 or sha256_of(path) == transfer.sha256:
         return None
-    problem = Problem(
+    return rejected_for(
         "SPOOL_DAMAGED",
         "",
         "the gateway's copy of the file changed after it was received (its SHA-256 no longer matches): "
         "nothing was delivered; send the dossier again",
     )
-    return Step(State.REJECTED, problems=[problem], info=problem.message)
+
+
+def rejected_for(code: str, path: str, message: str) -> Step:
+    """REJECTED for the one problem ``code`` at the JSON ``path``; its message is the step's info too."""
+    return Step(State.REJECTED, problems=[Problem(code, path, message)], info=message)
 
 
 def spool_paths(transfer: TransferView, folders: Folders) -> tuple[Path, Path]:

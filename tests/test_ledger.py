@@ -327,6 +327,7 @@ def test_a_ledger_made_by_an_earlier_version_gets_the_indexes_the_directory_vers
     setup_organs(old)
     with old.engine.begin() as conn:  # as the first release left it
         conn.execute(text("ALTER TABLE organ DROP COLUMN upload_quota_bytes"))
+        conn.execute(text("ALTER TABLE transfer DROP COLUMN encrypted_to"))
         conn.execute(text("DROP INDEX ix_transfer_claim"))
         conn.execute(text("DROP TABLE directoryversion"))
         conn.execute(text("DROP INDEX IF EXISTS ix_transfer_waiting"))
@@ -347,7 +348,7 @@ def test_a_ledger_made_by_an_earlier_version_gets_the_indexes_the_directory_vers
         assert upgraded.organ("kv-bau-zh").upload_quota_bytes == 64 << 30
         transfer = received(upgraded)
         claimed = upgraded.claim("node-a:0", NOW, timedelta(minutes=5))
-        assert claimed.transfer.id == transfer.id
+        assert claimed.transfer.id == transfer.id and claimed.transfer.encrypted_to is None
         assert claimed.directory.find_organ("pk-bau-zh") is not None
     finally:
         upgraded.close()

@@ -16,7 +16,7 @@ from sqlalchemy import event, text
 
 from gateway import admin, samples
 from gateway.config import load_settings
-from gateway.crypto import export_public_key, generate_key
+from gateway.crypto import decrypt_file, export_public_key, generate_key
 from gateway.errors import AdminError
 from gateway.fsck import fsck
 from gateway.handlers.deliver import delivery_name
@@ -142,6 +142,29 @@ def test_a_delivery_a_killed_run_made_is_recorded_on_the_redo_although_its_recip
     redone = gw.ledger.transfer(transfer.id)
     assert (redone.state, redone.delivered_name) == ("delivered", name)
     assert receipt_codes(gw) == [100], "no 301 for a dossier the committee has in its inbox"
+
+
+def test_a_dossier_encrypted_to_a_key_the_admin_replaced_before_its_delivery_is_not_delivered_and_may_be_sent_again(
+    gw: Gateway, clock: Clock, short_tmp: Path, immutable: Callable[[Path], AbstractContextManager[None]]
+) -> None:
+    inbox, data = gw.folders.inbox(PK), samples.dossier_bytes(samples.make_dossier(KV, PK, now=clock()))
+    with immutable(inbox):  # its delivery fails: encrypted to the committee's key, waiting for a retry
+        deliver(gw, "a.json", data)
+    [transfer] = gw.ledger.transfers()
+    assert (transfer.state, transfer.encrypted_to) == ("encrypted", gw.ledger.organ(PK).pgp_fingerprint)
+    # the committee reports its key compromised and sends a new one: nothing may reach it under the old one
+    new = generate_key(short_tmp / "pk2", PK, "pk2@example.invalid")
+    (short_tmp / "pk2.asc").write_text(export_public_key(short_tmp / "pk2", new))
+    admin.import_pgp_key(gw, PK, short_tmp / "pk2.asc")
+    clock.advance(minutes=5)
+    deliver(gw, "a-again.json", data)  # the retry, then the sender sends it again under the same message id
+    rejected, again = (gw.ledger.transfer(t.id) for t in sorted(gw.ledger.transfers(), key=lambda t: t.id))
+    assert (rejected.state, rejected.status_code) == ("rejected", 311)
+    [receipt] = [p for p in gw.folders.receipts(KV).iterdir() if f"_311_{rejected.id}" in p.name]
+    assert json.loads(receipt.read_text())["errors"][0]["code"] == "RECIPIENT_KEY_CHANGED"
+    assert (again.state, again.encrypted_to) == ("delivered", new)
+    [delivered] = inbox.iterdir()
+    assert decrypt_file(short_tmp / "pk2", delivered).data == data, "only under the new key"
 
 
 def test_purge_destroys_old_quarantine_and_ledger_rows(gw: Gateway, clock: Clock) -> None:

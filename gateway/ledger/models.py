@@ -99,6 +99,7 @@ class TransferData(SQLModel):
     test: bool = False
     form: str | None = Field(default=None, max_length=8)  # json | zip
     delivered_name: str | None = Field(default=None, max_length=200)
+    encrypted_to: str | None = Field(default=None, max_length=64)  # the fingerprint of the recipient key it was for
     attempts: int = 0
     last_error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = _ts()

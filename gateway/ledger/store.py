@@ -89,6 +89,10 @@ class _PostgresWriters:
         return None
 
 
+# Columns that later versions added to tables an earlier one created (the twenty-fourth session's two).
+_ADDED_COLUMNS = (("organ", "upload_quota_bytes", "BIGINT"), ("transfer", "encrypted_to", "VARCHAR(64)"))
+
+
 class Ledger(OrganDirectory, AuditTrail, TransferQueries):
     """Transactional access to the ledger tables."""
 
@@ -112,9 +116,10 @@ class Ledger(OrganDirectory, AuditTrail, TransferQueries):
     def _upgrade(self) -> None:
         """Bring a ledger made by an earlier version up to date: columns and indexes that tables created then lack."""
         with self.engine.begin() as conn:
-            if "upload_quota_bytes" not in {column["name"] for column in inspect(conn).get_columns("organ")}:
-                unless_there = "" if self.is_sqlite else "IF NOT EXISTS "  # two nodes may upgrade at the same moment
-                conn.execute(text(f"ALTER TABLE organ ADD COLUMN {unless_there}upload_quota_bytes BIGINT"))
+            unless_there = "" if self.is_sqlite else "IF NOT EXISTS "  # two nodes may upgrade at the same moment
+            for table, column, kind in _ADDED_COLUMNS:
+                if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {unless_there}{column} {kind}"))
             conn.execute(text("DROP INDEX IF EXISTS ix_transfer_work"))  # replaced by ix_transfer_claim
             conn.execute(text("DROP INDEX IF EXISTS ix_transfer_sender_msg"))  # by ix_transfer_message
             for table in (Transfer.__table__, Receipt.__table__):  # type: ignore[attr-defined]
