@@ -13,7 +13,7 @@ from gateway.handlers.parse import shown
 from gateway.key_sources import parse_sources, with_sources
 from gateway.ledger.models import Event, Organ, Transfer, utc
 from gateway.lifecycle import OPEN, State
-from gateway.service import Gateway
+from gateway.service import Gateway, waiting_at_gateway
 
 ORGAN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 ORGAN_NAME_LENGTH = 200  # the ledger's column
@@ -52,13 +52,11 @@ def set_active(gw: Gateway, organ_id: str, active: bool) -> Organ:
 
 
 def uploads_waiting(gw: Gateway) -> list[tuple[Organ, int, int]]:
-    """Each organ, the bytes it has waiting at the gateway (its outbox, then its dossiers in the spool, read as the
-    SFTP door reads them) and its upload quota (0: none)."""
+    """Each organ, the bytes it has waiting at the gateway (read as the SFTP door reads them) and its upload quota
+    (0: none)."""
     organs = gw.ledger.organs()
-    outboxes = {o.id: gw.folders.outbox_bytes(o.id) for o in organs}
-    spooled = gw.ledger.spooled_bytes()
-    setting = gw.settings.upload_quota_bytes
-    return [(o, outboxes[o.id] + spooled.get(o.id, 0), o.upload_quota(setting)) for o in organs]
+    waiting = waiting_at_gateway(gw.folders, gw.ledger, [o.id for o in organs])
+    return [(o, waiting[o.id], o.upload_quota(gw.settings.upload_quota_bytes)) for o in organs]
 
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(|b|kib|mib|gib|tib)")  # matched against the size in lower case

@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from functools import cached_property
 from multiprocessing.connection import Connection
@@ -435,10 +435,18 @@ class DoorHooks:
         self.audit_buffer.add(self.clock(), action, detail, organ_id, ok, peer)
 
     def quota_reading(self, organ_id: str) -> tuple[int, int]:
-        # the outbox first: a file intake takes in between is counted twice for a second, never missed
-        waiting = self.folders.outbox_bytes(organ_id) + self.ledger.spooled_bytes().get(organ_id, 0)
+        waiting = waiting_at_gateway(self.folders, self.ledger, [organ_id])[organ_id]
         organ = self.ledger.find_organ(organ_id)
         return waiting, self.upload_quota if organ is None else organ.upload_quota(self.upload_quota)
+
+
+def waiting_at_gateway(folders: Folders, ledger: Ledger, organ_ids: Iterable[str]) -> dict[str, int]:
+    """The bytes each organ has waiting at the gateway (what its upload quota counts): the files in its outbox, read
+    first (a file intake takes in between is counted twice for a moment, never missed), and its dossiers in the
+    spool."""
+    outboxes = {organ_id: folders.outbox_bytes(organ_id) for organ_id in organ_ids}
+    spooled = ledger.spooled_bytes()
+    return {organ_id: size + spooled.get(organ_id, 0) for organ_id, size in outboxes.items()}
 
 
 def notify_systemd(message: str) -> None:

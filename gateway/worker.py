@@ -206,7 +206,8 @@ class Worker:
             errors=json.loads(r.errors),
         )
         folder = self.folders.receipts(t.sender_id)
-        folder.mkdir(parents=True, exist_ok=True)  # removed on the host: the receipt is owed all the same
+        if not folder.is_dir():  # removed on the host: the receipt is owed all the same
+            folder.mkdir(parents=True, exist_ok=True)
         name = receipt_name(t.id, t.message_id, t.file_name, r.status_code)
         self.folders.write_atomic(folder / name, receipt_bytes(document))
 

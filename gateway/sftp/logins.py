@@ -33,17 +33,26 @@ class Login:
     peer: str
 
 
-def key_allowed(lines: list[str] | None, key: bytes, host: str) -> tuple[bool, bool]:
-    """Whether ``key`` from ``host`` may log in with the organ's key ``lines`` (None: the organ is unknown or
-    disabled), and whether the key is the organ's but limited to other addresses."""
-    elsewhere = False
+def organ_keys(lines: list[str] | None) -> list[tuple[str, bytes]]:
+    """An organ's key lines (None: the organ is unknown or disabled) as (where from, public key data); a line that
+    does not parse is left out."""
+    keys = []
     for line in lines or []:
         sources, public_key = split_line(line)
         with contextlib.suppress(asyncssh.KeyImportError, ValueError):
-            if asyncssh.import_public_key(public_key).public_data == key:
-                if allowed_from(sources, host):
-                    return True, False
-                elsewhere = True
+            keys.append((sources, asyncssh.import_public_key(public_key).public_data))
+    return keys
+
+
+def key_allowed(keys: list[tuple[str, bytes]], key: bytes, host: str) -> tuple[bool, bool]:
+    """Whether ``key`` from ``host`` may log in with the organ's ``keys`` (:func:`organ_keys`), and whether the key
+    is the organ's but limited to other addresses."""
+    elsewhere = False
+    for sources, public_data in keys:
+        if public_data == key:
+            if allowed_from(sources, host):
+                return True, False
+            elsewhere = True
     return False, elsewhere
 
 
@@ -74,8 +83,9 @@ async def _end_round(
         except Exception as exc:  # the ledger: the sessions stay until it answers
             log.warning("cannot read %s's keys to check its open sessions (%s)", organ, exc)
             continue
+        keys = organ_keys(lines)  # once for all of the organ's sessions
         for conn, login in list(logins.items()):  # as they are now: some may have ended during the read
-            if login.organ == organ and not key_allowed(lines, login.key, login.host)[0]:
+            if login.organ == organ and not key_allowed(keys, login.key, login.host)[0]:
                 why = "the organ was disabled" if lines is None else "its key was removed or limited elsewhere"
                 audit(organ, f"session ended: {why}", login.peer)
                 del logins[conn]  # ended once, whenever its close completes

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import asyncssh
 
 from gateway.sftp.files import SftpSession
-from gateway.sftp.logins import Login, end_revoked, key_allowed
+from gateway.sftp.logins import Login, end_revoked, key_allowed, organ_keys
 from gateway.sftp.quota import Quota
 from gateway.sftp.spares import SparePool
 from gateway.sftp.startups import Startups
@@ -134,7 +134,7 @@ class _Auth(asyncssh.SSHServer):
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         lines = await asyncio.get_running_loop().run_in_executor(None, self.door.hooks.authorized_keys, username)
-        allowed, elsewhere = key_allowed(lines, key.public_data, self.host)
+        allowed, elsewhere = key_allowed(organ_keys(lines), key.public_data, self.host)
         if allowed:
             self.key = key.public_data
             return True
