@@ -23,6 +23,7 @@ _LISTEN = re.compile(r"(\[[0-9A-Fa-f:.%]+\]|[^:\[\]]*):(?P<port>[0-9]{1,5})")
 _ABOVE_ZERO = {
     "rescan_seconds",
     "expire_after_days",
+    "partial_upload_days",
     "gpg_timeout_seconds",
     "retry_max_seconds",
     "login_timeout_seconds",
@@ -53,6 +54,7 @@ class Settings:
     expire_after_days: float = 30.0  # a delivery not picked up is removed and the sender gets 204
     warn_before_expiry_days: float = 5.0  # 701 this long before expiry
     quarantine_days: float = 90.0  # rejected originals are destroyed after this
+    partial_upload_days: float = 7.0  # an outbox file under a temporary name (x.filepart) unchanged this long: removed
     retention_days: float = 365.0  # ledger and audit rows are purged after this (EntsV Art. 13a)
     gpg_timeout_seconds: float = 600.0
     openpgp: str = "sequoia"  # who signs and encrypts: "sequoia" (in-process) or "gpg" (a gpg process per file)

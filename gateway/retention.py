@@ -4,7 +4,8 @@ EntsV Art. 13a keeps platform data for 12 months: ledger and audit rows older th
 quarantined originals older than ``quarantine_days`` are purged. Receipts a sender leaves in its folder are
 removed at the age an uncollected delivery expires (``expire_after_days``): legacy software that never reads
 them would otherwise fill the folder by a file per dossier for ever (the ledger keeps each status for the
-admin). All of it runs against an injectable clock.
+admin). An upload cut off under a temporary name (``x.zip.filepart``), which the SFTP door keeps for its client to
+resume, is removed once nobody has changed it for ``partial_upload_days``. All of it runs against an injectable clock.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import contextlib
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from gateway.config import Settings
+from gateway.folders import TEMP_SUFFIXES, text_name
 from gateway.handlers.receipt import STATUS_INFO
 from gateway.ledger.models import utc
 from gateway.ledger.store import StaleTransition
@@ -32,6 +34,7 @@ class PurgeReport:
     transfers_purged: int
     events_purged: int
     receipts_removed: int
+    partials_removed: int
 
 
 def expire_deliveries(worker: Worker, settings: Settings) -> tuple[int, int]:
@@ -84,7 +87,8 @@ def purge(worker: Worker, settings: Settings) -> PurgeReport:
     purged = worker.ledger.purge_transfers(cutoff, now)
     events = worker.ledger.purge_events(cutoff)
     receipts = _remove_old_receipts(worker, now - timedelta(days=settings.expire_after_days))
-    return PurgeReport(expired, warned, destroyed, purged, events, receipts)
+    partials = _remove_abandoned_partials(worker, now, timedelta(days=settings.partial_upload_days))
+    return PurgeReport(expired, warned, destroyed, purged, events, receipts, partials)
 
 
 def _remove_old_receipts(worker: Worker, cutoff: datetime) -> int:
@@ -95,5 +99,25 @@ def _remove_old_receipts(worker: Worker, cutoff: datetime) -> int:
             for entry in entries:
                 if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < limit:
                     os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+def _remove_abandoned_partials(worker: Worker, now: datetime, unchanged: timedelta) -> int:
+    """Remove the files in outboxes under a temporary name (``.part``, ``.filepart``, …) that nobody has changed
+    (their change time, which only the kernel sets) for ``unchanged``; returns how many. Hidden files and ``~``
+    names stay: a local program may keep its own state beside its exports."""
+    removed, limit = 0, (now - unchanged).timestamp()
+    for organ in worker.ledger.organs():
+        with contextlib.suppress(FileNotFoundError), os.scandir(worker.folders.outbox(organ.id)) as entries:
+            for entry in entries:
+                if not entry.name.lower().endswith(TEMP_SUFFIXES) or not entry.is_file(follow_symlinks=False):
+                    continue
+                info = entry.stat(follow_symlinks=False)
+                if info.st_ctime < limit:
+                    os.unlink(entry.path)
+                    since = datetime.fromtimestamp(info.st_ctime, UTC).strftime("%Y-%m-%d %H:%M UTC")
+                    detail = f"/outbox/{text_name(entry.name)}: {info.st_size} bytes, unchanged since {since}"
+                    worker.ledger.audit(now, "partial_removed", detail, organ_id=organ.id)
                     removed += 1
     return removed

@@ -195,6 +195,22 @@ def test_receipts_a_sender_never_collects_are_removed_when_a_delivery_would_expi
     assert gw.ledger.transfers(state="rejected")[0].status_code == 200, "the ledger keeps the status"
 
 
+def test_a_partial_upload_nobody_resumes_is_removed_after_a_week(gw: Gateway, clock: Clock) -> None:
+    # The SFTP door keeps an upload cut off under a temporary name for its client to resume; one never resumed
+    # (the organ's software sent the dossier again under another name) would hold plaintext and quota for ever.
+    outbox = gw.folders.outbox(KV)
+    (outbox / "scan.zip.filepart").write_bytes(b"PK" * 500)
+    (outbox / ".export.lock").write_bytes(b"")  # a local program's own file: left alone
+    clock.advance(days=6)
+    assert purge(gw.worker(), gw.settings).partials_removed == 0
+    clock.advance(days=2)
+    assert purge(gw.worker(), gw.settings).partials_removed == 1
+    assert sorted(p.name for p in outbox.iterdir()) == [".export.lock"]
+    [event] = gw.ledger.events(action="partial_removed")
+    assert (event.organ_id, event.ok) == (KV, True)
+    assert event.detail.startswith("/outbox/scan.zip.filepart: 1000 bytes, unchanged since ")
+
+
 def test_a_recipient_key_that_will_expire_is_named_by_fsck_and_organ_list_a_month_ahead(
     gw: Gateway, clock: Clock, short_tmp: Path
 ) -> None:

@@ -223,6 +223,70 @@ def test_a_connection_dropped_mid_upload_leaves_nothing(box: Sandbox) -> None:
     assert "upload_aborted" in box.cli("audit", "list", "--organ", KV, "--json").stdout
 
 
+def _cut_off(box: Sandbox, path: str, data: bytes) -> None:
+    """Upload ``data`` to ``path`` as ``KV`` with paramiko, each write acknowledged, then drop the connection."""
+    sftp = paramiko_sftp(box, KV)
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):  # the file's close, with the line gone
+        fh = sftp.open(path, "wb")
+        fh.write(data)
+        fh.flush()
+        transport = sftp.get_channel().get_transport()
+        transport.sock.shutdown(socket.SHUT_RDWR)
+        transport.close()
+
+
+def test_a_package_cut_off_under_a_temporary_name_is_resumed_where_it_ended(box: Sandbox, tmp_path: Path) -> None:
+    # A package of megabytes over a line that drops in the night. The organ's client uploads it under a temporary
+    # name (WinSCP's .filepart; OpenSSH's reput to a .part name), which the gateway never collects: the door keeps
+    # what arrived, and the client sends only the rest, then renames it.
+    pdf = samples.make_pdf(6 << 20, seed=25)
+    doc = samples.make_dossier(KV, PK, attachments=[("scan.pdf", pdf)], embed=False)
+    package = samples.write_package(tmp_path / "scan.zip", doc, {"scan.pdf": pdf})
+    data, half = package.read_bytes(), 3 << 20
+    kept = box.folder(KV, "outbox") / "scan.zip.part"
+    _cut_off(box, "/outbox/scan.zip.part", data[:half])
+    box.wait_for(lambda: kept.exists(), 10, "what arrived kept under its name")
+    assert kept.read_bytes() == data[:half]
+    time.sleep(1.5)  # rescans (every second here) leave it alone
+    assert not [t for t in box.transfers() if t.file_name.startswith("scan.zip")]
+
+    done = openssh_sftp(
+        box, KV, f"reput {package} /outbox/scan.zip.part\nrename /outbox/scan.zip.part /outbox/scan.zip\n"
+    )
+    assert done.returncode == 0, done.stderr
+    transfer = box.wait_transfer("scan.zip", "delivered")
+    plain = box.decrypt(PK, box.folder(PK, "inbox") / (transfer.delivered_name or ""))
+    assert plain.data == data and plain.signature_valid
+
+    # A client that starts over (it opens the name truncating it) replaces what was kept
+    _cut_off(box, "/outbox/again.json.part", b"{" + b" " * 100_000)
+    box.wait_for(lambda: (box.folder(KV, "outbox") / "again.json.part").exists(), 10, "the second one kept")
+    (tmp_path / "again.json").write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+    done = openssh_sftp(
+        box,
+        KV,
+        f"put {tmp_path / 'again.json'} /outbox/again.json.part\nrename /outbox/again.json.part /outbox/again.json\n",
+    )
+    assert done.returncode == 0, done.stderr
+    box.wait_transfer("again.json", "delivered")
+
+    def audited() -> list[tuple[str, str]] | None:
+        events = json.loads(box.cli("audit", "list", "--organ", KV, "--json").stdout)
+        found = [(e["action"], e["detail"]) for e in events if ".part" in e["detail"]]
+        return found if ("rename", "/outbox/again.json.part -> /outbox/again.json") in found else None
+
+    assert box.wait_for(audited, 20, "the door's events") == [
+        ("upload_interrupted", f"/outbox/scan.zip.part kept after {half} bytes to resume"),
+        ("upload_resumed", f"/outbox/scan.zip.part at {half} bytes"),
+        ("upload", f"/outbox/scan.zip.part {len(data)} bytes"),
+        ("rename", "/outbox/scan.zip.part -> /outbox/scan.zip"),
+        ("upload_interrupted", "/outbox/again.json.part kept after 100001 bytes to resume"),
+        ("remove", "/outbox/again.json.part: a new upload under its name replaces it"),
+        ("upload", f"/outbox/again.json.part {(tmp_path / 'again.json').stat().st_size} bytes"),
+        ("rename", "/outbox/again.json.part -> /outbox/again.json"),
+    ]
+
+
 def test_the_jail_shows_three_folders_and_refuses_every_escape(box: Sandbox) -> None:
     (box.folder(KV, "outbox") / "planted").symlink_to("/etc")
     with paramiko_sftp(box, KV) as sftp:

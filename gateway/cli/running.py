@@ -232,13 +232,15 @@ def fsck_command(ctx: click.Context, repair: bool, as_json: bool) -> None:
 @click.command("purge")
 @click.pass_context
 def purge_command(ctx: click.Context) -> None:
-    """Expire uncollected deliveries (701, 204), destroy old quarantine, purge old ledger and audit rows."""
+    """Expire uncollected deliveries (701, 204), destroy old quarantine, purge old ledger and audit rows, remove
+    old receipts and partial uploads nobody resumed."""
     gw = gateway_of(ctx)
     report = purge(gw.worker(), gw.settings)
     out.print(
         f"expired {report.expired}, warned {report.warned}, quarantined originals destroyed "
         f"{report.quarantined_destroyed}, transfers purged {report.transfers_purged}, "
-        f"audit events purged {report.events_purged}, uncollected receipts removed {report.receipts_removed}"
+        f"audit events purged {report.events_purged}, uncollected receipts removed {report.receipts_removed}, "
+        f"partial uploads nobody resumed removed {report.partials_removed}"
     )
 
 

@@ -1,6 +1,8 @@
 """The file operations of one SFTP session, inside its organ's jail (gateway.sftp.jail): listings, downloads,
 removals, and uploads. An upload is written to a hidden ``.sftp-*.upload`` file and renamed to its name, durably,
-only when the client closes it in the protocol; a dropped connection, or a write that failed, discards it.
+only when the client closes it in the protocol; a write that failed discards it, and so does a dropped connection,
+but for an upload under a temporary name (``x.zip.filepart``: the gateway never collects it), which is kept under
+that name for the client to resume: a client that opens it again without truncating it writes on where it ended.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied, SFTPQuotaExceeded
 
-from gateway.folders import UPLOAD_PREFIX, rename_durably
+from gateway.folders import UPLOAD_PREFIX, is_temp_name, rename_durably, rename_no_replace
 from gateway.sftp.jail import AREAS, Jail, Place
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ class _Handle:
     failed: bool = False  # a write failed (a full disk, an I/O error): the upload is never stored
     flushed: int = 0  # bytes written when the last background flush began
     flushing: Future[None] | None = None  # that flush
+    resumable: bool = False  # under a temporary name: kept when the connection drops, for the client to resume
 
 
 class SftpSession(asyncssh.SFTPServer):
@@ -133,10 +136,11 @@ class SftpSession(asyncssh.SFTPServer):
     def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> _Handle | Awaitable[_Handle]:
         self._touch()
         if pflags & _WRITE_FLAGS:
-            place = self._upload_place(path)
+            place, exists = self._upload_place(path)
+            resume = exists and not pflags & asyncssh.FXF_TRUNC
             if self.door.quota.over(self.organ, 1) is not None:
-                return self._upload_after_reading(place)
-            return self._upload(place)
+                return self._upload_after_reading(place, exists, resume)
+            return self._upload(place, exists, resume)
         place = self.jail.file(path)
         self.jail.regular(place)
         try:
@@ -148,23 +152,40 @@ class SftpSession(asyncssh.SFTPServer):
             raise SFTPNoSuchFile("no such file")
         return _Handle(fd, place)
 
-    def _upload_place(self, path: bytes) -> Place:
+    def _upload_place(self, path: bytes) -> tuple[Place, bool]:
+        """Where an upload to ``path`` goes, and whether a partial upload under that temporary name is there."""
         try:
             place = self.jail.file(path, areas=("outbox",))
         except SFTPPermissionDenied as exc:
             raise self._refuse("write", exc) from None
-        if os.path.lexists(place.real):  # any entry, a dangling link too
-            raise self._refuse("write", SFTPFailure(f"{place.virtual} exists already; uploads never overwrite"))
-        return place
+        if not os.path.lexists(place.real):  # any entry, a dangling link too
+            return place, False
+        if is_temp_name(place.name) and stat.S_ISREG(place.real.lstat().st_mode):
+            return place, True
+        raise self._refuse("write", SFTPFailure(f"{place.virtual} exists already; uploads never overwrite"))
 
-    async def _upload_after_reading(self, place: Place) -> _Handle:
+    async def _upload_after_reading(self, place: Place, exists: bool, resume: bool) -> _Handle:
         await self._quota_after_reading(1, 0, place.virtual)
-        return self._upload(place)
+        return self._upload(place, exists, resume)
 
-    def _upload(self, place: Place) -> _Handle:
+    def _upload(self, place: Place, exists: bool, resume: bool) -> _Handle:
+        """Open an upload to ``place``: a new one, or on from where the partial one under its name ended
+        (``resume``); one that truncates a partial upload (``exists``) replaces it."""
         temp = place.real.parent / f"{UPLOAD_PREFIX}{secrets.token_hex(8)}.upload"
-        fd = self.door.spares.take(temp)
-        return _Handle(fd, place, temp)
+        resumable = is_temp_name(place.name)
+        if resume:
+            with contextlib.suppress(FileNotFoundError):  # gone meanwhile: a new upload
+                rename_no_replace(place.real, temp)  # the session's own from now on
+                fd = os.open(temp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                size = os.fstat(fd).st_size
+                self.door.quota.wrote(self.organ, size)  # counted with the uploads under way, out of the outbox
+                self._audit("upload_resumed", f"{place.virtual} at {size} bytes")
+                return _Handle(fd, place, temp, count=size, flushed=size, resumable=resumable)
+        elif exists:
+            with contextlib.suppress(FileNotFoundError):
+                place.real.unlink()
+                self._audit("remove", f"{place.virtual}: a new upload under its name replaces it")
+        return _Handle(self.door.spares.take(temp), place, temp, resumable=resumable)
 
     async def _quota_after_reading(self, size: int, written: int, what: str) -> None:
         """The last reading refuses the upload ``what`` (``size`` bytes with the write at hand, ``written`` so far):
@@ -235,7 +256,9 @@ class SftpSession(asyncssh.SFTPServer):
             if handle.temp is None:
                 self._audit("download", f"{handle.place.virtual} {handle.count} bytes")
             elif sys._getframe(1).f_code.co_name != "_process_close":
-                self._discard(handle, "upload_aborted")
+                stored = handle.resumable and handle.count > 0 and not handle.failed and self._keep(handle)
+                if not stored:
+                    self._discard(handle, "upload_aborted")
             elif handle.failed:
                 self._discard(handle, "upload_failed")
                 raise SFTPFailure(f"{handle.place.virtual} was not stored: a write to it failed")
@@ -251,6 +274,22 @@ class SftpSession(asyncssh.SFTPServer):
         assert handle.temp is not None
         handle.temp.unlink(missing_ok=True)
         self._audit(action, f"{handle.place.virtual} after {handle.count} bytes", False)
+
+    def _keep(self, handle: _Handle) -> bool:
+        """Keep what a dropped connection's upload under a temporary name has written, under that name, for the
+        client to resume; False if that name has been taken meanwhile."""
+        assert handle.temp is not None
+        try:
+            rename_no_replace(handle.temp, handle.place.real)
+        except FileExistsError:
+            return False
+        fd = os.dup(handle.fd)
+        try:  # on disk in the background: nobody waits for it
+            self.door.flusher.submit(_sync_and_close, fd)
+        except RuntimeError:  # the door is stopping
+            _sync_and_close(fd)
+        self._audit("upload_interrupted", f"{handle.place.virtual} kept after {handle.count} bytes to resume", False)
+        return True
 
     def _commit(self, handle: _Handle) -> None:
         assert handle.temp is not None
