@@ -18,6 +18,7 @@ from gateway.errors import AdminError
 from gateway.limits import Limits
 
 OPENPGP_ENGINES = ("sequoia", "gpg")
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 _LISTEN = re.compile(r"(\[[0-9A-Fa-f:.%]+\]|[^:\[\]]*):(?P<port>[0-9]{1,5})")
 # numbers that must be above zero (0 would stop the gateway's work or spin it); every other may be 0
 _ABOVE_ZERO = {
@@ -71,6 +72,7 @@ class Settings:
     max_startups_per_address: int = 200  # SFTP connections not yet logged in, from one address
     max_startups: int = 1000  # ... from all addresses together
     max_auth_tries: int = 6  # keys one SFTP connection may offer that are refused; then it is closed
+    ssh_allow_sha1: bool = False  # SFTP door: also SHA-1 (ssh-rsa signatures, group14-sha1) for old clients
     upload_quota_bytes: int = 16 << 30  # what one organ may have waiting at the gateway (outbox, spool); 0: no quota
     max_message_bytes: int = Limits.max_message_bytes
     max_json_bytes: int = Limits.max_json_bytes
@@ -153,7 +155,11 @@ def _coerce(name: str, value: Any) -> Any:
     default = getattr(Settings(), name)
     try:
         if isinstance(default, bool):
-            return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes", "on"}
+            if isinstance(value, bool):
+                return value
+            if (word := str(value).strip().lower()) in _TRUE | _FALSE:
+                return word in _TRUE
+            raise ValueError(f"not one of {', '.join(sorted(_TRUE | _FALSE))}")
         if isinstance(default, Path):
             return Path(value)
         return type(default)(value)

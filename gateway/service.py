@@ -376,6 +376,7 @@ class Gateway:
             max_startups=s.max_startups,
             max_auth_tries=s.max_auth_tries,
             upload_quota_bytes=s.upload_quota_bytes,
+            allow_sha1=s.ssh_allow_sha1,
         )
         loop = uvloop.new_event_loop()
         stopped = asyncio.Event()

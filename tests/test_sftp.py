@@ -344,6 +344,60 @@ def test_only_sftp_is_offered(box: Sandbox) -> None:
     assert forward.returncode != 0, "-W forwarding refused"
 
 
+_SHA1_ONLY = {  # what a client that knows only SHA-1 asks for
+    "key exchange": ["-o", "KexAlgorithms=diffie-hellman-group14-sha1"],
+    "an RSA key's SHA-1 signature": ["-o", "PubkeyAcceptedAlgorithms=ssh-rsa"],
+    "the host key's SHA-1 signature": ["-o", "HostKeyAlgorithms=ssh-rsa"],
+    "MAC": ["-o", "MACs=hmac-sha1", "-o", "Ciphers=aes128-ctr"],
+}
+
+
+def _login(port: int | None, organ: str, key: Path, options: list[str]) -> int:
+    done = subprocess.run(
+        ["sftp", *harness.ssh_options(key), *options, "-P", str(port), "-b", "-", f"{organ}@127.0.0.1"],
+        input=b"ls /outbox\n",
+        capture_output=True,
+        timeout=60,
+    )
+    return done.returncode
+
+
+def test_a_scan_of_the_door_finds_no_sha1_and_an_old_client_gets_in_only_where_the_admin_allows_it(
+    tmp_path: Path,
+) -> None:
+    # A security review scans the door (ssh-audit): it offers what OpenSSH 9's sshd offers, no SHA-1 (asyncssh's
+    # own defaults have SHA-1 key exchanges, signatures and MACs). An organ whose old software knows nothing newer
+    # is refused, the admin reads why in the audit trail, and lets it in with ssh_allow_sha1.
+    rsa = tmp_path / "id_rsa"
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "3072", "-N", "", "-f", str(rsa)], check=True)
+    for allow_sha1 in (False, True):
+        sandbox = Sandbox(settings={"ssh_allow_sha1": allow_sha1})
+        try:
+            sandbox.cli("init")
+            sandbox.cli("organ", "add", "canton-be", "--kind", "canton", "--name", "Kanton Bern")
+            sandbox.cli("organ", "ssh-key", "add", "canton-be", f"{rsa}.pub")
+            port = sandbox.start()
+            assert _login(port, "canton-be", rsa, []) == 0, "an RSA key signed with SHA-2, as clients do since 2018"
+            refused = {what: _login(port, "canton-be", rsa, options) != 0 for what, options in _SHA1_ONLY.items()}
+            if allow_sha1:
+                assert not any(refused.values()), refused
+                continue
+            assert all(refused.values()), refused
+
+            def explained(box: Sandbox = sandbox) -> list[str] | None:
+                events = json.loads(box.cli("audit", "list", "--action", "login_failed", "--json").stdout)
+                return [e["detail"] for e in events] if len(events) == len(_SHA1_ONLY) else None
+
+            # each in turn; the client or the door may be first to find that they share no algorithm
+            details = sandbox.wait_for(explained, 10, "a login_failed event for each refusal, with its reason")
+            in_key_exchange = ("the key exchange failed", "the client left in the key exchange")
+            assert [d.startswith(in_key_exchange) for d in details] == [True, False, True, True]
+            assert details[1].startswith("user 'canton-be' offered no key the door takes")
+            assert all(d.endswith("needs ssh_allow_sha1") for d in details)
+        finally:
+            sandbox.close()
+
+
 def test_wrong_key_unknown_user_and_disabled_organ_are_refused_alike(box: Sandbox) -> None:
     other_key = box.organs[PK].ssh_key
     assert openssh_sftp(box, KV, "ls\n", key=other_key).returncode != 0

@@ -31,9 +31,43 @@ MACS = (
     "hmac-sha2-512-etm@openssh.com",
     "hmac-sha2-256",
     "hmac-sha2-512",
-    "hmac-sha1",
     "umac-64-etm@openssh.com",
 )
+# Key exchanges and signatures (host keys, logins): OpenSSH 9's sshd defaults as far as asyncssh has them, with
+# ML-KEM (post-quantum) first and the ed448 keys `organ ssh-key add` takes. asyncssh's own defaults add SHA-1, which
+# OpenSSH's sshd dropped in 8.8 (2021) and security scanners (ssh-audit) fail: diffie-hellman-group14-sha1, ssh-rsa
+# signatures, hmac-sha1. The door offers those only with the setting ssh_allow_sha1, for clients too old for
+# anything else (JSch before 0.1.54, old WinSCP and PuTTY: an RSA key signed with SHA-1).
+KEX_ALGS = (
+    "mlkem768x25519-sha256",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "curve448-sha512",
+    "ecdh-sha2-nistp256",
+    "ecdh-sha2-nistp384",
+    "ecdh-sha2-nistp521",
+    "diffie-hellman-group-exchange-sha256",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group18-sha512",
+    "diffie-hellman-group14-sha256",
+)
+SIGNATURE_ALGS = (
+    "ssh-ed25519",
+    "ssh-ed448",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+)
+SHA1_ALGS = {
+    "kex_algs": ("diffie-hellman-group14-sha1", "diffie-hellman-group-exchange-sha1"),
+    "signature_algs": ("ssh-rsa",),
+    "mac_algs": ("hmac-sha1",),
+}
+_SHA1_HINT = "; a client that knows only SHA-1 (ssh-rsa, diffie-hellman-group14-sha1) needs ssh_allow_sha1"
 # The transport settings of every door connection (the benchmark's plain asyncssh server uses them too).
 TRANSPORT: dict[str, Any] = {
     "encryption_algs": CIPHERS,
@@ -41,6 +75,12 @@ TRANSPORT: dict[str, Any] = {
     "window": 8 * 1024 * 1024,
     "max_pktsize": 256 * 1024,
 }
+
+
+def algorithms(allow_sha1: bool) -> dict[str, tuple[str, ...]]:
+    """The key exchanges, signatures and MACs the door offers: SHA-1's last, and only if ``allow_sha1``."""
+    offered = {"kex_algs": KEX_ALGS, "signature_algs": SIGNATURE_ALGS, "mac_algs": MACS}
+    return {name: algs + SHA1_ALGS[name] if allow_sha1 else algs for name, algs in offered.items()}
 
 
 @dataclass(frozen=True)
@@ -53,6 +93,7 @@ class DoorLimits:
     max_startups: int = 1000
     max_auth_tries: int = 6  # keys a connection may offer that are refused
     upload_quota_bytes: int = 16 << 30  # an organ's quota until the door has read its own (gateway.sftp.quota)
+    allow_sha1: bool = False  # offer SHA-1 (algorithms) to clients that know nothing newer
 
 
 class DoorHooks(Protocol):
@@ -96,6 +137,7 @@ class _Auth(asyncssh.SSHServer):
         self.waiting = False  # counted among the connections not yet logged in
         self.failures = 0  # keys refused on this connection
         self.key = b""  # the key that logged in
+        self.user: str | None = None  # the user name the client asked to log in as
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -113,6 +155,8 @@ class _Auth(asyncssh.SSHServer):
             self.waiting = False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiting:
+            self._never_logged_in(exc)
         self._logged_in_or_gone()
         if self.conn is not None:
             self.door.connections.pop(self.conn, None)
@@ -120,7 +164,25 @@ class _Auth(asyncssh.SSHServer):
         if self.organ is not None:
             self.door.sessions[self.organ] = self.door.sessions.get(self.organ, 1) - 1
 
+    def _never_logged_in(self, exc: Exception | None) -> None:
+        """Record why a connection ended before its login, where the client cannot have been told: it shares no
+        algorithm with the door, or it offered no key the door takes (an old client may know only SHA-1)."""
+        assert self.conn is not None
+        if isinstance(exc, asyncssh.KeyExchangeFailed):
+            detail = f"the key exchange failed: {exc.reason}"
+        elif self.user is None:  # a client that spoke SSH and left before the keys were agreed, or a port probe
+            if self.conn.get_extra_info("client_version") is None or self.conn.get_extra_info("recv_cipher"):
+                return
+            detail = "the client left in the key exchange (no algorithm in common, which it tells its user; or gave up)"
+        elif not self.failures:
+            detail = f"user {self.user[:64]!r} offered no key the door takes (none, or one it signs with SHA-1 only)"
+        else:
+            return
+        if self.door.startups.login_failed(self.host):
+            self.door.hooks.audit(None, "login_failed", f"{detail}{_SHA1_HINT}", False, self.peer)
+
     def begin_auth(self, username: str) -> bool:
+        self.user = username
         return True
 
     def password_auth_supported(self) -> bool:
@@ -224,11 +286,12 @@ async def start_door(
     door = DoorState(
         Path(organs_root), hooks, limits, SparePool(spares), Quota(limits.upload_quota_bytes, hooks.quota_reading)
     )
+    offered = algorithms(limits.allow_sha1)
     server = await asyncssh.create_server(
         lambda: _Auth(door),
         host,
         port,
-        server_host_keys=[asyncssh.read_private_key(str(p)) for p in host_keys],  # parsed once, not per login
+        server_host_keys=[_host_key(p, offered["signature_algs"]) for p in host_keys],  # parsed once, not per login
         sftp_factory=lambda chan: SftpSession(chan, door),
         allow_scp=False,
         allow_pty=False,
@@ -237,7 +300,16 @@ async def start_door(
         login_timeout=limits.login_timeout,
         keepalive_interval=60,
         keepalive_count_max=3,
-        **TRANSPORT,
+        **(TRANSPORT | offered),
     )
     door.spares.start()
     return Door(server, door)
+
+
+def _host_key(path: Path, signature_algs: tuple[str, ...]) -> asyncssh.SSHKeyPair:
+    """The host key at ``path``, offered with ``signature_algs`` only (asyncssh offers an RSA key with every
+    signature it knows, ssh-rsa's SHA-1 among them, whatever ``signature_algs`` says)."""
+    [keypair] = asyncssh.load_keypairs([str(path)])
+    allowed = tuple(alg for alg in keypair.host_key_algorithms if alg.decode() in signature_algs)
+    keypair.host_key_algorithms = keypair.sig_algorithms = allowed
+    return keypair
