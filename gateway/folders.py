@@ -48,6 +48,13 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIXES) or name.lower().endswith(TEMP_SUFFIXES)
 
 
+def is_partial_name(name: str) -> bool:
+    """A partial upload's name (``x.zip.filepart``, ``x.zip.part``): an SFTP upload under it that is cut off is kept
+    for its client to resume, and purge removes it once nobody resumes it. Hidden and ``~`` names are not: a local
+    program may keep its own files under them."""
+    return not name.startswith(TEMP_PREFIXES) and name.lower().endswith(TEMP_SUFFIXES)
+
+
 def text_name(name: str) -> str:
     """A file name read from the disk, as text that the ledger and receipts can hold.
 

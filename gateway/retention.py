@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from gateway.config import Settings
-from gateway.folders import TEMP_SUFFIXES, text_name
+from gateway.folders import is_partial_name, text_name
 from gateway.handlers.receipt import STATUS_INFO
 from gateway.ledger.models import utc
 from gateway.ledger.store import StaleTransition
@@ -104,14 +104,13 @@ def _remove_old_receipts(worker: Worker, cutoff: datetime) -> int:
 
 
 def _remove_abandoned_partials(worker: Worker, now: datetime, unchanged: timedelta) -> int:
-    """Remove the files in outboxes under a temporary name (``.part``, ``.filepart``, …) that nobody has changed
-    (their change time, which only the kernel sets) for ``unchanged``; returns how many. Hidden files and ``~``
-    names stay: a local program may keep its own state beside its exports."""
+    """Remove the partial uploads in outboxes (``x.zip.filepart``: ``folders.is_partial_name``) that nobody has
+    changed (their change time, which only the kernel sets) for ``unchanged``; returns how many."""
     removed, limit = 0, (now - unchanged).timestamp()
     for organ in worker.ledger.organs():
         with contextlib.suppress(FileNotFoundError), os.scandir(worker.folders.outbox(organ.id)) as entries:
             for entry in entries:
-                if not entry.name.lower().endswith(TEMP_SUFFIXES) or not entry.is_file(follow_symlinks=False):
+                if not is_partial_name(entry.name) or not entry.is_file(follow_symlinks=False):
                     continue
                 info = entry.stat(follow_symlinks=False)
                 if info.st_ctime < limit:

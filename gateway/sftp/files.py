@@ -1,13 +1,15 @@
 """The file operations of one SFTP session, inside its organ's jail (gateway.sftp.jail): listings, downloads,
 removals, and uploads. An upload is written to a hidden ``.sftp-*.upload`` file and renamed to its name, durably,
 only when the client closes it in the protocol; a write that failed discards it, and so does a dropped connection,
-but for an upload under a temporary name (``x.zip.filepart``: the gateway never collects it), which is kept under
-that name for the client to resume: a client that opens it again without truncating it writes on where it ended.
+but for an upload under a partial upload's name (``x.zip.filepart``: the gateway never collects it), which is kept
+under that name for the client to resume (unless a newer upload to the name has begun since): a client that opens
+it again without truncating it writes on where it ended.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import stat
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied, SFTPQuotaExceeded
 
-from gateway.folders import UPLOAD_PREFIX, is_temp_name, rename_durably, rename_no_replace
+from gateway.folders import UPLOAD_PREFIX, is_partial_name, rename_durably, rename_no_replace
 from gateway.sftp.jail import AREAS, Jail, Place
 
 if TYPE_CHECKING:
@@ -38,9 +40,13 @@ RECENT_SECONDS = 300.0  # how long stat/setstat still answer for an upload (or a
 RECENT_UPLOADS = 256
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC | asyncssh.FXF_APPEND
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
-class _Handle:
+class Handle:
+    """A file a session has open: a download, or an upload (``temp``)."""
+
     fd: int
     place: Place
     temp: Path | None = None  # uploads: the hidden file written until the protocol close
@@ -48,7 +54,8 @@ class _Handle:
     failed: bool = False  # a write failed (a full disk, an I/O error): the upload is never stored
     flushed: int = 0  # bytes written when the last background flush began
     flushing: Future[None] | None = None  # that flush
-    resumable: bool = False  # under a temporary name: kept when the connection drops, for the client to resume
+    resumable: bool = False  # under a partial upload's name: kept when the connection drops, for the client to resume
+    closed: bool = False  # by the client, by the end of its connection, or by the door's stop: its fd is gone
 
 
 class SftpSession(asyncssh.SFTPServer):
@@ -133,10 +140,10 @@ class SftpSession(asyncssh.SFTPServer):
 
     # -- files -------------------------------------------------------------------------------------------------
 
-    def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> _Handle | Awaitable[_Handle]:
+    def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> Handle | Awaitable[Handle]:
         self._touch()
         if pflags & _WRITE_FLAGS:
-            place, exists = self._upload_place(path)
+            place, exists = self._upload_place(path, pflags)
             resume = exists and not pflags & asyncssh.FXF_TRUNC
             if self.door.quota.over(self.organ, 1) is not None:
                 return self._upload_after_reading(place, exists, resume)
@@ -150,42 +157,67 @@ class SftpSession(asyncssh.SFTPServer):
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise SFTPNoSuchFile("no such file")
-        return _Handle(fd, place)
+        return Handle(fd, place)
 
-    def _upload_place(self, path: bytes) -> tuple[Place, bool]:
-        """Where an upload to ``path`` goes, and whether a partial upload under that temporary name is there."""
+    def _upload_place(self, path: bytes, pflags: int) -> tuple[Place, bool]:
+        """Where an upload to ``path`` goes, and whether a partial upload is there under that name (which the upload
+        resumes, or replaces if it truncates: any other file there refuses it)."""
         try:
             place = self.jail.file(path, areas=("outbox",))
         except SFTPPermissionDenied as exc:
             raise self._refuse("write", exc) from None
         if not os.path.lexists(place.real):  # any entry, a dangling link too
             return place, False
-        if is_temp_name(place.name) and stat.S_ISREG(place.real.lstat().st_mode):
+        if is_partial_name(place.name) and not pflags & asyncssh.FXF_EXCL and stat.S_ISREG(place.real.lstat().st_mode):
             return place, True
         raise self._refuse("write", SFTPFailure(f"{place.virtual} exists already; uploads never overwrite"))
 
-    async def _upload_after_reading(self, place: Place, exists: bool, resume: bool) -> _Handle:
+    async def _upload_after_reading(self, place: Place, exists: bool, resume: bool) -> Handle:
         await self._quota_after_reading(1, 0, place.virtual)
         return self._upload(place, exists, resume)
 
-    def _upload(self, place: Place, exists: bool, resume: bool) -> _Handle:
+    def _upload(self, place: Place, exists: bool, resume: bool) -> Handle:
         """Open an upload to ``place``: a new one, or on from where the partial one under its name ended
         (``resume``); one that truncates a partial upload (``exists``) replaces it."""
         temp = place.real.parent / f"{UPLOAD_PREFIX}{secrets.token_hex(8)}.upload"
-        resumable = is_temp_name(place.name)
-        if resume:
-            with contextlib.suppress(FileNotFoundError):  # gone meanwhile: a new upload
-                rename_no_replace(place.real, temp)  # the session's own from now on
-                fd = os.open(temp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                size = os.fstat(fd).st_size
-                self.door.quota.wrote(self.organ, size)  # counted with the uploads under way, out of the outbox
-                self._audit("upload_resumed", f"{place.virtual} at {size} bytes")
-                return _Handle(fd, place, temp, count=size, flushed=size, resumable=resumable)
-        elif exists:
+        handle = self._resume(place, temp) if resume else None
+        if exists and not resume:
             with contextlib.suppress(FileNotFoundError):
                 place.real.unlink()
                 self._audit("remove", f"{place.virtual}: a new upload under its name replaces it")
-        return _Handle(self.door.spares.take(temp), place, temp, resumable=resumable)
+        if handle is None:
+            handle = Handle(self.door.spares.take(temp), place, temp, resumable=is_partial_name(place.name))
+        if (
+            handle.resumable
+        ):  # the newest upload to the name: an older one, its connection not yet seen gone, is not kept
+            self.door.partials[place.real] = (self, handle)
+        return handle
+
+    def _resume(self, place: Place, temp: Path) -> Handle | None:
+        """Take the partial upload at ``place`` over (as the hidden ``temp``) to write on where it ended; None if it
+        has gone meanwhile."""
+        try:
+            fd = os.open(place.real, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._refuse(
+                "write", SFTPPermissionDenied(f"{place.virtual} cannot be resumed: {exc.strerror}")
+            ) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise self._refuse("write", SFTPPermissionDenied(f"{place.virtual} is not a file"))
+            rename_no_replace(place.real, temp)  # the session's own from now on
+        except FileNotFoundError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        self.door.quota.wrote(self.organ, info.st_size)  # counted with the uploads under way, out of the outbox
+        self._audit("upload_resumed", f"{place.virtual} at {info.st_size} bytes")
+        return Handle(fd, place, temp, count=info.st_size, flushed=info.st_size, resumable=True)
 
     async def _quota_after_reading(self, size: int, written: int, what: str) -> None:
         """The last reading refuses the upload ``what`` (``size`` bytes with the write at hand, ``written`` so far):
@@ -196,14 +228,15 @@ class SftpSession(asyncssh.SFTPServer):
         except SFTPQuotaExceeded as exc:
             raise self._refuse("write", exc) from None
 
-    def read(self, handle: _Handle, offset: int, size: int) -> bytes:
+    def read(self, handle: Handle, offset: int, size: int) -> bytes:
         data = os.pread(handle.fd, size, offset)
         handle.count += len(data)
         return data
 
-    def write(self, handle: _Handle, offset: int, data: bytes) -> int | Awaitable[int]:
+    def write(self, handle: Handle, offset: int, data: bytes) -> int | Awaitable[int]:
         if handle.temp is None:
             raise SFTPPermissionDenied("opened for reading")
+        _check_open(handle)
         if handle.failed:  # the client's writes in flight after a refused or failed one
             raise SFTPFailure(f"{handle.place.virtual} is not stored: an earlier write to it failed")
         size = max(offset, handle.count) + len(data)  # the upload's bytes with this write
@@ -211,7 +244,7 @@ class SftpSession(asyncssh.SFTPServer):
             return self._write_after_reading(handle, offset, data, size)
         return self._write(handle, offset, data)
 
-    async def _write_after_reading(self, handle: _Handle, offset: int, data: bytes, size: int) -> int:
+    async def _write_after_reading(self, handle: Handle, offset: int, data: bytes, size: int) -> int:
         try:
             await self._quota_after_reading(size, handle.count, handle.place.virtual)
         except SFTPQuotaExceeded:
@@ -219,7 +252,7 @@ class SftpSession(asyncssh.SFTPServer):
             raise
         return self._write(handle, offset, data)
 
-    def _write(self, handle: _Handle, offset: int, data: bytes) -> int:
+    def _write(self, handle: Handle, offset: int, data: bytes) -> int:
         try:
             _write_all(handle.fd, data, offset)
             handle.count += len(data)
@@ -233,30 +266,47 @@ class SftpSession(asyncssh.SFTPServer):
             raise
         return len(data)
 
-    def fstat(self, handle: _Handle) -> os.stat_result:
+    def fstat(self, handle: Handle) -> os.stat_result:
+        _check_open(handle)
         return os.fstat(handle.fd)
 
-    def fsetstat(self, handle: _Handle, attrs: SFTPAttrs) -> None:
+    def fsetstat(self, handle: Handle, attrs: SFTPAttrs) -> None:
+        _check_open(handle)
         if handle.temp is not None and attrs.mtime is not None:
             os.utime(handle.fd, (attrs.atime or attrs.mtime, attrs.mtime))
 
-    def fsync(self, handle: _Handle) -> None:
+    def fsync(self, handle: Handle) -> None:
+        _check_open(handle)
         try:
             os.fsync(handle.fd)
         except OSError:
             handle.failed = True  # the kernel reports a write error once: the close's own fsync would not see it
             raise
 
-    def close(self, handle: _Handle) -> None:
+    def close(self, handle: Handle) -> None:
         # asyncssh calls close() from SFTPServerHandler._process_close for the client's FXP_CLOSE, and from
         # SFTPServerHandler._cleanup for every handle still open when the connection is gone (asyncssh
         # sftp.py, _process_close and _cleanup). Only the first is a finished upload; its caller tells which.
+        self._close(handle, finished=sys._getframe(1).f_code.co_name == "_process_close")
+
+    def abandon(self, handle: Handle) -> None:
+        """End an upload still open when the door stops, as if its connection had dropped (asyncssh's clean-up of
+        the session may not run before the door's event loop ends)."""
+        self._close(handle, finished=False)
+
+    def _close(self, handle: Handle, finished: bool) -> None:
+        if handle.closed:
+            return
+        handle.closed = True
+        newest = self.door.partials.get(handle.place.real, (None, None))[1] is handle
+        if newest:
+            del self.door.partials[handle.place.real]
         stored = False
         try:
             if handle.temp is None:
                 self._audit("download", f"{handle.place.virtual} {handle.count} bytes")
-            elif sys._getframe(1).f_code.co_name != "_process_close":
-                stored = handle.resumable and handle.count > 0 and not handle.failed and self._keep(handle)
+            elif not finished:
+                stored = newest and handle.count > 0 and not handle.failed and self._keep(handle)
                 if not stored:
                     self._discard(handle, "upload_aborted")
             elif handle.failed:
@@ -270,28 +320,33 @@ class SftpSession(asyncssh.SFTPServer):
             if handle.temp is not None:
                 self.door.quota.ended(self.organ, handle.count, stored)
 
-    def _discard(self, handle: _Handle, action: str) -> None:
+    def _discard(self, handle: Handle, action: str) -> None:
         assert handle.temp is not None
         handle.temp.unlink(missing_ok=True)
         self._audit(action, f"{handle.place.virtual} after {handle.count} bytes", False)
 
-    def _keep(self, handle: _Handle) -> bool:
-        """Keep what a dropped connection's upload under a temporary name has written, under that name, for the
-        client to resume; False if that name has been taken meanwhile."""
+    def _keep(self, handle: Handle) -> bool:
+        """Keep what a dropped connection's upload has written, under its partial upload's name, for the client to
+        resume; False if a background flush lost some of it, or the name has been taken meanwhile."""
         assert handle.temp is not None
+        if handle.flushing is not None and handle.flushing.done() and handle.flushing.exception() is not None:
+            return False  # data the kernel lost: a resume would build on it
         try:
             rename_no_replace(handle.temp, handle.place.real)
-        except FileExistsError:
+        except OSError:  # the name taken (another upload's), or the outbox gone
             return False
-        fd = os.dup(handle.fd)
-        try:  # on disk in the background: nobody waits for it
-            self.door.flusher.submit(_sync_and_close, fd)
-        except RuntimeError:  # the door is stopping
-            _sync_and_close(fd)
         self._audit("upload_interrupted", f"{handle.place.virtual} kept after {handle.count} bytes to resume", False)
+        try:  # on disk in the background: nobody waits for it
+            fd = os.dup(handle.fd)
+        except OSError:
+            return True
+        try:
+            self.door.flusher.submit(_sync_kept, fd, handle.place.real)
+        except RuntimeError:  # the door is stopping
+            _sync_kept(fd, handle.place.real)
         return True
 
-    def _commit(self, handle: _Handle) -> None:
+    def _commit(self, handle: Handle) -> None:
         assert handle.temp is not None
         try:
             _raise_flush_error(handle)
@@ -373,7 +428,7 @@ class SftpSession(asyncssh.SFTPServer):
     def statvfs(self, path: bytes) -> Any:
         return os.statvfs(self.jail.root)
 
-    def fstatvfs(self, handle: _Handle) -> Any:
+    def fstatvfs(self, handle: Handle) -> Any:
         return os.statvfs(self.jail.root)
 
 
@@ -385,6 +440,26 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
+def _check_open(handle: Handle) -> None:
+    """Refuse a request on an upload the door has ended (its descriptor's number may belong to another file now)."""
+    if handle.closed:
+        raise SFTPFailure(f"{handle.place.virtual} is closed")
+
+
+def _sync_kept(fd: int, path: Path) -> None:
+    """On a flush thread: put a kept partial upload (open as ``fd``, a duplicate) on disk, or remove it from ``path``
+    if the disk lost some of it (a resume would build on that)."""
+    try:
+        os.fdatasync(fd)
+    except OSError as exc:
+        log.warning("the partial upload %s is removed: writing it to disk failed (%s)", path, exc)
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not resumed (renamed away) meanwhile
+                os.unlink(path)
+    finally:
+        os.close(fd)
+
+
 def _sync_and_close(fd: int) -> None:
     """On a flush thread: put what was written through ``fd`` (a duplicate of an upload's) on disk, then close it."""
     try:
@@ -393,7 +468,7 @@ def _sync_and_close(fd: int) -> None:
         os.close(fd)
 
 
-def _raise_flush_error(handle: _Handle) -> None:
+def _raise_flush_error(handle: Handle) -> None:
     """Wait for the upload's background flush; raise the write error it met.
 
     The flush's duplicate shares the upload's open file, and the kernel reports a write error once per open

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import asyncssh
+from asyncssh.kex import get_kex_algs
+from asyncssh.mac import get_mac_algs
+from asyncssh.public_key import get_public_key_algs
 
-from gateway.sftp.files import SftpSession
+from gateway.sftp.files import Handle, SftpSession
 from gateway.sftp.logins import Login, end_revoked, key_allowed, organ_keys
 from gateway.sftp.quota import Quota
 from gateway.sftp.spares import SparePool
@@ -78,9 +81,14 @@ TRANSPORT: dict[str, Any] = {
 
 
 def algorithms(allow_sha1: bool) -> dict[str, tuple[str, ...]]:
-    """The key exchanges, signatures and MACs the door offers: SHA-1's last, and only if ``allow_sha1``."""
+    """The key exchanges, signatures and MACs the door offers: SHA-1's last, and only if ``allow_sha1``; each only
+    if this asyncssh has it (ML-KEM needs an OpenSSL with it, or liboqs)."""
     offered = {"kex_algs": KEX_ALGS, "signature_algs": SIGNATURE_ALGS, "mac_algs": MACS}
-    return {name: algs + SHA1_ALGS[name] if allow_sha1 else algs for name, algs in offered.items()}
+    known = {"kex_algs": get_kex_algs(), "signature_algs": get_public_key_algs(), "mac_algs": get_mac_algs()}
+    return {
+        name: tuple(alg for alg in algs + (SHA1_ALGS[name] if allow_sha1 else ()) if alg.encode() in known[name])
+        for name, algs in offered.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,8 @@ class DoorState:
     sessions: dict[str, int] = field(default_factory=dict)
     connections: dict[asyncssh.SSHServerConnection, float] = field(default_factory=dict)  # logged in: last activity
     logins: dict[asyncssh.SSHServerConnection, Login] = field(default_factory=dict)
+    partials: dict[Path, tuple[SftpSession, Handle]] = field(default_factory=dict)  # the newest upload to each name
+    signatures: frozenset[bytes] = frozenset()  # the signature algorithms a login may use
     startups: Startups = field(init=False)
 
     def __post_init__(self) -> None:
@@ -169,7 +179,8 @@ class _Auth(asyncssh.SSHServer):
         algorithm with the door, or it offered no key the door takes (an old client may know only SHA-1)."""
         assert self.conn is not None
         if isinstance(exc, asyncssh.KeyExchangeFailed):
-            detail = f"the key exchange failed: {exc.reason}"
+            reason = exc.reason if len(exc.reason) <= 200 else f"{exc.reason[:200]}…"  # the client's words, in part
+            detail = f"the key exchange failed: {reason}"
         elif self.user is None:  # a client that spoke SSH and left before the keys were agreed, or a port probe
             if self.conn.get_extra_info("client_version") is None or self.conn.get_extra_info("recv_cipher"):
                 return
@@ -199,6 +210,9 @@ class _Auth(asyncssh.SSHServer):
         allowed, elsewhere = key_allowed(organ_keys(lines), key.public_data, self.host)
         if allowed:
             self.key = key.public_data
+            # asyncssh checks a login's signature against every algorithm it knows, whatever it offered (ssh-rsa's
+            # SHA-1 among them): a client that ignores the offer must be held to it here
+            key.all_sig_algorithms = key.all_sig_algorithms & self.door.signatures
             return True
         if self.door.startups.login_failed(self.host):
             self.door.hooks.audit(
@@ -266,6 +280,8 @@ class Door:
         self._server.close()
         for conn in list(self._door.connections):
             conn.close()
+        for session, handle in list(self._door.partials.values()):
+            session.abandon(handle)  # kept for their clients to resume: asyncssh's clean-up may not run before we end
         await self._server.wait_closed()
         self._door.flusher.shutdown()
         self._door.spares.close()
@@ -287,6 +303,7 @@ async def start_door(
         Path(organs_root), hooks, limits, SparePool(spares), Quota(limits.upload_quota_bytes, hooks.quota_reading)
     )
     offered = algorithms(limits.allow_sha1)
+    door.signatures = frozenset(alg.encode() for alg in offered["signature_algs"])
     server = await asyncssh.create_server(
         lambda: _Auth(door),
         host,
@@ -309,7 +326,7 @@ async def start_door(
 def _host_key(path: Path, signature_algs: tuple[str, ...]) -> asyncssh.SSHKeyPair:
     """The host key at ``path``, offered with ``signature_algs`` only (asyncssh offers an RSA key with every
     signature it knows, ssh-rsa's SHA-1 among them, whatever ``signature_algs`` says)."""
-    [keypair] = asyncssh.load_keypairs([str(path)])
+    [keypair] = asyncssh.load_keypairs([asyncssh.read_private_key(str(path))])  # a certificate beside it: ignored
     allowed = tuple(alg for alg in keypair.host_key_algorithms if alg.decode() in signature_algs)
     keypair.host_key_algorithms = keypair.sig_algorithms = allowed
     return keypair
