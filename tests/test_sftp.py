@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -95,6 +96,53 @@ def test_upload_delivery_download_and_pick_up_over_sftp(box: Sandbox, tmp_path: 
         return {"login", "list", "download", "remove"} <= actions
 
     box.wait_for(audited, 20, "the committee's accesses in the audit trail")
+
+
+def lftp(box: Sandbox, organ: str, commands: str) -> subprocess.CompletedProcess:
+    """Run lftp over SFTP as ``organ`` (OpenSSH's ssh under it, with the organ's key): ``commands``, stopping at the
+    first that fails."""
+    ssh = " ".join(["ssh", "-a", "-x", *ssh_options(box, organ)])
+    script = f'set sftp:connect-program "{ssh}"; set cmd:fail-exit yes; set net:max-retries 1; {commands}; bye'
+    return subprocess.run(
+        ["lftp", "-u", f"{organ},", "-p", str(box.port), "-e", script, "sftp://127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(shutil.which("lftp") is None, reason="lftp is not installed (.ci/run installs it)")
+def test_lftp_mirrors_a_night_up_resumes_a_package_and_picks_the_deliveries_up(box: Sandbox, tmp_path: Path) -> None:
+    # The spec names lftp: an organ's cron job mirrors its export folder up (under lftp's own temporary names),
+    # resumes a package cut off the night before, and its recipient fetches and removes what it was sent.
+    night = tmp_path / "night"
+    night.mkdir()
+    for i in range(3):
+        (night / f"lftp-{i}.json").write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+    done = lftp(box, KV, f"set xfer:use-temp-file yes; mirror -R {night} /outbox")
+    assert done.returncode == 0, done.stderr
+    pdf = samples.make_pdf(3 << 20, seed=4)
+    package = samples.write_package(
+        tmp_path / "lftp.zip",
+        samples.make_dossier(KV, PK, attachments=[("scan.pdf", pdf)], embed=False),
+        {"scan.pdf": pdf},
+    )
+    _cut_off(box, "/outbox/lftp.zip.part", package.read_bytes()[: 1 << 20])
+    box.wait_for(lambda: (box.folder(KV, "outbox") / "lftp.zip.part").exists(), 10, "the cut-off package kept")
+    done = lftp(box, KV, f"put -c {package} -o /outbox/lftp.zip.part; mv /outbox/lftp.zip.part /outbox/lftp.zip")
+    assert done.returncode == 0, done.stderr
+
+    names = [f"lftp-{i}.json" for i in range(3)] + ["lftp.zip"]
+    delivered = [box.wait_transfer(name, "delivered").delivered_name for name in names]
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    done = lftp(box, PK, f"lcd {fetched}; " + "; ".join(f"get -E /inbox/{name}" for name in delivered))
+    assert done.returncode == 0, done.stderr
+    assert box.decrypt(PK, fetched / (delivered[-1] or "")).data == package.read_bytes()
+    for name in names:
+        box.wait_transfer(name, "fetched")
+    resumed = json.loads(box.cli("audit", "list", "--organ", KV, "--action", "upload_resumed", "--json").stdout)
+    assert [e["detail"] for e in resumed if "lftp" in e["detail"]] == [f"/outbox/lftp.zip.part at {1 << 20} bytes"]
 
 
 def test_filepart_uploads_renamed_when_done_are_delivered_once(box: Sandbox) -> None:
