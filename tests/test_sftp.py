@@ -145,6 +145,50 @@ def test_lftp_mirrors_a_night_up_resumes_a_package_and_picks_the_deliveries_up(b
     assert [e["detail"] for e in resumed if "lftp" in e["detail"]] == [f"/outbox/lftp.zip.part at {1 << 20} bytes"]
 
 
+def _curl_speaks_sftp() -> bool:
+    curl = shutil.which("curl")
+    return curl is not None and "sftp" in subprocess.run([curl, "-V"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.skipif(not _curl_speaks_sftp() or shutil.which("rclone") is None, reason="curl (sftp) or rclone missing")
+def test_curl_and_rclone_upload_and_rclone_moves_the_deliveries_down(box: Sandbox, tmp_path: Path) -> None:
+    # The spec names curl and rclone too: a script's one-line upload with each, and a recipient whose job moves its
+    # inbox down with rclone (fetched, then removed: the pick-up). rclone asks for md5sum over SSH; the door
+    # offers SFTP only, and rclone goes on without.
+    for name in ("curl.json", "rclone-1.json", "rclone-2.json"):
+        (tmp_path / name).write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK)))
+    key = box.organs[KV].ssh_key
+    curl_login = ["-sS", "-k", "--key", str(key), "--pubkey", f"{key}.pub", "-u", f"{KV}:"]
+    sent = [
+        ["curl", *curl_login, "-T", str(tmp_path / "curl.json"), f"sftp://127.0.0.1:{box.port}/outbox/curl.json"],
+        ["rclone", "copyto", str(tmp_path / "rclone-1.json"), f"{_rclone_remote(box, KV)}/outbox/rclone-1.json"],
+        ["rclone", "copy", str(tmp_path), f"{_rclone_remote(box, KV)}/outbox", "--include", "rclone-2.json"],
+    ]
+    for command in sent:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    delivered = [
+        box.wait_transfer(name, "delivered").delivered_name or ""
+        for name in ("curl.json", "rclone-1.json", "rclone-2.json")
+    ]
+    fetched = tmp_path / "fetched"
+    only_these = [arg for name in delivered for arg in ("--include", name)]
+    done = subprocess.run(
+        ["rclone", "move", f"{_rclone_remote(box, PK)}/inbox", str(fetched), *only_these],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert box.decrypt(PK, fetched / delivered[0]).data == (tmp_path / "curl.json").read_bytes()
+    for name in ("curl.json", "rclone-1.json", "rclone-2.json"):
+        box.wait_transfer(name, "fetched")
+
+
+def _rclone_remote(box: Sandbox, organ: str) -> str:
+    return f":sftp,host=127.0.0.1,port={box.port},user={organ},key_file={box.organs[organ].ssh_key}:"
+
+
 def test_filepart_uploads_renamed_when_done_are_delivered_once(box: Sandbox) -> None:
     data = samples.dossier_bytes(samples.make_dossier(KV, PK))
     with paramiko_sftp(box, KV) as sftp:
@@ -477,6 +521,9 @@ def test_a_scan_of_the_door_finds_no_sha1_and_an_old_client_gets_in_only_where_t
             sandbox.cli("organ", "add", "canton-be", "--kind", "canton", "--name", "Kanton Bern")
             sandbox.cli("organ", "ssh-key", "add", "canton-be", f"{rsa}.pub")
             port = sandbox.start()
+            with socket.create_connection(("127.0.0.1", port or 0)) as probe:  # monitoring: no event of its own
+                probe.recv(256)
+                probe.sendall(b"SSH-2.0-check_ssh_2.3\r\n")
             assert _login(port, "canton-be", rsa, []) == 0, "an RSA key signed with SHA-2, as clients do since 2018"
             refused = {what: _login(port, "canton-be", rsa, options) != 0 for what, options in _SHA1_ONLY.items()}
             refused["a client that signs with SHA-1 unasked"] = not asyncio.run(_sign_with_sha1(port, "canton-be", rsa))

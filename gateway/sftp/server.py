@@ -181,8 +181,10 @@ class _Auth(asyncssh.SSHServer):
         if isinstance(exc, asyncssh.KeyExchangeFailed):
             reason = exc.reason if len(exc.reason) <= 200 else f"{exc.reason[:200]}…"  # the client's words, in part
             detail = f"the key exchange failed: {reason}"
-        elif self.user is None:  # a client that spoke SSH and left before the keys were agreed, or a port probe
-            if self.conn.get_extra_info("client_version") is None or self.conn.get_extra_info("recv_cipher"):
+        elif self.user is None:
+            # a client that offered its algorithms (asyncssh keeps its KEXINIT) and left before the keys were agreed;
+            # not a probe that only reads the banner or sends its own (Nagios' check_ssh, every few minutes)
+            if not getattr(self.conn, "_client_kexinit", b"") or self.conn.get_extra_info("recv_cipher"):
                 return
             detail = "the client left in the key exchange (no algorithm in common, which it tells its user; or gave up)"
         elif not self.failures:
