@@ -22,6 +22,7 @@ import hashlib
 import os
 import re
 import secrets
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ ORGAN_SUBDIRS = ("outbox", "inbox", "receipts")
 TEMP_PREFIXES = (".", "~")
 TEMP_SUFFIXES = (".part", ".partial", ".filepart", ".tmp")
 UPLOAD_PREFIX = ".sftp-"  # SFTP uploads are written beside their name, hidden, until the client's close
+PARTIAL_XATTR = "user.flam-gateway.partial"  # on a hidden SFTP upload: the partial upload's name it is written for
 _NAME_MAX = 255
 SERVE_LOCK = "serve.lock"  # in the data dir: held by the one `serve` that runs on it
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -349,6 +351,24 @@ class Folders:
         uploads = self.organs.glob(f"*/outbox/{UPLOAD_PREFIX}*.upload")
         return [*self.tmp.glob("*"), *self.spool_out.glob("*.tmp"), *uploads]
 
+    def keep_partial_uploads(self) -> list[tuple[str, str, int]]:
+        """Put the hidden SFTP uploads of partial upload names (``PARTIAL_XATTR``) that a killed run left behind back
+        under those names, on disk, for their clients to resume; returns (organ, name, bytes) of each."""
+        kept = []
+        for path in sorted(self.organs.glob(f"*/outbox/{UPLOAD_PREFIX}*.upload"), key=_newest_first):
+            try:
+                name = os.getxattr(path, PARTIAL_XATTR, follow_symlinks=False).decode()
+                if not is_partial_name(name) or os.path.basename(name) != name or name.startswith(UPLOAD_PREFIX):
+                    continue
+                info = path.lstat()
+                if info.st_size and stat.S_ISREG(info.st_mode):
+                    fsync_file(path, data_only=True)
+                    rename_durably(path, path.parent / name)
+                    kept.append((path.parent.parent.name, name, info.st_size))
+            except (OSError, UnicodeDecodeError):  # no such attribute (a whole upload's), or the name taken: swept
+                continue
+        return kept
+
     def sweep_tmp(self) -> int:
         """Remove temp files and unfinished SFTP uploads a killed run left behind; returns how many."""
         count = 0
@@ -357,6 +377,14 @@ class Folders:
                 path.unlink()
                 count += 1
         return count
+
+
+def _newest_first(path: Path) -> float:
+    """Sort key: the most recently written first (two uploads to one partial name: the newer one is kept)."""
+    try:
+        return -path.lstat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _fit(name: str) -> str:

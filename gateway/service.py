@@ -156,6 +156,9 @@ class Gateway:
         worker = self.worker()
         for index in range(self.settings.workers):
             self.ledger.release_leases(f"{self.node}:{index}")
+        for organ, name, size in self.folders.keep_partial_uploads():
+            detail = f"/outbox/{name} kept after {size} bytes to resume (the gateway had ended with it open)"
+            self.ledger.audit(self.clock(), "upload_interrupted", detail, organ_id=organ, ok=False)
         self.folders.sweep_tmp()
         self.intake.recover_spool()
         for path in orphan_spool_files(self.folders):

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -403,19 +404,32 @@ def test_a_package_cut_off_under_a_temporary_name_is_resumed_where_it_ended(box:
     assert not list(box.folder(KV, "outbox").iterdir())
 
 
-def test_a_partial_upload_open_when_the_gateway_stops_is_kept_for_its_client_to_resume() -> None:
+def test_a_partial_upload_open_when_the_gateway_stops_or_is_killed_is_kept_for_its_client_to_resume() -> None:
     sandbox = Sandbox()
     try:
         sandbox.cli("init")
         sandbox.add_organ(KV, "control_body")
+        outbox = sandbox.folder(KV, "outbox")
+        for name, stop in (("night.zip.filepart", signal.SIGTERM), ("crash.zip.filepart", signal.SIGKILL)):
+            sandbox.start()
+            sftp = paramiko_sftp(sandbox, KV)
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):  # the gateway goes
+                fh = sftp.open(f"/outbox/{name}", "wb")
+                fh.write(b"PK" * 100_000)
+                fh.flush()
+                # systemd's stop or an upgrade's restart; the OOM killer or a crash, after which the next start
+                # puts it back under its name
+                sandbox.stop(stop)
         sandbox.start()
-        sftp = paramiko_sftp(sandbox, KV)
-        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):  # the gateway goes
-            fh = sftp.open("/outbox/night.zip.filepart", "wb")
-            fh.write(b"PK" * 100_000)
-            fh.flush()
-            assert sandbox.stop() == 0  # systemd's stop, or an upgrade's restart
-        assert (sandbox.folder(KV, "outbox") / "night.zip.filepart").read_bytes() == b"PK" * 100_000
+        assert {p.name: p.read_bytes() for p in outbox.iterdir()} == {
+            "night.zip.filepart": b"PK" * 100_000,
+            "crash.zip.filepart": b"PK" * 100_000,
+        }
+        events = json.loads(sandbox.cli("audit", "list", "--action", "upload_interrupted", "--json").stdout)
+        assert [e["detail"] for e in events] == [
+            "/outbox/night.zip.filepart kept after 200000 bytes to resume",
+            "/outbox/crash.zip.filepart kept after 200000 bytes to resume (the gateway had ended with it open)",
+        ]
     finally:
         sandbox.close()
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied, SFTPQuotaExceeded
 
-from gateway.folders import UPLOAD_PREFIX, is_partial_name, rename_durably, rename_no_replace
+from gateway.folders import PARTIAL_XATTR, UPLOAD_PREFIX, is_partial_name, rename_durably, rename_no_replace
 from gateway.sftp.jail import AREAS, Jail, Place
 
 if TYPE_CHECKING:
@@ -187,10 +187,10 @@ class SftpSession(asyncssh.SFTPServer):
                 self._audit("remove", f"{place.virtual}: a new upload under its name replaces it")
         if handle is None:
             handle = Handle(self.door.spares.take(temp), place, temp, resumable=is_partial_name(place.name))
-        if (
-            handle.resumable
-        ):  # the newest upload to the name: an older one, its connection not yet seen gone, is not kept
+        if handle.resumable:  # the newest upload to the name: an older one (its connection not seen gone) is not kept
             self.door.partials[place.real] = (self, handle)
+            with contextlib.suppress(OSError):  # a filesystem without user attributes: lost if the gateway is killed
+                os.setxattr(handle.fd, PARTIAL_XATTR, place.name.encode())  # kept by the next start if it is
         return handle
 
     def _resume(self, place: Place, temp: Path) -> Handle | None:
