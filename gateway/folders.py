@@ -356,17 +356,27 @@ class Folders:
         under those names, on disk, for their clients to resume; returns (organ, name, bytes) of each."""
         kept = []
         for path in sorted(self.organs.glob(f"*/outbox/{UPLOAD_PREFIX}*.upload"), key=_newest_first):
+            try:  # one descriptor for every check: a link or a pipe put in its place is never followed nor waited on
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
             try:
-                name = os.getxattr(path, PARTIAL_XATTR, follow_symlinks=False).decode()
-                if not is_partial_name(name) or os.path.basename(name) != name or name.startswith(UPLOAD_PREFIX):
-                    continue
-                info = path.lstat()
-                if info.st_size and stat.S_ISREG(info.st_mode):
-                    fsync_file(path, data_only=True)
+                name = os.getxattr(fd, PARTIAL_XATTR).decode()
+                info = os.fstat(fd)
+                if (
+                    is_partial_name(name)
+                    and os.path.basename(name) == name
+                    and stat.S_ISREG(info.st_mode)
+                    and info.st_size
+                    and path.lstat().st_ino == info.st_ino
+                ):
+                    os.fdatasync(fd)
                     rename_durably(path, path.parent / name)
                     kept.append((path.parent.parent.name, name, info.st_size))
             except (OSError, UnicodeDecodeError):  # no such attribute (a whole upload's), or the name taken: swept
                 continue
+            finally:
+                os.close(fd)
         return kept
 
     def sweep_tmp(self) -> int:

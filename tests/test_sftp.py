@@ -384,7 +384,8 @@ def test_a_package_cut_off_under_a_temporary_name_is_resumed_where_it_ended(box:
 
     def audited() -> list[tuple[str, str]] | None:
         events = json.loads(box.cli("audit", "list", "--organ", KV, "--json").stdout)
-        found = [(e["action"], e["detail"]) for e in events if ".part" in e["detail"]]
+        ours = ("scan.zip.part", "again.json.part", "stale.json.part")  # the box's other tests upload such names too
+        found = [(e["action"], e["detail"]) for e in events if any(name in e["detail"] for name in ours)]
         return found if any(action == "upload_aborted" for action, _ in found) else None
 
     assert box.wait_for(audited, 20, "the door's events") == [
@@ -410,6 +411,8 @@ def test_a_partial_upload_open_when_the_gateway_stops_or_is_killed_is_kept_for_i
         sandbox.cli("init")
         sandbox.add_organ(KV, "control_body")
         outbox = sandbox.folder(KV, "outbox")
+        if not _takes_user_attributes(outbox):
+            pytest.skip("the filesystem of the outboxes takes no user extended attributes")
         for name, stop in (("night.zip.filepart", signal.SIGTERM), ("crash.zip.filepart", signal.SIGKILL)):
             sandbox.start()
             sftp = paramiko_sftp(sandbox, KV)
@@ -432,6 +435,18 @@ def test_a_partial_upload_open_when_the_gateway_stops_or_is_killed_is_kept_for_i
         ]
     finally:
         sandbox.close()
+
+
+def _takes_user_attributes(folder: Path) -> bool:
+    probe = folder / "probe"
+    probe.touch()
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
 
 
 def test_the_jail_shows_three_folders_and_refuses_every_escape(box: Sandbox) -> None:

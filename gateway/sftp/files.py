@@ -41,6 +41,7 @@ RECENT_UPLOADS = 256
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC | asyncssh.FXF_APPEND
 
 log = logging.getLogger(__name__)
+_untaggable = False  # warned once that the outboxes' filesystem takes no user attributes
 
 
 @dataclass
@@ -189,8 +190,7 @@ class SftpSession(asyncssh.SFTPServer):
             handle = Handle(self.door.spares.take(temp), place, temp, resumable=is_partial_name(place.name))
         if handle.resumable:  # the newest upload to the name: an older one (its connection not seen gone) is not kept
             self.door.partials[place.real] = (self, handle)
-            with contextlib.suppress(OSError):  # a filesystem without user attributes: lost if the gateway is killed
-                os.setxattr(handle.fd, PARTIAL_XATTR, place.name.encode())  # kept by the next start if it is
+            _tag(handle.fd, place.name)
         return handle
 
     def _resume(self, place: Place, temp: Path) -> Handle | None:
@@ -248,7 +248,7 @@ class SftpSession(asyncssh.SFTPServer):
         try:
             await self._quota_after_reading(size, handle.count, handle.place.virtual)
         except SFTPQuotaExceeded:
-            handle.failed = True  # never stored: its close discards it
+            _fail(handle)  # never stored: its close discards it
             raise
         return self._write(handle, offset, data)
 
@@ -262,7 +262,7 @@ class SftpSession(asyncssh.SFTPServer):
                 handle.flushed = handle.count
                 handle.flushing = self.door.flusher.submit(_sync_and_close, os.dup(handle.fd))
         except OSError:
-            handle.failed = True  # the client hears this error; its close then discards the upload
+            _fail(handle)  # the client hears this error; its close then discards the upload
             raise
         return len(data)
 
@@ -280,7 +280,7 @@ class SftpSession(asyncssh.SFTPServer):
         try:
             os.fsync(handle.fd)
         except OSError:
-            handle.failed = True  # the kernel reports a write error once: the close's own fsync would not see it
+            _fail(handle)  # the kernel reports a write error once: the close's own fsync would not see it
             raise
 
     def close(self, handle: Handle) -> None:
@@ -438,6 +438,27 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
+
+
+def _tag(fd: int, name: str) -> None:
+    """Tag an upload's hidden file with its partial name, which the next start puts it back under if the gateway is
+    killed with it open (gateway.folders.keep_partial_uploads); a filesystem without user attributes: not."""
+    global _untaggable
+    try:
+        os.setxattr(fd, PARTIAL_XATTR, name.encode())
+    except OSError as exc:
+        if not _untaggable:
+            _untaggable = True
+            log.warning("partial uploads cannot be tagged here (%s): one open when the gateway is killed is lost", exc)
+
+
+def _fail(handle: Handle) -> None:
+    """Mark an upload as never to be stored, nor kept to resume: not even by the next start, should the gateway be
+    killed before its close (its hidden file loses the tag gateway.folders.keep_partial_uploads looks for)."""
+    handle.failed = True
+    if handle.resumable:
+        with contextlib.suppress(OSError):
+            os.removexattr(handle.fd, PARTIAL_XATTR)
 
 
 def _check_open(handle: Handle) -> None:
