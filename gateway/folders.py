@@ -361,19 +361,12 @@ class Folders:
             except OSError:
                 continue
             try:
-                name = os.getxattr(fd, PARTIAL_XATTR).decode()
-                info = os.fstat(fd)
-                if (
-                    is_partial_name(name)
-                    and os.path.basename(name) == name
-                    and stat.S_ISREG(info.st_mode)
-                    and info.st_size
-                    and path.lstat().st_ino == info.st_ino
-                ):
+                name, info = partial_name_of(fd), os.fstat(fd)
+                if name and stat.S_ISREG(info.st_mode) and info.st_size and path.lstat().st_ino == info.st_ino:
                     os.fdatasync(fd)
                     rename_durably(path, path.parent / name)
                     kept.append((path.parent.parent.name, name, info.st_size))
-            except (OSError, UnicodeDecodeError):  # no such attribute (a whole upload's), or the name taken: swept
+            except OSError:  # the name taken meanwhile: swept
                 continue
             finally:
                 os.close(fd)
@@ -387,6 +380,20 @@ class Folders:
                 path.unlink()
                 count += 1
         return count
+
+
+def partial_name_of(file: int | Path) -> str | None:
+    """The partial upload name a hidden SFTP upload (a descriptor, or a path not followed) is tagged with, if it is
+    a usable one: the door tags each upload under such a name (``PARTIAL_XATTR``)."""
+    try:
+        if isinstance(file, int):
+            raw = os.getxattr(file, PARTIAL_XATTR)
+        else:
+            raw = os.getxattr(file, PARTIAL_XATTR, follow_symlinks=False)
+        name = raw.decode()
+    except (OSError, UnicodeDecodeError):  # untagged (an upload under its final name), or no user attributes here
+        return None
+    return name if is_partial_name(name) and os.path.basename(name) == name else None
 
 
 def _newest_first(path: Path) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.admin import pgp_key_state
 from gateway.errors import AdminError
-from gateway.folders import is_temp_name
+from gateway.folders import is_temp_name, partial_name_of
 from gateway.lifecycle import OPEN, WORKABLE, State
 from gateway.pipeline import spool_damage, spool_paths
 from gateway.service import Gateway
@@ -53,7 +53,12 @@ def fsck(gw: Gateway, repair: bool = False, progress: Callable[[int, int], None]
         findings.append(Finding(kind, str(path), transfer_id, repair and fixable, detail))
 
     for path in gw.folders.temp_files():
-        found("temp_file", path, None, True, "left by an interrupted run")
+        if (name := partial_name_of(path)) is not None:
+            found(
+                "partial_upload", path, None, True, f"a partial upload a killed run left open: kept as {name} to resume"
+            )
+        else:
+            found("temp_file", path, None, True, "left by an interrupted run")
     for sender_dir in gw.folders.spool_in.iterdir():
         for path in sender_dir.iterdir():
             transfer = gw.ledger.transfer(path.name.partition(".")[0])

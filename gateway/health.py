@@ -60,7 +60,7 @@ def near_quota(waiting: list[tuple[str, int, int]], percent: int) -> list[str]:
     return [
         f"{organ} has {sized(bytes_waiting)} of its {sized(quota)} upload quota waiting at the gateway "
         f"({100 * bytes_waiting // quota} %): uploads past it are refused; see what waits (`transfers list --organ "
-        f"{organ} --status held`), or give it more (`organ quota`)"
+        f"{organ} --status held`, and partial uploads in its outbox), or give it more (`organ quota`)"
         for organ, bytes_waiting, quota in waiting
         if quota and bytes_waiting * 100 >= quota * percent
     ]

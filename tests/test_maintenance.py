@@ -18,6 +18,7 @@ from gateway import admin, samples
 from gateway.config import load_settings
 from gateway.crypto import decrypt_file, export_public_key, generate_key
 from gateway.errors import AdminError
+from gateway.folders import PARTIAL_XATTR
 from gateway.fsck import fsck
 from gateway.handlers.deliver import delivery_name
 from gateway.history import age_ledger
@@ -239,12 +240,22 @@ def test_fsck_reports_differences_and_repairs_the_safe_ones(gw: Gateway, clock: 
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(samples.dossier_bytes(samples.make_dossier(KV, PK, now=clock())))
     (gw.folders.tmp / "half.tmp").write_bytes(b"x")
+    outbox = gw.folders.outbox(KV)
+    (outbox / ".sftp-0123456789abcdef.upload").write_bytes(b"PK" * 500)  # a killed door's upload of a .filepart
+    os.setxattr(outbox / ".sftp-0123456789abcdef.upload", PARTIAL_XATTR, b"scan.zip.filepart")
 
     kinds = {f.kind: f.repaired for f in fsck(gw, repair=True)}
-    assert kinds == {"picked_up_unnoticed": True, "inbox_unknown": False, "spool_unrecorded": True, "temp_file": True}
+    assert kinds == {
+        "picked_up_unnoticed": True,
+        "inbox_unknown": False,
+        "spool_unrecorded": True,
+        "temp_file": True,
+        "partial_upload": True,
+    }
     assert gw.ledger.transfer(delivered.id).state == "fetched"
     assert gw.ledger.transfer("0" * 32).state == "received"
     assert not (gw.folders.tmp / "half.tmp").exists()
+    assert [p.name for p in outbox.iterdir()] == ["scan.zip.filepart"], "kept for its client to resume"
 
     with gw.ledger.engine.begin() as conn:
         conn.execute(text("UPDATE event SET detail = 'forged' WHERE action = 'organ_added'"))
