@@ -53,7 +53,11 @@ def fsck(gw: Gateway, repair: bool = False, progress: Callable[[int, int], None]
         findings.append(Finding(kind, str(path), transfer_id, repair and fixable, detail))
 
     for path in gw.folders.temp_files():
-        if (name := partial_name_of(path)) is not None:
+        try:
+            name = partial_name_of(path) if path.lstat().st_size else None  # an empty one is swept
+        except FileNotFoundError:  # done meanwhile (serve runs)
+            continue
+        if name is not None:
             found(
                 "partial_upload", path, None, True, f"a partial upload a killed run left open: kept as {name} to resume"
             )
