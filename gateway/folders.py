@@ -348,14 +348,17 @@ class Folders:
 
     def temp_files(self) -> list[Path]:
         """Temp files and hidden SFTP uploads: in progress now, or left behind by a killed run."""
-        uploads = self.organs.glob(f"*/outbox/{UPLOAD_PREFIX}*.upload")
-        return [*self.tmp.glob("*"), *self.spool_out.glob("*.tmp"), *uploads]
+        return [*self.tmp.glob("*"), *self.spool_out.glob("*.tmp"), *self._sftp_uploads()]
+
+    def _sftp_uploads(self) -> list[Path]:
+        """The SFTP door's hidden uploads in every outbox (``UPLOAD_PREFIX``)."""
+        return list(self.organs.glob(f"*/outbox/{UPLOAD_PREFIX}*.upload"))
 
     def keep_partial_uploads(self) -> list[tuple[str, str, int]]:
         """Put the hidden SFTP uploads of partial upload names (``PARTIAL_XATTR``) that a killed run left behind back
         under those names, on disk, for their clients to resume; returns (organ, name, bytes) of each."""
         kept = []
-        for path in sorted(self.organs.glob(f"*/outbox/{UPLOAD_PREFIX}*.upload"), key=_newest_first):
+        for path in sorted(self._sftp_uploads(), key=_newest_first):
             try:  # one descriptor for every check: a link or a pipe put in its place is never followed nor waited on
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from gateway.config import Settings
 from gateway.folders import is_partial_name, text_name
@@ -94,12 +96,9 @@ def purge(worker: Worker, settings: Settings) -> PurgeReport:
 def _remove_old_receipts(worker: Worker, cutoff: datetime) -> int:
     """Remove receipts written before ``cutoff`` that their sender has not collected; returns how many."""
     removed, limit = 0, cutoff.timestamp()
-    for organ in worker.ledger.organs():
-        with contextlib.suppress(FileNotFoundError), os.scandir(worker.folders.receipts(organ.id)) as entries:
-            for entry in entries:
-                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < limit:
-                    os.unlink(entry.path)
-                    removed += 1
+    for _, entry, info in _files(worker, worker.folders.receipts, lambda _: True):
+        if info.st_mtime < limit and _unlink(entry):
+            removed += 1
     return removed
 
 
@@ -107,16 +106,31 @@ def _remove_abandoned_partials(worker: Worker, now: datetime, unchanged: timedel
     """Remove the partial uploads in outboxes (``x.zip.filepart``: ``folders.is_partial_name``) that nobody has
     changed (their change time, which only the kernel sets) for ``unchanged``; returns how many."""
     removed, limit = 0, (now - unchanged).timestamp()
-    for organ in worker.ledger.organs():
-        with contextlib.suppress(FileNotFoundError), os.scandir(worker.folders.outbox(organ.id)) as entries:
-            for entry in entries:
-                if not is_partial_name(entry.name) or not entry.is_file(follow_symlinks=False):
-                    continue
-                info = entry.stat(follow_symlinks=False)
-                if info.st_ctime < limit:
-                    os.unlink(entry.path)
-                    since = datetime.fromtimestamp(info.st_ctime, UTC).strftime("%Y-%m-%d %H:%M UTC")
-                    detail = f"/outbox/{text_name(entry.name)}: {info.st_size} bytes, unchanged since {since}"
-                    worker.ledger.audit(now, "partial_removed", detail, organ_id=organ.id)
-                    removed += 1
+    for organ_id, entry, info in _files(worker, worker.folders.outbox, is_partial_name):
+        if info.st_ctime < limit and _unlink(entry):
+            since = datetime.fromtimestamp(info.st_ctime, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            detail = f"/outbox/{text_name(entry.name)}: {info.st_size} bytes, unchanged since {since}"
+            worker.ledger.audit(now, "partial_removed", detail, organ_id=organ_id)
+            removed += 1
     return removed
+
+
+def _files(
+    worker: Worker, folder_of: Callable[[str], Path], wanted: Callable[[str], bool]
+) -> Iterator[tuple[str, os.DirEntry[str], os.stat_result]]:
+    """The plain files of every organ's ``folder_of(organ_id)`` whose name is ``wanted``: (organ id, entry, lstat)."""
+    for organ in worker.ledger.organs():
+        with contextlib.suppress(FileNotFoundError), os.scandir(folder_of(organ.id)) as entries:
+            for entry in entries:
+                if wanted(entry.name) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        yield organ.id, entry, entry.stat(follow_symlinks=False)
+
+
+def _unlink(entry: os.DirEntry[str]) -> bool:
+    """Remove ``entry``; False if it has gone meanwhile (collected, or removed by its organ)."""
+    try:
+        os.unlink(entry.path)
+    except FileNotFoundError:
+        return False
+    return True

@@ -192,7 +192,8 @@ class _Auth(asyncssh.SSHServer):
         else:
             return
         if self.door.startups.login_failed(self.host):
-            self.door.hooks.audit(None, "login_failed", f"{detail}{_SHA1_HINT}", False, self.peer)
+            hint = "" if self.door.limits.allow_sha1 else _SHA1_HINT  # where SHA-1 is offered, it is not the cause
+            self.door.hooks.audit(None, "login_failed", f"{detail}{hint}", False, self.peer)
 
     def begin_auth(self, username: str) -> bool:
         self.user = username
@@ -301,11 +302,15 @@ async def start_door(
 ) -> Door:
     """Listen for SFTP on ``host:port`` (port 0: any free port); ``spares`` is a folder of the door's own on
     the outboxes' filesystem, where it makes upload files ahead of need."""
-    door = DoorState(
-        Path(organs_root), hooks, limits, SparePool(spares), Quota(limits.upload_quota_bytes, hooks.quota_reading)
-    )
     offered = algorithms(limits.allow_sha1)
-    door.signatures = frozenset(alg.encode() for alg in offered["signature_algs"])
+    door = DoorState(
+        Path(organs_root),
+        hooks,
+        limits,
+        SparePool(spares),
+        Quota(limits.upload_quota_bytes, hooks.quota_reading),
+        signatures=frozenset(alg.encode() for alg in offered["signature_algs"]),
+    )
     server = await asyncssh.create_server(
         lambda: _Auth(door),
         host,
