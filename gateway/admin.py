@@ -32,7 +32,7 @@ def pgp_key_state(gw: Gateway, fingerprint: str | None) -> str:
 
 def add_organ(gw: Gateway, organ_id: str, kind: str, name: str, armor: bool = False) -> Organ:
     """Register an organ and create its outbox, inbox and receipts folders."""
-    if not ORGAN_ID.match(organ_id):
+    if not ORGAN_ID.fullmatch(organ_id):  # not `match`: its $ takes a final newline
         raise AdminError("ORGAN_ID", f"organ id {organ_id!r} must match {ORGAN_ID.pattern}")
     if not name.strip() or len(name) > ORGAN_NAME_LENGTH or shown(name) != name:
         raise AdminError(
@@ -59,7 +59,7 @@ def uploads_waiting(gw: Gateway) -> list[tuple[Organ, int, int]]:
     return [(o, waiting[o.id], o.upload_quota(gw.settings.upload_quota_bytes)) for o in organs]
 
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(|b|kib|mib|gib|tib)")  # matched against the size in lower case
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(|b|kib|mib|gib|tib)", re.ASCII)  # matched against the size in lower case
 _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _LARGEST = 2**63 - 1  # the ledger's BIGINT
 

@@ -135,6 +135,7 @@ UNREADABLE: list[tuple[str, bytes, str]] = [
     ("folder.zip", zipped([("sub/", b"")], dossier=package_doc()), "ZIP_UNSAFE_ENTRY"),
     ("link.zip", zipped([(link_entry("a.pdf"), b"/etc/passwd")], dossier=package_doc()), "ZIP_UNSAFE_ENTRY"),
     ("control-name.zip", zipped([("a\x07.pdf", PDF)], dossier=package_doc()), "ZIP_UNSAFE_ENTRY"),
+    ("newline-name.zip", zipped([("a.pdf\n", PDF)], dossier=package_doc()), "ZIP_UNSAFE_ENTRY"),
     ("encrypted.zip", encrypted_zip(), "ZIP_ENCRYPTED"),
     ("bomb-ratio.zip", zipped([("a.pdf", b"%PDF-" + bytes(8 * 1024 * 1024))], dossier=package_doc()), "ZIP_BOMB"),
     ("bomb-entries.zip", zipped([(f"f{i}.pdf", b"") for i in range(1001)], dossier=package_doc()), "ZIP_BOMB"),
@@ -153,6 +154,7 @@ SCHEMA: list[tuple[str, bytes]] = [
     ("msgid-long.json", _schema("/envelope/message_id", "a" * 37)),
     ("msgid-space.json", _schema("/envelope/message_id", "a b")),
     ("msgid-unicode.json", _schema("/envelope/message_id", "ａｂｃ")),
+    ("msgid-newline.json", _schema("/envelope/message_id", "abc\n")),  # Python's `$` took it: abc\n.json.pgp
     ("msgtype.json", _schema("/envelope/message_type", "love_letter")),
     ("no-recipient.json", _schema("/envelope/recipient_id", _DELETE)),
     ("dossier-id-long.json", _schema("/envelope/dossier_id", "D" * 65)),

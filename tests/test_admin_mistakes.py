@@ -127,6 +127,8 @@ def test_an_organ_id_or_name_a_route_an_ssh_key_or_a_filter_the_gateway_cannot_t
         done = box.cli("organ", "add", "../kv", "--kind", "control_body", "--name", "KV", check=False)
         assert done.returncode == 2, done.stdout
         assert done.stderr == "error ORGAN_ID: organ id '../kv' must match ^[a-z0-9][a-z0-9-]{1,62}$\n", done.stderr
+        done = box.cli("organ", "add", "kv-bau\n", "--kind", "control_body", "--name", "KV", check=False)
+        assert done.stderr.startswith("error ORGAN_ID: organ id 'kv-bau\\n' must match"), "a folder named kv-bau\\n"
         for name in ("", "N" * 201, "Tessin\x1b[31m"):  # PostgreSQL's column ended the first try with a traceback
             done = box.cli("organ", "add", "canton-ti", "--kind", "canton", "--name", name, check=False)
             assert done.returncode == 2 and done.stderr.startswith("error ORGAN_NAME: organ name "), done.stderr

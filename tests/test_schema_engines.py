@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from gateway import samples
 from gateway.errors import Rejected
 from gateway.handlers.parse import parse_json
-from gateway.handlers.validate import _plain, listed_problems, schema_problems
+from gateway.handlers.validate import _plain, fast_validator, listed_problems, schema_problems
 from gateway.limits import Limits
 
 MESSAGE_TYPES = ("control_mandate", "control_report", "violation_report", "sanction_decision", "status_update")
@@ -45,7 +45,9 @@ VALUES = st.one_of(
 
 
 def same_verdict(document: dict[str, Any]) -> None:
-    assert schema_problems(document) == listed_problems(_plain(document))
+    listed = listed_problems(_plain(document))
+    assert fast_validator().is_valid(_plain(document)) == (not listed), "the engines differ"
+    assert schema_problems(document) == listed
 
 
 def test_every_hostile_json_case_gets_the_same_problems_from_both_engines() -> None:
@@ -100,3 +102,28 @@ def test_random_changes_to_a_valid_dossier_get_the_same_problems_from_both_engin
         elif action == "add" and isinstance(parent[path[-1]], dict):
             parent[path[-1]]["extra_field"] = copy.deepcopy(value)
     same_verdict(document)
+
+
+SPEC_SHAPED = {  # DOSSIER-SPEC's fields with a pattern, each with a value that only Python's own `re` would take
+    "message_id": "abc\n",
+    "dossier_id": "X\n",
+    "sender_id": "kv-bau-zh\n",
+    "created_at": "2026-01-01T00:00:00+01:00\n",
+    "uid": "CHE-١١٦.281.710",
+    "ahv_number": "756.١٢٣٤.5678.97",
+    "nationality": "DE\n",
+}
+
+
+def test_a_value_with_a_trailing_newline_or_digits_of_another_script_is_refused_at_its_place() -> None:
+    document = _valid("control_report", embed=True)
+    for name, value in SPEC_SHAPED.items():
+        changed = copy.deepcopy(document)
+        [path, *_] = [p for p in _paths(changed) if p and p[-1] == name]
+        parent: Any = changed
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[name] = value
+        same_verdict(changed)
+        where = "".join(f"/{part}" for part in path)
+        assert [p.path for p in schema_problems(changed)] == [where], name

@@ -236,7 +236,7 @@ def _check_entries(entries: list[zipfile.ZipInfo], limits: Limits) -> None:
             problems.append(Problem("ZIP_UNSAFE_ENTRY", where, "folders are not allowed in a package"))
         elif stat.S_ISLNK(mode):
             problems.append(Problem("ZIP_UNSAFE_ENTRY", where, "links are not allowed in a package"))
-        elif not _SAFE_ENTRY.match(entry.filename) or entry.filename in {".", ".."}:
+        elif not _SAFE_ENTRY.fullmatch(entry.filename) or entry.filename in {".", ".."}:
             problems.append(
                 Problem(
                     "ZIP_UNSAFE_ENTRY",

@@ -21,16 +21,16 @@ from gateway.handlers.parse import Parsed
 from gateway.limits import Limits
 
 SWISS_TIME = ZoneInfo("Europe/Zurich")
-_UID = re.compile(r"^CHE-(\d{3})\.(\d{3})\.(\d{3})$")
-_AHV = re.compile(r"^756\.\d{4}\.\d{4}\.\d{2}$")
-_COUNTRY_SHAPE = re.compile(r"^[A-Z]{2}$")
+_UID = re.compile(r"CHE-(\d{3})\.(\d{3})\.(\d{3})", re.ASCII)  # fullmatch: not before a final newline
+_AHV = re.compile(r"756\.\d{4}\.\d{4}\.\d{2}", re.ASCII)
+_COUNTRY_SHAPE = re.compile(r"[A-Z]{2}")
 _UID_WEIGHTS = (5, 4, 3, 2, 7, 6, 5, 4)
 _AMOUNT_KEYS = ("gross_hourly_wage_chf", "amount_chf", "control_costs_chf")
 
 
 def uid_valid(uid: str) -> bool:
     """The Swiss UID check digit (eCH-0097: mod 11 over the first eight digits, weights 5 4 3 2 7 6 5 4)."""
-    match = _UID.match(uid)
+    match = _UID.fullmatch(uid)
     if not match:
         return False
     digits = [int(c) for c in "".join(match.groups())]
@@ -40,7 +40,7 @@ def uid_valid(uid: str) -> bool:
 
 def ahv_valid(number: str) -> bool:
     """The AHV/AVS number's EAN-13 check digit."""
-    if not _AHV.match(number):
+    if not _AHV.fullmatch(number):
         return False
     digits = [int(c) for c in number.replace(".", "")]
     total = sum(d * (3 if i % 2 else 1) for i, d in enumerate(digits[:12]))
@@ -67,11 +67,11 @@ def _list(value: Any) -> list[Any]:
 def _check_digits(dossier: dict[str, Any]) -> list[Problem]:
     problems = []
     uid = _dict(dossier.get("employer")).get("uid")
-    if isinstance(uid, str) and _UID.match(uid) and not uid_valid(uid):
+    if isinstance(uid, str) and _UID.fullmatch(uid) and not uid_valid(uid):
         problems.append(Problem("UID_CHECKSUM", "/dossier/employer/uid", "the UID check digit is wrong"))
     for i, worker in enumerate(_list(dossier.get("workers"))):
         ahv = _dict(worker).get("ahv_number")
-        if isinstance(ahv, str) and _AHV.match(ahv) and not ahv_valid(ahv):
+        if isinstance(ahv, str) and _AHV.fullmatch(ahv) and not ahv_valid(ahv):
             problems.append(
                 Problem("AHV_CHECKSUM", f"/dossier/workers/{i}/ahv_number", "the AHV number's check digit is wrong")
             )
@@ -88,7 +88,7 @@ def _countries(dossier: dict[str, Any]) -> list[Problem]:
     return [
         Problem("COUNTRY_CODE", path, "not a country code of ISO 3166-1 alpha-2")
         for path, code in found
-        if isinstance(code, str) and _COUNTRY_SHAPE.match(code) and code not in COUNTRIES
+        if isinstance(code, str) and _COUNTRY_SHAPE.fullmatch(code) and code not in COUNTRIES
     ]
 
 

@@ -1,14 +1,17 @@
 """The JSON Schema check (schemas/dossier.schema.json, 2020-12, formats really checked).
 
 A compiled validator (jsonschema-rs, ~0.02 ms with the format callbacks) answers "valid?" first; only a
-dossier it finds invalid goes through jsonschema (~0.6 ms), which lists every violation. Both agree on every
-input the tests try (tests/test_schema_engines.py), and jsonschema alone decides what a receipt says.
+dossier it finds invalid goes through jsonschema (~0.6 ms), which lists every violation. jsonschema reads
+``pattern`` as ECMA-262 does, as jsonschema-rs does; both agree on every input the tests try
+(tests/test_schema_engines.py), and jsonschema alone decides what a receipt says.
 Messages are built from the failing keyword and the schema, never from jsonschema's own message, which
 quotes the value found (receipts carry no personal data).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from decimal import Decimal
 from functools import cache, partial
 from typing import TYPE_CHECKING, Any
@@ -39,10 +42,30 @@ def format_checker() -> FormatChecker:
 
 @cache
 def dossier_validator() -> Draft202012Validator:
-    """The compiled validator, built once."""
-    from jsonschema import Draft202012Validator
+    """The compiled validator, built once, reading ``pattern`` as JSON Schema does (ECMA-262)."""
+    from jsonschema import Draft202012Validator, validators
 
-    return Draft202012Validator(load_schema("dossier.schema.json"), format_checker=format_checker())
+    ecma = validators.extend(Draft202012Validator, {"pattern": _ecma_pattern})
+    return ecma(load_schema("dossier.schema.json"), format_checker=format_checker())  # type: ignore[no-any-return]
+
+
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """jsonschema's ``pattern`` with ECMA-262's meaning, as jsonschema-rs has it: Python's own ``$`` also matches
+    before a final newline, and its ``\\d`` takes any script's digits, so ``"abc\\n"`` would pass as a message id
+    and ``CHE-١٢٣.…`` as a UID."""
+    from jsonschema.exceptions import ValidationError
+
+    if validator.is_type(instance, "string") and not _ecma(pattern).search(instance):
+        yield ValidationError(f"does not match {pattern!r}")
+
+
+@cache
+def _ecma(pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled with ASCII classes and its closing ``$`` as the very end (every pattern of the
+    schema uses ``$`` only there)."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern, re.ASCII)
 
 
 @cache
@@ -61,7 +84,10 @@ def fast_validator() -> jsonschema_rs.Draft202012Validator:
 def schema_problems(document: dict[str, Any]) -> list[Problem]:
     """Every schema violation of ``document`` as DOSSIER_SCHEMA problems at their JSON pointer."""
     plain = _plain(document)
-    return [] if fast_validator().is_valid(plain) else listed_problems(plain)
+    if fast_validator().is_valid(plain):
+        return []
+    # never valid where the compiled check says it is not, should the engines ever differ
+    return listed_problems(plain) or [Problem("DOSSIER_SCHEMA", "", "does not match the schema")]
 
 
 def listed_problems(document: dict[str, Any]) -> list[Problem]:
