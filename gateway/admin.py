@@ -14,6 +14,8 @@ from gateway.key_sources import parse_sources, with_sources
 from gateway.ledger.models import Event, Organ, Transfer, utc
 from gateway.lifecycle import OPEN, State
 from gateway.service import Gateway, waiting_at_gateway
+from gateway.sftp import hostkeys
+from gateway.sftp.hostkeys import HostKey
 
 ORGAN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 ORGAN_NAME_LENGTH = 200  # the ledger's column
@@ -152,6 +154,30 @@ def use_gateway_key(gw: Gateway, fingerprint: str) -> tuple[str, str]:
 def remove_gateway_key(gw: Gateway, fingerprint: str) -> None:
     """Destroy a gateway key pair that no longer signs."""
     gw.ledger.audit(gw.clock(), "gateway_key_removed", gw.keyring.remove_gateway_key(fingerprint))
+
+
+def add_host_key(gw: Gateway, key_type: str) -> HostKey:
+    """A new SSH host key of ``key_type`` (ed25519, rsa) that the door announces, and presents once `use`d."""
+    key = hostkeys.add_host_key(gw.folders.hostkeys, key_type, gw.clock())
+    gw.ledger.audit(gw.clock(), "host_key_added", f"{key.algorithm} {key.fingerprint}; announced, not presented yet")
+    return key
+
+
+def use_host_key(gw: Gateway, fingerprint: str) -> tuple[HostKey, HostKey]:
+    """Make the door present the host key ``fingerprint``; returns (it, the key of its algorithm before)."""
+    key, before = hostkeys.use_host_key(gw.folders.hostkeys, fingerprint)
+    if key != before:
+        gw.ledger.audit(
+            gw.clock(), "host_key_used", f"{key.algorithm} {key.fingerprint} presented; {before.fingerprint} announced"
+        )
+    return key, before
+
+
+def remove_host_key(gw: Gateway, fingerprint: str) -> HostKey:
+    """Destroy an SSH host key the door does not present."""
+    key = hostkeys.remove_host_key(gw.folders.hostkeys, fingerprint)
+    gw.ledger.audit(gw.clock(), "host_key_removed", f"{key.algorithm} {key.fingerprint}")
+    return key
 
 
 def transfer_row(t: Transfer) -> dict[str, Any]:

@@ -392,7 +392,7 @@ class Gateway:
                     port,
                     organs_root=self.folders.organs,
                     spares=self.folders.spare,
-                    host_keys=ensure_host_keys(self.folders.hostkeys),
+                    host_keys=self.folders.hostkeys,
                     hooks=DoorHooks(ledger, audit, self.clock, self.folders, s.upload_quota_bytes),
                     limits=limits,
                 )

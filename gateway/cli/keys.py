@@ -8,7 +8,7 @@ import click
 
 from gateway import admin
 from gateway.cli.output import gateway_of, out, print_rows
-from gateway.sftp.hostkeys import host_key_fingerprints
+from gateway.sftp.hostkeys import KEY_TYPES, host_keys
 
 # -- keys of the gateway -----------------------------------------------------------------------------------
 
@@ -72,9 +72,48 @@ def host_key() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def host_key_list(ctx: click.Context, as_json: bool) -> None:
-    """Print the host key fingerprints admins give to organs."""
-    rows = [{"algorithm": a, "fingerprint": f} for a, f in host_key_fingerprints(gateway_of(ctx).folders.hostkeys)]
-    print_rows(rows, ["algorithm", "fingerprint"], as_json, "SSH host keys")
+    """Print the host key fingerprints admins give to organs: those the door presents, and those it announces."""
+    rows = [
+        {"algorithm": k.algorithm, "fingerprint": k.fingerprint, "state": "in use" if k.in_use else "announced"}
+        for k in host_keys(gateway_of(ctx).folders.hostkeys)
+    ]
+    print_rows(rows, ["algorithm", "fingerprint", "state"], as_json, "SSH host keys")
+
+
+@host_key.command("add")
+@click.option("--type", "key_type", type=click.Choice(sorted(KEY_TYPES)), default="ed25519", show_default=True)
+@click.pass_context
+def host_key_add(ctx: click.Context, key_type: str) -> None:
+    """Generate a new host key that the door announces to OpenSSH clients (rotation, step 1 of 3)."""
+    key = admin.add_host_key(gateway_of(ctx), key_type)
+    out.print(
+        f"{key.algorithm} host key {key.fingerprint} added; the door announces it but does not present it yet. Give "
+        f"the organs its fingerprint, then run `host-key use {key.fingerprint}`"
+    )
+
+
+@host_key.command("use")
+@click.argument("fingerprint")
+@click.pass_context
+def host_key_use(ctx: click.Context, fingerprint: str) -> None:
+    """Present FINGERPRINT from now on instead of the key of its algorithm (step 2; serve takes it within 5 s)."""
+    key, before = admin.use_host_key(gateway_of(ctx), fingerprint)
+    if key == before:
+        out.print(f"the door presents {key.fingerprint} already")
+        return
+    out.print(
+        f"the door presents {key.fingerprint} from now on ({before.fingerprint} before, still announced); remove "
+        "the old key once every organ has the new one"
+    )
+
+
+@host_key.command("remove")
+@click.argument("fingerprint")
+@click.pass_context
+def host_key_remove(ctx: click.Context, fingerprint: str) -> None:
+    """Destroy a host key the door does not present (step 3; the keys in use are refused)."""
+    key = admin.remove_host_key(gateway_of(ctx), fingerprint)
+    out.print(f"host key {key.fingerprint} removed")
 
 
 COMMANDS = (gateway_key, host_key)

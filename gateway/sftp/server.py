@@ -9,6 +9,8 @@ encrypts.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,10 +23,13 @@ from asyncssh.mac import get_mac_algs
 from asyncssh.public_key import get_public_key_algs
 
 from gateway.sftp.files import Handle, SftpSession
-from gateway.sftp.logins import Login, end_revoked, key_allowed, organ_keys
+from gateway.sftp.hostkeys import ensure_host_keys
+from gateway.sftp.logins import RECHECK_SECONDS, Login, end_revoked, key_allowed, organ_keys
 from gateway.sftp.quota import Quota
 from gateway.sftp.spares import SparePool
 from gateway.sftp.startups import Startups
+
+log = logging.getLogger(__name__)
 
 # No chacha20-poly1305: OpenSSH clients then choose AES-CTR with an EtM MAC, which asyncssh runs about twice
 # as fast (measured: 210 vs 109 MB/s). GCM stays for clients that prefer it; CBC and arcfour are gone.
@@ -254,13 +259,14 @@ class _Auth(asyncssh.SSHServer):
 class Door:
     """A listening SFTP door; ``port`` is the bound port (useful with port 0)."""
 
-    def __init__(self, server: asyncssh.SSHAcceptor, door: DoorState) -> None:
+    def __init__(self, server: asyncssh.SSHAcceptor, door: DoorState, host_keys: HostKeysFollower) -> None:
         self._server, self._door = server, door
         self.port: int = server.sockets[0].getsockname()[1]
         self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
         self._revoker = asyncio.get_running_loop().create_task(
             end_revoked(door.logins, door.hooks.authorized_keys, self._ended)
         )
+        self._host_keys = asyncio.get_running_loop().create_task(host_keys.follow(server))
 
     def _ended(self, organ: str, detail: str, peer: str) -> None:
         self._door.hooks.audit(organ, "session_ended", detail, False, peer)
@@ -280,6 +286,7 @@ class Door:
     async def close(self) -> None:
         self._reaper.cancel()
         self._revoker.cancel()
+        self._host_keys.cancel()
         self._server.close()
         for conn in list(self._door.connections):
             conn.close()
@@ -296,13 +303,15 @@ async def start_door(
     *,
     organs_root: Path,
     spares: Path,
-    host_keys: list[Path],
+    host_keys: Path,
     hooks: DoorHooks,
     limits: DoorLimits = DoorLimits(),
 ) -> Door:
     """Listen for SFTP on ``host:port`` (port 0: any free port); ``spares`` is a folder of the door's own on
-    the outboxes' filesystem, where it makes upload files ahead of need."""
+    the outboxes' filesystem, where it makes upload files ahead of need; ``host_keys`` the folder of the host keys,
+    which the door follows (gateway.sftp.hostkeys)."""
     offered = algorithms(limits.allow_sha1)
+    follower = HostKeysFollower(host_keys, offered["signature_algs"])
     door = DoorState(
         Path(organs_root),
         hooks,
@@ -315,7 +324,8 @@ async def start_door(
         lambda: _Auth(door),
         host,
         port,
-        server_host_keys=[_host_key(p, offered["signature_algs"]) for p in host_keys],  # parsed once, not per login
+        server_host_keys=follower.load(),  # parsed once, not per login
+        send_server_host_keys=True,  # OpenSSH's UpdateHostKeys learns the announced keys (hostkeys-00@openssh.com)
         sftp_factory=lambda chan: SftpSession(chan, door),
         allow_scp=False,
         allow_pty=False,
@@ -327,13 +337,51 @@ async def start_door(
         **(TRANSPORT | offered),
     )
     door.spares.start()
-    return Door(server, door)
+    return Door(server, door, follower)
+
+
+class HostKeysFollower:
+    """The door's host keys as the folder has them: the keys in use first (asyncssh presents the first key of each
+    algorithm and announces the rest), checked every few seconds for `host-key add`, `use` and `remove`."""
+
+    def __init__(self, directory: Path, signature_algs: tuple[str, ...]) -> None:
+        self.directory, self.signature_algs = directory, signature_algs
+        self._seen: frozenset[tuple[str, int]] = frozenset()
+        self.files: list[str] = []
+
+    def load(self) -> list[asyncssh.SSHKeyPair]:
+        """Every host key, those in use first; ``changed`` is False until the folder changes again."""
+        self._seen = self._signature()
+        paths = ensure_host_keys(self.directory)
+        self.files = [p.name for p in paths]
+        return [_host_key(p, self.signature_algs) for p in paths]
+
+    def changed(self) -> bool:
+        return self._signature() != self._seen
+
+    def _signature(self) -> frozenset[tuple[str, int]]:
+        """Each file's name and inode: a key added or removed, or ``in-use`` replaced, changes it."""
+        return frozenset((e.name, e.inode()) for e in os.scandir(self.directory))
+
+    async def follow(self, server: asyncssh.SSHAcceptor) -> None:
+        """Give ``server`` the folder's keys whenever it changes: the connections after take them."""
+        while True:
+            await asyncio.sleep(RECHECK_SECONDS)
+            try:
+                if self.changed():
+                    server.update(server_host_keys=self.load(), send_server_host_keys=True)
+                    log.info("host keys now, those in use first: %s", ", ".join(self.files))
+            except Exception:  # a half-made key, a missing one: the door keeps the keys it has
+                log.exception("reading the host keys in %s failed; the door keeps those it had", self.directory)
 
 
 def _host_key(path: Path, signature_algs: tuple[str, ...]) -> asyncssh.SSHKeyPair:
     """The host key at ``path``, offered with ``signature_algs`` only (asyncssh offers an RSA key with every
-    signature it knows, ssh-rsa's SHA-1 among them, whatever ``signature_algs`` says)."""
+    signature it knows, ssh-rsa's SHA-1 among them, whatever ``signature_algs`` says), and signing with the first
+    of them until a key exchange chooses another: an RSA key announced to OpenSSH (hostkeys-00@openssh.com) must
+    prove itself with SHA-2, or OpenSSH disregards it, and asyncssh proves it with the key's last signature."""
     [keypair] = asyncssh.load_keypairs([asyncssh.read_private_key(str(path))])  # a certificate beside it: ignored
-    allowed = tuple(alg for alg in keypair.host_key_algorithms if alg.decode() in signature_algs)
+    allowed = tuple(alg.encode() for alg in signature_algs if alg.encode() in keypair.host_key_algorithms)
     keypair.host_key_algorithms = keypair.sig_algorithms = allowed
+    keypair.set_sig_algorithm(allowed[0])
     return keypair
