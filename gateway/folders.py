@@ -197,10 +197,14 @@ def rename_durably(src: Path, dst: Path, fd: int | None = None) -> None:
     name is visible a moment before the data is durable, as a local program's export is; what takes it from there
     syncs it itself (intake does), and a power cut in that moment leaves what a power cut leaves of such an export.
     """
-    rename_no_replace(src, dst)
-    if fd is not None:
-        os.fsync(fd)
-    fsync_dir(dst.parent)
+    folder = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # before: no EMFILE once renamed
+    try:
+        rename_no_replace(src, dst)
+        if fd is not None:
+            os.fsync(fd)
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def held_for_writing(path: Path) -> bool | None:

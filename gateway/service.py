@@ -424,6 +424,9 @@ def _first_to_end(
     return None
 
 
+AUDIT_DETAIL_MAX = 2000  # characters of a door event's detail: a name of 255 bytes, escaped, fits
+
+
 class DoorHooks:
     """What the SFTP door may ask of the rest of the gateway: the keys an organ may use, what it has waiting at
     the gateway and its upload quota (its own, or ``upload_quota`` from the settings), and audit."""
@@ -436,6 +439,8 @@ class DoorHooks:
         return self.ledger.authorized_keys(organ_id)
 
     def audit(self, organ_id: str | None, action: str, detail: str, ok: bool, peer: str) -> None:
+        if len(detail) > AUDIT_DETAIL_MAX:  # a client's words in it (a name, an error): no flood of the trail
+            detail = detail[:AUDIT_DETAIL_MAX] + "…"
         self.audit_buffer.add(self.clock(), action, detail, organ_id, ok, peer)
 
     def quota_reading(self, organ_id: str) -> tuple[int, int]:

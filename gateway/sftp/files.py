@@ -8,6 +8,7 @@ it again without truncating it writes on where it ended.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -39,6 +40,15 @@ RECENT_SECONDS = 300.0  # how long stat/setstat still answer for an upload (or a
 # kept them all (the door grew by 19 MiB, past 100 MB of RSS)
 RECENT_UPLOADS = 256
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC | asyncssh.FXF_APPEND
+# A download: at most this much a read (OpenSSH's sftp-server: 255 KiB), and no read while this much of what the
+# client asked for before is still unsent. asyncssh sends each answer at once and reads the next request: a client
+# that asks without taking the answers (120 reads of 16 MiB) grew the door by 2 GB.
+MAX_READ = 256 << 10
+MAX_UNSENT = 2 << 20
+# An upload may leave no hole larger than this between what it has written and where it writes (a client that
+# writes in parallel leaves small ones for a moment): one write at 16 GiB made a sparse file that took the
+# intake a minute to hash, for every organ.
+MAX_HOLE = 64 << 20
 
 log = logging.getLogger(__name__)
 _untaggable = False  # warned once that the outboxes' filesystem takes no user attributes
@@ -51,9 +61,9 @@ class Handle:
     fd: int
     place: Place
     temp: Path | None = None  # uploads: the hidden file written until the protocol close
-    count: int = 0
+    count: int = 0  # bytes read, or written
     failed: bool = False  # a write failed (a full disk, an I/O error): the upload is never stored
-    flushed: int = 0  # bytes written when the last background flush began
+    flushed: int = 0  # bytes written when the last background flush began; downloads: read at the last pause
     flushing: Future[None] | None = None  # that flush
     resumable: bool = False  # under a partial upload's name: kept when the connection drops, for the client to resume
     closed: bool = False  # by the client, by the end of its connection, or by the door's stop: its fd is gone
@@ -69,11 +79,24 @@ class SftpSession(asyncssh.SFTPServer):
         self.peer = "{}:{}".format(*(chan.get_extra_info("peername") or ("?", 0)))
         self.jail = Jail(door.organs_root / self.organ)
         self.recent: OrderedDict[str, tuple[float, os.stat_result]] = OrderedDict()  # oldest first
+        self.conn = conn = chan.get_connection()
+        door.channels[conn] = door.channels.get(conn, 0) + 1
+        if door.channels[conn] > door.limits.max_channels_per_connection:  # each its own caps: no more, as sshd
+            limit = door.limits.max_channels_per_connection
+            self._audit("refused", f"more than {limit} SFTP sessions on one connection: it is closed", False)
+            asyncio.get_running_loop().call_soon(conn.close)  # not the channel alone: asyncssh has not started it
+
+    def exit(self) -> None:
+        self.door.channels[self.conn] -= 1
+        if not self.door.channels[self.conn]:
+            del self.door.channels[self.conn]
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
 
     def _touch(self) -> None:
-        self.door.connections[self.connection] = time.monotonic()
+        """The session is busy: the door's idle round leaves it (reads and writes too: a 4 GiB package takes long)."""
+        if self.conn in self.door.connections:  # not once the connection has gone (nothing would take it out)
+            self.door.connections[self.conn] = time.monotonic()
 
     def _audit(self, action: str, detail: str, ok: bool = True) -> None:
         self.door.hooks.audit(self.organ, action, detail, ok, self.peer)
@@ -124,6 +147,15 @@ class SftpSession(asyncssh.SFTPServer):
         place = self.jail.place(path)
         if place.name:
             raise SFTPFailure("not a folder")
+        self._may_open()
+        self._opened()
+        try:
+            async for name in self._listing(place):
+                yield name
+        finally:
+            self._ended()
+
+    async def _listing(self, place: Place) -> AsyncIterator[SFTPName]:
         if not place.area:
             entries = [(area.encode(), (place.real / area).stat()) for area in AREAS]
         else:
@@ -143,6 +175,7 @@ class SftpSession(asyncssh.SFTPServer):
 
     def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> Handle | Awaitable[Handle]:
         self._touch()
+        self._may_open()
         if pflags & _WRITE_FLAGS:
             place, exists = self._upload_place(path, pflags)
             resume = exists and not pflags & asyncssh.FXF_TRUNC
@@ -158,7 +191,23 @@ class SftpSession(asyncssh.SFTPServer):
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise SFTPNoSuchFile("no such file")
+        self._opened()
         return Handle(fd, place)
+
+    def _may_open(self) -> None:
+        """Refuse to open more than the organ may have open at once (files and listings, all its sessions): one
+        session opened 19,940 files, and the door then had no descriptor left for the next login."""
+        if self.door.open_files.get(self.organ, 0) >= self.door.limits.max_open_per_organ:
+            raise self._refuse(
+                "open",
+                SFTPFailure(f"{self.organ} has {self.door.limits.max_open_per_organ} files open: close some first"),
+            )
+
+    def _opened(self) -> None:
+        self.door.open_files[self.organ] = self.door.open_files.get(self.organ, 0) + 1
+
+    def _ended(self) -> None:
+        self.door.open_files[self.organ] -= 1
 
     def _upload_place(self, path: bytes, pflags: int) -> tuple[Place, bool]:
         """Where an upload to ``path`` goes, and whether a partial upload is there under that name (which the upload
@@ -191,6 +240,7 @@ class SftpSession(asyncssh.SFTPServer):
         if handle.resumable:  # the newest upload to the name: an older one (its connection not seen gone) is not kept
             self.door.partials[place.real] = (self, handle)
             _tag(handle.fd, place.name)
+        self._opened()
         return handle
 
     def _resume(self, place: Place, temp: Path) -> Handle | None:
@@ -228,8 +278,27 @@ class SftpSession(asyncssh.SFTPServer):
         except SFTPQuotaExceeded as exc:
             raise self._refuse("write", exc) from None
 
-    def read(self, handle: Handle, offset: int, size: int) -> bytes:
-        data = os.pread(handle.fd, size, offset)
+    def read(self, handle: Handle, offset: int, size: int) -> bytes | Awaitable[bytes]:
+        if handle.temp is not None:  # nothing to read back: the quota counted what a handle moved
+            raise SFTPPermissionDenied("opened for writing")
+        self._touch()
+        if self.channel.get_write_buffer_size() > MAX_UNSENT or handle.count - handle.flushed >= _FLUSH_BYTES:
+            handle.flushed = handle.count
+            return self._read_when_sent(handle, offset, size)
+        return self._read(handle, offset, size)
+
+    async def _read_when_sent(self, handle: Handle, offset: int, size: int) -> bytes:
+        """Read once the client has taken what it asked for before (the session reads no request meanwhile), and
+        after the other sessions' turn: a copy-data request reads and writes in a loop of its own, without one."""
+        await asyncio.sleep(0)
+        while self.channel.get_write_buffer_size() > MAX_UNSENT:
+            if self.channel.is_closing():
+                raise SFTPFailure("the session has ended")
+            await asyncio.sleep(0.01)
+        return self._read(handle, offset, size)
+
+    def _read(self, handle: Handle, offset: int, size: int) -> bytes:
+        data = os.pread(handle.fd, min(size, MAX_READ), offset)  # a short read: the client asks for the rest
         handle.count += len(data)
         return data
 
@@ -239,6 +308,11 @@ class SftpSession(asyncssh.SFTPServer):
         _check_open(handle)
         if handle.failed:  # the client's writes in flight after a refused or failed one
             raise SFTPFailure(f"{handle.place.virtual} is not stored: an earlier write to it failed")
+        self._touch()
+        if offset - handle.count > MAX_HOLE:  # past what it has written, as far as the bytes it has sent tell
+            _fail(handle)
+            gap = f"a write at byte {offset} would leave a gap after the {handle.count} written"
+            raise self._refuse("write", SFTPFailure(f"{handle.place.virtual} is not stored: {gap}"))
         size = max(offset, handle.count) + len(data)  # the upload's bytes with this write
         if self.door.quota.over(self.organ, size, handle.count) is not None:
             return self._write_after_reading(handle, offset, data, size)
@@ -298,6 +372,7 @@ class SftpSession(asyncssh.SFTPServer):
         if handle.closed:
             return
         handle.closed = True
+        self._ended()
         newest = self.door.partials.get(handle.place.real, (None, None))[1] is handle
         if newest:
             del self.door.partials[handle.place.real]
@@ -360,6 +435,10 @@ class SftpSession(asyncssh.SFTPServer):
         except FileExistsError:
             handle.temp.unlink(missing_ok=True)
             raise self._refuse("upload", SFTPFailure(f"{handle.place.virtual} exists already")) from None
+        except OSError:
+            if handle.temp.exists():  # not renamed: nothing of it may stay behind, hidden and outside the quota
+                self._discard(handle, "upload_failed")
+            raise
         self._remember(handle.place, info)
         self._audit("upload", f"{handle.place.virtual} {info.st_size} bytes")
 

@@ -18,6 +18,7 @@ from asyncssh import SFTPNoSuchFile, SFTPPermissionDenied
 from gateway.folders import UPLOAD_PREFIX, text_name
 
 AREAS = ("outbox", "inbox", "receipts")
+NAME_MAX = 255  # bytes in a file name, on ext4 and XFS: a longer one cannot be stored, nor checked for
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Jail:
     def place(self, raw: bytes | str) -> Place:
         """Map a client's path; raise SFTPPermissionDenied / SFTPNoSuchFile for anything outside the jail."""
         text = os.fsdecode(raw) if isinstance(raw, bytes) else raw
+        if len(text) > 4096:  # PATH_MAX: before any work on it
+            raise SFTPPermissionDenied("paths are at most 4096 characters")
         if any(ord(c) < 32 or ord(c) == 127 for c in text):
             raise SFTPPermissionDenied("control characters are not allowed in paths")
         if text_name(text) != text:  # the ledger, the audit trail and receipts hold names as text
@@ -52,6 +55,8 @@ class Jail:
             raise SFTPNoSuchFile("only /outbox, /inbox and /receipts exist")
         if len(parts) > 2:
             raise SFTPNoSuchFile("there are no sub-folders")
+        if len(parts) == 2 and len(os.fsencode(parts[1])) > NAME_MAX:  # the filesystem's limit, told as such
+            raise SFTPPermissionDenied(f"names are at most {NAME_MAX} bytes")
         area_dir = self._areas[parts[0]]
         real = Path(area_dir, parts[1]) if len(parts) == 2 else Path(area_dir)
         if os.path.commonpath([os.path.realpath(real), area_dir]) != area_dir:

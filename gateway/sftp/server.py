@@ -105,6 +105,8 @@ class DoorLimits:
     max_startups_per_address: int = 200  # connections not yet logged in (gateway.sftp.startups)
     max_startups: int = 1000
     max_auth_tries: int = 6  # keys a connection may offer that are refused
+    max_open_per_organ: int = 256  # files and listings open at once, in all of an organ's sessions
+    max_channels_per_connection: int = 10  # SFTP sessions on one connection (OpenSSH's MaxSessions)
     upload_quota_bytes: int = 16 << 30  # an organ's quota until the door has read its own (gateway.sftp.quota)
     allow_sha1: bool = False  # offer SHA-1 (algorithms) to clients that know nothing newer
 
@@ -134,6 +136,8 @@ class DoorState:
     connections: dict[asyncssh.SSHServerConnection, float] = field(default_factory=dict)  # logged in: last activity
     logins: dict[asyncssh.SSHServerConnection, Login] = field(default_factory=dict)
     partials: dict[Path, tuple[SftpSession, Handle]] = field(default_factory=dict)  # the newest upload to each name
+    open_files: dict[str, int] = field(default_factory=dict)  # per organ: its files and listings open
+    channels: dict[asyncssh.SSHServerConnection, int] = field(default_factory=dict)  # SFTP sessions per connection
     signatures: frozenset[bytes] = frozenset()  # the signature algorithms a login may use
     startups: Startups = field(init=False)
 

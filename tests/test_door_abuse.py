@@ -1,0 +1,148 @@
+"""An organ's own key used against the door (by a careless client, or by whoever stole the key): it cannot grow the
+door without bound, slip past its quota, stall the intake for everyone, or leave files outside its quota. Each
+case was found by a review that ran it against the real door; before the fix, each did what its comment says."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncssh
+import paramiko
+import pytest
+from paramiko.sftp import CMD_READ, int64
+
+from gateway import harness
+from gateway.harness import Sandbox
+
+KV, PK = "kv-bau-zh", "pk-bau-zh"
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[Sandbox]:
+    sandbox = Sandbox(settings={"idle_timeout_seconds": 4})  # the door's idle round every second
+    sandbox.init_pair(KV, PK)
+    sandbox.start()
+    yield sandbox
+    sandbox.close()
+
+
+@contextlib.contextmanager
+def session(box: Sandbox, organ: str = KV) -> Iterator[paramiko.SFTPClient]:
+    transport = paramiko.Transport(("127.0.0.1", box.port))
+    transport.connect(username=organ, pkey=paramiko.Ed25519Key.from_private_key_file(str(box.organs[organ].ssh_key)))
+    try:
+        yield paramiko.SFTPClient.from_transport(transport)
+    finally:
+        transport.close()
+
+
+def door_rss_mib(box: Sandbox) -> float:
+    assert box.process is not None
+    [door] = [
+        p for p in harness.process_tree(box.process.pid) if Path(f"/proc/{p}/comm").read_text().strip() == "flam-sftp"
+    ]
+    status = Path(f"/proc/{door}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def hidden_uploads(box: Sandbox) -> list[str]:
+    return [p.name for p in box.folder(KV, "outbox").iterdir() if p.name.startswith(".sftp-")]
+
+
+def test_a_client_that_asks_for_reads_without_taking_the_answers_does_not_grow_the_door(box: Sandbox) -> None:
+    data = os.urandom(16 << 20)
+    box.drop(KV, "big.part", data)  # a partial upload's name: never collected, and the organ may read it
+    before = door_rss_mib(box)
+    with session(box) as flood:
+        handle = flood.open("/outbox/big.part", "rb")
+        for _ in range(120):  # the door grew by 2 GB: asyncssh answers each read at once, sent or not
+            flood._async_request(handle, CMD_READ, handle.handle, int64(0), 16 << 20)
+        time.sleep(2)
+        assert door_rss_mib(box) - before < 64
+    with session(box) as fair, fair.open("/outbox/big.part", "rb") as fh:  # short reads (256 KiB), as OpenSSH's
+        assert fh.read() == data
+    (box.folder(KV, "outbox") / "big.part").unlink()
+
+
+def test_an_upload_cannot_be_read_back_nor_copied_onto_itself(box: Sandbox) -> None:
+    with session(box) as client, client.open("/outbox/credit.part", "w+") as fh:
+        fh.write(b"x" * 65536)
+        fh.flush()
+        fh.seek(0)
+        with pytest.raises(PermissionError):  # what a handle read was taken off the quota's bytes under way
+            fh.read(65536)
+
+    async def copy_onto_itself() -> None:  # copy-data froze the door: its loop reads and writes without a pause
+        key = asyncssh.read_private_key(str(box.organs[KV].ssh_key))
+        async with (
+            asyncssh.connect("127.0.0.1", box.port, username=KV, client_keys=[key], known_hosts=None) as conn,
+            conn.start_sftp_client() as sftp,
+            sftp.open("/outbox/loop.part", "wb+") as fh,
+        ):
+            await fh.write(b"y" * 65536)
+            with pytest.raises(asyncssh.SFTPPermissionDenied):
+                await sftp.remote_copy(fh, fh, src_offset=0, src_length=0, dst_offset=65536)
+
+    asyncio.run(copy_onto_itself())
+    for name in ("credit.part", "loop.part"):
+        (box.folder(KV, "outbox") / name).unlink(missing_ok=True)
+
+
+def test_an_organ_cannot_hold_more_files_open_than_its_limit(box: Sandbox) -> None:
+    box.drop(KV, "held.part", b"z")
+    with session(box) as greedy:  # one session opened 19,940 and the door took no login after
+        handles = [greedy.open("/outbox/held.part", "rb") for _ in range(256)]
+        with pytest.raises(OSError, match="256 files open"):
+            greedy.open("/outbox/held.part", "rb")
+        with session(box, PK) as other:  # another organ is let in and served
+            assert other.listdir("/inbox") == []
+        handles.pop().close()
+        greedy.open("/outbox/held.part", "rb").close()
+    (box.folder(KV, "outbox") / "held.part").unlink()
+
+
+def test_a_name_the_filesystem_cannot_hold_is_refused_and_leaves_nothing(box: Sandbox) -> None:
+    with session(box) as client:
+        for _ in range(3):  # each left a hidden 8 MiB file outside the quota, and 4 MB names filled the trail
+            with pytest.raises(OSError, match="at most 255 bytes"), client.open("/outbox/" + "n" * 256 + ".json", "w"):
+                pass
+        with pytest.raises(OSError, match="at most 4096"):
+            client.stat("/outbox/" + "./" * 3000)
+    assert hidden_uploads(box) == []
+
+
+def test_a_write_that_would_leave_a_gap_is_refused(box: Sandbox) -> None:
+    with session(box) as client:
+        fh = client.open("/outbox/sparse.json", "w")
+        fh.write(b"{")
+        fh.seek((16 << 30) - 4096)  # one byte at 16 GiB: a sparse file the intake took a minute to hash
+        with pytest.raises(OSError, match="would leave a gap"):
+            fh.write(b"}")
+            fh.flush()
+        fh.close()  # refused too ("not stored"), which paramiko does not pass on
+    assert not (box.folder(KV, "outbox") / "sparse.json").exists() and hidden_uploads(box) == []
+
+
+def test_a_long_upload_is_not_cut_as_idle_and_sessions_on_one_connection_are_capped(box: Sandbox) -> None:
+    with session(box) as client, client.open("/outbox/slow.part", "w") as fh:
+        for _ in range(14):  # 7 s of writes, no other request, with idle_timeout_seconds 4: it was cut
+            fh.write(b"s" * 1000)
+            fh.flush()
+            time.sleep(0.5)
+    assert (box.folder(KV, "outbox") / "slow.part").stat().st_size == 14_000
+    (box.folder(KV, "outbox") / "slow.part").unlink()
+
+    with session(box) as first:  # OpenSSH's sshd allows 10 (MaxSessions); the door allowed any number
+        transport = first.get_channel().get_transport()
+        more = [paramiko.SFTPClient.from_transport(transport) for _ in range(9)]
+        assert all(m.listdir("/") for m in more)
+        with pytest.raises((paramiko.SSHException, EOFError, OSError)):
+            paramiko.SFTPClient.from_transport(transport).listdir("/")
+        harness.wait_until(lambda: not transport.is_active(), what="the connection closed")
+    with session(box) as client:
+        assert client.listdir("/") == ["outbox", "inbox", "receipts"]
