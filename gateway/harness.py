@@ -34,6 +34,7 @@ from sqlalchemy import create_engine, text
 from gateway.crypto import Decrypted, Keyring, decrypt_file, export_public_key, generate_key
 from gateway.ledger.models import Transfer
 from gateway.ledger.store import Ledger
+from gateway.resources import load_schema
 
 
 @contextmanager
@@ -105,6 +106,17 @@ def openssh_sftp(
         text=isinstance(commands, str),
         timeout=timeout,
     )
+
+
+def read_receipt(path: Path) -> dict[str, Any]:
+    """A receipt as its recipient's software reads it; AssertionError if it breaks schemas/receipt.schema.json."""
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    receipt = json.loads(path.read_text())
+    schema = Draft202012Validator(load_schema("receipt.schema.json"), format_checker=FormatChecker())
+    wrong = [f"{e.json_path}: {e.message}" for e in schema.iter_errors(receipt)]
+    assert not wrong, f"{path.name} breaks the receipt schema: {wrong}"
+    return receipt
 
 
 def plain_gpg_decrypt(home: Path, path: Path) -> tuple[bytes, str | None]:
@@ -311,8 +323,9 @@ class Sandbox:
         return tmp.rename(outbox / name)
 
     def receipts(self, organ_id: str) -> list[dict[str, Any]]:
+        """The receipts in the organ's folder, each checked against schemas/receipt.schema.json."""
         folder = self.folder(organ_id, "receipts")
-        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.receipt.json"))]
+        return [read_receipt(p) for p in sorted(folder.glob("*.receipt.json"))]
 
     def decrypt(self, organ_id: str, path: Path) -> Decrypted:
         """The recipient decrypts a delivery with its own key and checks who signed it."""

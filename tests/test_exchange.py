@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import samples
+from gateway import harness, samples
 from gateway.folders import Folders, new_transfer_id
 from gateway.harness import Sandbox
 
@@ -68,7 +68,7 @@ def settled(box: Sandbox, name: str, sender: str = KV):
 def receipt_for(box: Sandbox, transfer_id: str, code: int, organ: str = KV) -> dict:
     matches = list(box.folder(organ, "receipts").glob(f"*_{code}_{transfer_id}.receipt.json"))
     assert len(matches) == 1, f"one {code} receipt for {transfer_id}, found {matches}"
-    return json.loads(matches[0].read_text())
+    return harness.read_receipt(matches[0])
 
 
 def test_a_json_dossier_reaches_the_recipient_encrypted_and_signed(box: Sandbox) -> None:

@@ -17,8 +17,9 @@ from hostile_corpus import CASES, DISABLED, OTHER, RECIPIENT, SENDER, TWINS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import samples
+from gateway import harness, samples
 from gateway.errors import STATUS_OF
+from gateway.folders import safe_component
 from gateway.handlers.inspect import inspect_file
 from gateway.harness import Sandbox
 from gateway.limits import Limits
@@ -85,9 +86,11 @@ def test_every_hostile_input_gets_its_receipt_code_and_nothing_is_delivered(box:
             wrong.append((name, status, transfer and (transfer.state, transfer.status_code)))
             continue
         receipts = list(box.folder(SENDER, "receipts").glob(f"*_{status}_{transfer.id}.receipt.json"))
-        errors = json.loads(receipts[0].read_text())["errors"] if len(receipts) == 1 else []
-        if code not in {e["code"] for e in errors}:
-            wrong.append((name, code, errors))
+        receipt = harness.read_receipt(receipts[0]) if len(receipts) == 1 else {"errors": [], "message_id": None}
+        if code not in {e["code"] for e in receipt["errors"]}:
+            wrong.append((name, code, receipt["errors"]))
+        elif not receipts[0].name.startswith(safe_component(receipt["message_id"] or name) + "_"):
+            wrong.append((name, "named after its message id, or after the file where it has none", receipts[0].name))
     assert wrong == []
     assert sorted(box.folder(RECIPIENT, "inbox").iterdir()) == delivered_before, "nothing hostile is delivered"
     assert not list(outbox.iterdir()), "everything was taken out of the outbox"
