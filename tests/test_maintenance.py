@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, text
 
-from gateway import admin, samples
+from gateway import admin, harness, samples
 from gateway.config import load_settings
 from gateway.crypto import decrypt_file, export_public_key, generate_key
 from gateway.errors import AdminError
@@ -71,7 +70,7 @@ def deliver(gw: Gateway, name: str, data: bytes) -> None:
 
 
 def receipt_codes(gw: Gateway) -> list[int]:
-    return sorted(json.loads(p.read_text())["status_code"] for p in gw.folders.receipts(KV).iterdir())
+    return sorted(harness.read_receipt(p)["status_code"] for p in gw.folders.receipts(KV).iterdir())
 
 
 def test_an_uncollected_delivery_is_warned_about_then_expires(gw: Gateway, clock: Clock) -> None:
@@ -162,7 +161,7 @@ def test_a_dossier_encrypted_to_a_key_the_admin_replaced_before_its_delivery_is_
     rejected, again = (gw.ledger.transfer(t.id) for t in sorted(gw.ledger.transfers(), key=lambda t: t.id))
     assert (rejected.state, rejected.status_code) == ("rejected", 311)
     [receipt] = [p for p in gw.folders.receipts(KV).iterdir() if f"_311_{rejected.id}" in p.name]
-    assert json.loads(receipt.read_text())["errors"][0]["code"] == "RECIPIENT_KEY_CHANGED"
+    assert harness.read_receipt(receipt)["errors"][0]["code"] == "RECIPIENT_KEY_CHANGED"
     assert (again.state, again.encrypted_to) == ("delivered", new)
     [delivered] = inbox.iterdir()
     assert decrypt_file(short_tmp / "pk2", delivered).data == data, "only under the new key"
