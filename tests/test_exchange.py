@@ -92,6 +92,19 @@ def test_a_json_dossier_reaches_the_recipient_encrypted_and_signed(box: Sandbox)
     assert not list(box.folder(KV, "outbox").iterdir())
 
 
+def test_a_test_message_saved_with_a_byte_order_mark_is_delivered_as_it_is_and_marked_as_test(box: Sandbox) -> None:
+    doc = samples.make_dossier(KV, PK)
+    doc["envelope"]["test"] = True  # the spec: delivered like others, marked as test in the ledger
+    data = b"\xef\xbb\xbf" + samples.dossier_bytes(doc)  # what Windows Notepad and some exports write first
+    box.drop(KV, "bom-test.json", data)
+
+    transfer = settled(box, "bom-test.json")
+    assert (transfer.state, transfer.status_code, transfer.test) == ("delivered", 100, True)
+    assert box.decrypt(PK, box.folder(PK, "inbox") / transfer.delivered_name).data == data
+    shown = json.loads(box.cli("transfers", "show", doc["envelope"]["message_id"], "--json").stdout)
+    assert [t["test"] for t in shown] == [True]
+
+
 def test_a_zip_package_reaches_the_recipient(box: Sandbox, tmp_path: Path) -> None:
     pdfs = {"kontrollbericht.pdf": samples.make_pdf(300_000, seed=1), "lohnliste.pdf": samples.make_pdf(9_000, seed=2)}
     doc = samples.make_dossier(KV, PK, attachments=list(pdfs.items()), embed=False)
