@@ -146,3 +146,17 @@ def test_a_long_upload_is_not_cut_as_idle_and_sessions_on_one_connection_are_cap
         harness.wait_until(lambda: not transport.is_active(), what="the connection closed")
     with session(box) as client:
         assert client.listdir("/") == ["outbox", "inbox", "receipts"]
+
+
+def test_df_shows_an_organ_its_own_quota_and_what_is_left_of_it_not_the_shared_disk(box: Sandbox) -> None:
+    box.cli("organ", "quota", KV, "1GiB")
+    box.drop(KV, "waiting.part", os.urandom(1 << 20))  # counted: what the organ has waiting at the gateway
+
+    def df() -> list[str] | None:  # OpenSSH's `df` (statvfs@openssh.com), in KiB: Size Used Avail (root) %Capacity
+        done = harness.openssh_sftp(box.port, KV, box.organs[KV].ssh_key, "df /outbox\n")
+        sizes = done.stdout.splitlines()[-1].split()
+        return sizes if sizes[:3] == ["1048576", "1024", "1047552"] else None
+
+    assert box.wait_for(df, 20, "df to show the organ's quota")  # it showed the disk all organs share
+    box.cli("organ", "quota", KV, "default")
+    (box.folder(KV, "outbox") / "waiting.part").unlink()

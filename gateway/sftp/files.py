@@ -21,10 +21,18 @@ from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import asyncssh
-from asyncssh import SFTPAttrs, SFTPFailure, SFTPName, SFTPNoSuchFile, SFTPPermissionDenied, SFTPQuotaExceeded
+from asyncssh import (
+    SFTPAttrs,
+    SFTPFailure,
+    SFTPName,
+    SFTPNoSuchFile,
+    SFTPPermissionDenied,
+    SFTPQuotaExceeded,
+    SFTPVFSAttrs,
+)
 
 from gateway.folders import PARTIAL_XATTR, UPLOAD_PREFIX, is_partial_name, rename_durably, rename_no_replace
 from gateway.sftp.jail import AREAS, Jail, Place
@@ -504,11 +512,24 @@ class SftpSession(asyncssh.SFTPServer):
         self._never("readlink")
         return b""
 
-    def statvfs(self, path: bytes) -> Any:
-        return os.statvfs(self.jail.root)
+    def statvfs(self, path: bytes) -> SFTPVFSAttrs:
+        self.jail.place(path)
+        return self._space()
 
-    def fstatvfs(self, handle: Handle) -> Any:
-        return os.statvfs(self.jail.root)
+    def fstatvfs(self, handle: Handle) -> SFTPVFSAttrs:
+        return self._space()
+
+    def _space(self) -> SFTPVFSAttrs:
+        """The organ's own space (`df` in OpenSSH's sftp, WinSCP's free space): its upload quota, and what is left of
+        it, where it has one; the disk's free space only where that is less, or it has none. Not the disk all
+        organs share: that told each organ how much the others were sending."""
+        disk = SFTPVFSAttrs.from_local(os.statvfs(self.jail.root))
+        limit = self.door.quota.limit(self.organ)
+        if not limit:
+            return disk
+        left = min(max(0, limit - self.door.quota.waiting(self.organ)), disk.bavail * disk.frsize)
+        size, free = limit // disk.frsize, left // disk.frsize
+        return SFTPVFSAttrs(disk.bsize, disk.frsize, size, free, free, 0, 0, 0, 0, disk.flags, disk.namemax)
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:

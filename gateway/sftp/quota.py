@@ -77,18 +77,22 @@ class Quota:
         self.refresh(organ)
         return self._known.get(organ, 0) + self._committed[organ] + self._under_way[organ]
 
+    def limit(self, organ: str) -> int:
+        """``organ``'s quota as its last reading found it (the setting until one has); 0 for none."""
+        return self._limit.get(organ, self.setting)
+
     def over(self, organ: str, size: int, written: int = 0) -> int | None:
         """What ``organ`` has waiting besides an upload of ``size`` bytes (``written`` of them so far), if with it
         the organ would pass its quota; else None."""
         others = self.waiting(organ) - written
-        limit = self._limit.get(organ, self.setting)
+        limit = self.limit(organ)
         return others if limit and others + size > limit else None
 
     def check(self, organ: str, size: int, written: int, what: str) -> None:
         """Raise SFTPQuotaExceeded if the upload ``what``, ``size`` bytes once this write is done (``written`` of
         them so far), would take ``organ`` past its quota."""
         if (others := self.over(organ, size, written)) is not None:
-            limit = sized(self._limit.get(organ, self.setting))
+            limit = sized(self.limit(organ))
             raise SFTPQuotaExceeded(
                 f"{what} was not stored: it would take {organ} past its quota of {limit} waiting at the gateway "
                 f"({mib(others)} are waiting already: in its outbox, or received and not yet delivered); "
