@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import asyncssh
 import paramiko
 import pytest
-from paramiko.sftp import CMD_READ, int64
+from paramiko.sftp import CMD_OPENDIR, CMD_READ, int64
 
 from gateway import harness
 from gateway.harness import Sandbox
@@ -60,10 +61,12 @@ def test_a_client_that_asks_for_reads_without_taking_the_answers_does_not_grow_t
     before = door_rss_mib(box)
     with session(box) as flood:
         handle = flood.open("/outbox/big.part", "rb")
-        for _ in range(120):  # the door grew by 2 GB: asyncssh answers each read at once, sent or not
-            flood._async_request(handle, CMD_READ, handle.handle, int64(0), 16 << 20)
+        flood.sock.settimeout(5)  # once the door reads no more requests, its window fills and sending blocks
+        with contextlib.suppress(TimeoutError):
+            for _ in range(2000):  # 120 of 16 MiB grew the door by 2 GB: asyncssh answered each at once, sent or not
+                flood._async_request(handle, CMD_READ, handle.handle, int64(0), 16 << 20)
         time.sleep(2)
-        assert door_rss_mib(box) - before < 64
+        assert door_rss_mib(box) - before < 64  # 2,000 answers of 256 KiB would be 500 MiB
     with session(box) as fair, fair.open("/outbox/big.part", "rb") as fh:  # short reads (256 KiB), as OpenSSH's
         assert fh.read() == data
     (box.folder(KV, "outbox") / "big.part").unlink()
@@ -96,9 +99,13 @@ def test_an_upload_cannot_be_read_back_nor_copied_onto_itself(box: Sandbox) -> N
 def test_an_organ_cannot_hold_more_files_open_than_its_limit(box: Sandbox) -> None:
     box.drop(KV, "held.part", b"z")
     with session(box) as greedy:  # one session opened 19,940 and the door took no login after
-        handles = [greedy.open("/outbox/held.part", "rb") for _ in range(256)]
-        with pytest.raises(OSError, match="256 files open"):
+        handles = [greedy.open("/outbox/held.part", "rb") for _ in range(128)]
+        for _ in range(128):  # listings opened and never read (300,000 of them passed the first count)
+            greedy._request(CMD_OPENDIR, "/inbox")
+        with pytest.raises(OSError, match="256 files and listings open"):
             greedy.open("/outbox/held.part", "rb")
+        with pytest.raises(OSError, match="256 files and listings open"):
+            greedy._request(CMD_OPENDIR, "/inbox")
         with session(box, PK) as other:  # another organ is let in and served
             assert other.listdir("/inbox") == []
         handles.pop().close()
@@ -139,13 +146,21 @@ def test_a_long_upload_is_not_cut_as_idle_and_sessions_on_one_connection_are_cap
 
     with session(box) as first:  # OpenSSH's sshd allows 10 (MaxSessions); the door allowed any number
         transport = first.get_channel().get_transport()
-        more = [paramiko.SFTPClient.from_transport(transport) for _ in range(9)]
-        assert all(m.listdir("/") for m in more)
-        with pytest.raises((paramiko.SSHException, EOFError, OSError)):
-            paramiko.SFTPClient.from_transport(transport).listdir("/")
-        harness.wait_until(lambda: not transport.is_active(), what="the connection closed")
-    with session(box) as client:
-        assert client.listdir("/") == ["outbox", "inbox", "receipts"]
+        more = [paramiko.SFTPClient.from_transport(transport) for _ in range(8)]
+        bare = transport.open_session()  # a channel that never asks for SFTP counts too (20,000 held 96 MiB)
+        with pytest.raises(paramiko.ChannelException):
+            paramiko.SFTPClient.from_transport(transport)
+        with pytest.raises(paramiko.ChannelException):
+            transport.open_session()
+        assert all(m.listdir("/") == ["outbox", "inbox", "receipts"] for m in [first, *more])
+        bare.close()
+
+        def eleventh() -> list[str] | None:
+            with contextlib.suppress(paramiko.ChannelException):
+                return paramiko.SFTPClient.from_transport(transport).listdir("/")
+            return None
+
+        assert harness.wait_until(eleventh, what="a place freed by the channel closed")
 
 
 def test_df_shows_an_organ_its_own_quota_and_what_is_left_of_it_not_the_shared_disk(box: Sandbox) -> None:
@@ -160,3 +175,17 @@ def test_df_shows_an_organ_its_own_quota_and_what_is_left_of_it_not_the_shared_d
     assert box.wait_for(df, 20, "df to show the organ's quota")  # it showed the disk all organs share
     box.cli("organ", "quota", KV, "default")
     (box.folder(KV, "outbox") / "waiting.part").unlink()
+
+
+def test_the_door_runs_no_shell_no_command_and_no_scp_of_the_old_protocol(box: Sandbox, tmp_path: Path) -> None:
+    with session(box) as client:
+        transport = client.get_channel().get_transport()
+        for ask in (lambda ch: ch.exec_command("cat /etc/passwd"), lambda ch: ch.invoke_shell()):
+            channel = transport.open_session()
+            with pytest.raises(paramiko.SSHException):
+                ask(channel)
+            channel.close()
+    (report := tmp_path / "report.json").write_bytes(b"{}")
+    scp = ["scp", "-O", *harness.ssh_options(box.organs[KV].ssh_key), "-P", str(box.port)]  # -O: its own protocol
+    old = subprocess.run([*scp, str(report), f"{KV}@127.0.0.1:/outbox/"], capture_output=True, text=True, timeout=60)
+    assert old.returncode != 0 and not (box.folder(KV, "outbox") / "report.json").exists()

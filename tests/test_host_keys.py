@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import paramiko
+import pytest
 
 from gateway import harness
 from gateway.harness import Sandbox
@@ -89,6 +90,14 @@ def test_the_host_key_is_replaced_without_an_organ_s_nightly_batch_failing(tmp_p
         box.wait_for(lambda: presented(box) == new, what="the door to present the new key")
         assert (host_keys(box)[new], host_keys(box)[old]) == (("ssh-ed25519", "in use"), ("ssh-ed25519", "announced"))
         assert "already" in box.cli("host-key", "use", new).stdout  # and no second event
+        in_use = box.data_dir / "hostkeys" / "in-use"
+        chosen = in_use.read_text()
+        with in_use.open("w") as fh:  # rewritten in place, as `cp` from another node does: the door was blind to it
+            fh.write(chosen.replace(next(n for n in chosen.split() if "ed25519" in n), "ssh_host_ed25519_key"))
+        box.wait_for(lambda: presented(box) == old, what="the door to take the rewritten in-use")
+        with in_use.open("w") as fh:
+            fh.write(chosen)
+        box.wait_for(lambda: presented(box) == new, what="the door to take it back")
         assert nightly_sftp(box, nightly).returncode == 0
         refused = nightly_sftp(box, away)
         assert refused.returncode != 0 and "REMOTE HOST IDENTIFICATION HAS CHANGED" in refused.stderr
@@ -117,5 +126,13 @@ def test_the_host_key_is_replaced_without_an_organ_s_nightly_batch_failing(tmp_p
             f"ssh-ed25519 {new} presented; {old} announced",
             f"ssh-ed25519 {old}",
         ]
+
+        # a key in use lost (a restore that missed it): the door does not start with a new key nobody was told of
+        box.stop()
+        [new_file] = [n for n in (box.data_dir / "hostkeys" / "in-use").read_text().split() if "ed25519" in n]
+        (box.data_dir / "hostkeys" / new_file).unlink()
+        with pytest.raises(RuntimeError) as told:
+            box.start()
+        assert "error HOST_KEY_MISSING: the host key " in str(told.value) and "Traceback" not in str(told.value)
     finally:
         box.close()

@@ -112,6 +112,10 @@ SPEC_SHAPED = {  # DOSSIER-SPEC's fields with a pattern, each with a value that 
     "uid": "CHE-١١٦.281.710",
     "ahv_number": "756.١٢٣٤.5678.97",
     "nationality": "DE\n",
+    "recipient_id": "pk-bau-zh\n",
+    "country": "CH\n",
+    "filename": "a.pdf\n",
+    "sha256": "0" * 64 + "\n",
 }
 
 

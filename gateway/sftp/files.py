@@ -16,6 +16,7 @@ import secrets
 import stat
 import sys
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import Future
@@ -38,6 +39,8 @@ from gateway.folders import PARTIAL_XATTR, UPLOAD_PREFIX, is_partial_name, renam
 from gateway.sftp.jail import AREAS, Jail, Place
 
 if TYPE_CHECKING:
+    from asyncssh.stream import SSHServerStreamSession
+
     from gateway.sftp.server import DoorState
 
 # A large upload is put on disk every 32 MiB while it streams in, on a thread: the fsync before the close's "ok"
@@ -48,11 +51,12 @@ RECENT_SECONDS = 300.0  # how long stat/setstat still answer for an upload (or a
 # kept them all (the door grew by 19 MiB, past 100 MB of RSS)
 RECENT_UPLOADS = 256
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC | asyncssh.FXF_APPEND
-# A download: at most this much a read (OpenSSH's sftp-server: 255 KiB), and no read while this much of what the
-# client asked for before is still unsent. asyncssh sends each answer at once and reads the next request: a client
-# that asks without taking the answers (120 reads of 16 MiB) grew the door by 2 GB.
+# A download: at most this much a read (OpenSSH's sftp-server answers 255 KiB; not less than asyncssh's copy-data
+# block, which takes a short read for the end of the file), and no read while this much of what the client asked
+# for before is still unsent. asyncssh sends each answer at once and reads the next request: a client that asks
+# without taking the answers (120 reads of 16 MiB) grew the door by 2 GB.
 MAX_READ = 256 << 10
-MAX_UNSENT = 2 << 20
+MAX_UNSENT = 4 << 20
 # An upload may leave no hole larger than this between what it has written and where it writes (a client that
 # writes in parallel leaves small ones for a moment): one write at 16 GiB made a sparse file that took the
 # intake a minute to hash, for every organ.
@@ -71,7 +75,8 @@ class Handle:
     temp: Path | None = None  # uploads: the hidden file written until the protocol close
     count: int = 0  # bytes read, or written
     failed: bool = False  # a write failed (a full disk, an I/O error): the upload is never stored
-    flushed: int = 0  # bytes written when the last background flush began; downloads: read at the last pause
+    flushed: int = 0  # bytes written when the last background flush began
+    paused: int = 0  # downloads: bytes read when the last read let the other sessions go first
     flushing: Future[None] | None = None  # that flush
     resumable: bool = False  # under a partial upload's name: kept when the connection drops, for the client to resume
     closed: bool = False  # by the client, by the end of its connection, or by the door's stop: its fd is gone
@@ -80,24 +85,14 @@ class Handle:
 class SftpSession(asyncssh.SFTPServer):
     """The file operations of one SFTP session, inside the organ's jail."""
 
-    def __init__(self, chan: asyncssh.SSHServerChannel, door: DoorState) -> None:
+    def __init__(self, chan: asyncssh.SSHServerChannel, door: DoorState, stream: SSHServerStreamSession) -> None:
         super().__init__(chan)
-        self.door = door
+        self.door, self.stream = door, stream
         self.organ = chan.get_extra_info("username")
         self.peer = "{}:{}".format(*(chan.get_extra_info("peername") or ("?", 0)))
         self.jail = Jail(door.organs_root / self.organ)
         self.recent: OrderedDict[str, tuple[float, os.stat_result]] = OrderedDict()  # oldest first
-        self.conn = conn = chan.get_connection()
-        door.channels[conn] = door.channels.get(conn, 0) + 1
-        if door.channels[conn] > door.limits.max_channels_per_connection:  # each its own caps: no more, as sshd
-            limit = door.limits.max_channels_per_connection
-            self._audit("refused", f"more than {limit} SFTP sessions on one connection: it is closed", False)
-            asyncio.get_running_loop().call_soon(conn.close)  # not the channel alone: asyncssh has not started it
-
-    def exit(self) -> None:
-        self.door.channels[self.conn] -= 1
-        if not self.door.channels[self.conn]:
-            del self.door.channels[self.conn]
+        self.conn = chan.get_connection()
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
 
@@ -150,18 +145,17 @@ class SftpSession(asyncssh.SFTPServer):
     def lstat(self, path: bytes) -> os.stat_result:
         return self._attrs(path, False)
 
-    async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
+    def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
+        """A listing, counted among the organ's open files from its OPENDIR to its CLOSE (or the session's end)."""
         self._touch()
         place = self.jail.place(path)
         if place.name:
             raise SFTPFailure("not a folder")
         self._may_open()
+        listing = self._listing(place)
         self._opened()
-        try:
-            async for name in self._listing(place):
-                yield name
-        finally:
-            self._ended()
+        weakref.finalize(listing, self._ended)  # asyncssh drops it at CLOSE, read to its end or not
+        return listing
 
     async def _listing(self, place: Place) -> AsyncIterator[SFTPName]:
         if not place.area:
@@ -206,10 +200,8 @@ class SftpSession(asyncssh.SFTPServer):
         """Refuse to open more than the organ may have open at once (files and listings, all its sessions): one
         session opened 19,940 files, and the door then had no descriptor left for the next login."""
         if self.door.open_files.get(self.organ, 0) >= self.door.limits.max_open_per_organ:
-            raise self._refuse(
-                "open",
-                SFTPFailure(f"{self.organ} has {self.door.limits.max_open_per_organ} files open: close some first"),
-            )
+            held = f"{self.door.limits.max_open_per_organ} files and listings open in its sessions, the most at once"
+            raise self._refuse("open", SFTPFailure(f"{self.organ} has {held}"))
 
     def _opened(self) -> None:
         self.door.open_files[self.organ] = self.door.open_files.get(self.organ, 0) + 1
@@ -290,19 +282,16 @@ class SftpSession(asyncssh.SFTPServer):
         if handle.temp is not None:  # nothing to read back: the quota counted what a handle moved
             raise SFTPPermissionDenied("opened for writing")
         self._touch()
-        if self.channel.get_write_buffer_size() > MAX_UNSENT or handle.count - handle.flushed >= _FLUSH_BYTES:
-            handle.flushed = handle.count
+        if self.channel.get_write_buffer_size() > MAX_UNSENT or handle.count - handle.paused >= _FLUSH_BYTES:
+            handle.paused = handle.count
             return self._read_when_sent(handle, offset, size)
         return self._read(handle, offset, size)
 
     async def _read_when_sent(self, handle: Handle, offset: int, size: int) -> bytes:
-        """Read once the client has taken what it asked for before (the session reads no request meanwhile), and
-        after the other sessions' turn: a copy-data request reads and writes in a loop of its own, without one."""
+        """Read after the other sessions' turn (a copy-data request reads and writes in a loop of its own, without
+        one), once the client has taken what it asked for before (the session reads no request meanwhile)."""
         await asyncio.sleep(0)
-        while self.channel.get_write_buffer_size() > MAX_UNSENT:
-            if self.channel.is_closing():
-                raise SFTPFailure("the session has ended")
-            await asyncio.sleep(0.01)
+        await self.stream.drain(None)  # the connection's error, once it has gone
         return self._read(handle, offset, size)
 
     def _read(self, handle: Handle, offset: int, size: int) -> bytes:

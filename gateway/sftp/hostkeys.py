@@ -30,33 +30,39 @@ class HostKey:
     in_use: bool
 
 
-def ensure_host_keys(directory: Path) -> list[Path]:
-    """Generate the first host keys once (0600); returns every key, those in use first (the door presents the
-    first key of each type and announces the rest). Later calls return the same files: fingerprints stay stable."""
+def ensure_host_keys(directory: Path) -> None:
+    """Generate the first host keys once (0600), for `init` and `serve`: later calls leave them, so fingerprints
+    stay stable. HOST_KEY_MISSING where a key in use has gone since."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not (directory / IN_USE).exists():
         for name, key_type in zip(FIRST_KEYS, KEY_TYPES, strict=True):
             if not (directory / name).exists():
                 _generate(directory / name, key_type)
+    host_key_files(directory)
+
+
+def host_key_files(directory: Path) -> tuple[list[Path], list[Path]]:
+    """The host keys in use (the door presents them) and those announced besides; never makes one (a key that
+    is missing is HOST_KEY_MISSING: one made here would be a new key nobody was told of)."""
     in_use = _in_use(directory)
-    return [directory / name for name in in_use] + [directory / n for n in _key_files(directory) if n not in in_use]
+    return [directory / n for n in in_use], [directory / n for n in _key_files(directory) if n not in in_use]
 
 
 def host_keys(directory: Path) -> list[HostKey]:
     """Every host key, those in use first."""
     import asyncssh  # only the door and these one-offs need it: other processes stay without it
 
-    in_use = _in_use(directory)
+    in_use, announced = host_key_files(directory)
     result = []
-    for path in ensure_host_keys(directory):
+    for path in in_use + announced:
         key = asyncssh.read_private_key(str(path))
-        result.append(HostKey(path.name, key.get_algorithm(), key.get_fingerprint("sha256"), path.name in in_use))
+        result.append(HostKey(path.name, key.get_algorithm(), key.get_fingerprint("sha256"), path in in_use))
     return result
 
 
 def add_host_key(directory: Path, key_type: str, now: datetime) -> HostKey:
     """Generate a host key of ``key_type`` beside those in use: announced from now on, presented once `use`d."""
-    ensure_host_keys(directory)
+    host_key_files(directory)  # the keys in use are all there
     stem = f"ssh_host_{key_type}_key-{now:%Y%m%d%H%M%S}"
     name, n = stem, 1
     while (directory / name).exists():
@@ -110,12 +116,12 @@ def _in_use(directory: Path) -> list[str]:
     try:
         names = (directory / IN_USE).read_text("ascii").split()
     except FileNotFoundError:
-        return list(FIRST_KEYS)
+        names = list(FIRST_KEYS)
     missing = [n for n in names if not (directory / n).is_file()]
     if missing:
         raise GatewayFault(
-            f"the host key {missing[0]} named in {directory / IN_USE} is missing: restore it from the backup "
-            "(or name the keys to present there, one file name a line)",
+            f"the host key {directory / missing[0]} that the door presents is missing: restore it (and {IN_USE}) "
+            f"from the backup, or name the keys to present in {directory / IN_USE}, one file name a line",
             code="HOST_KEY_MISSING",
         )
     return names

@@ -21,9 +21,11 @@ import asyncssh
 from asyncssh.kex import get_kex_algs
 from asyncssh.mac import get_mac_algs
 from asyncssh.public_key import get_public_key_algs
+from asyncssh.sftp import MIN_SFTP_VERSION
+from asyncssh.stream import SSHServerStreamSession
 
-from gateway.sftp.files import Handle, SftpSession
-from gateway.sftp.hostkeys import ensure_host_keys
+from gateway.sftp.files import MAX_UNSENT, Handle, SftpSession
+from gateway.sftp.hostkeys import host_key_files
 from gateway.sftp.logins import RECHECK_SECONDS, Login, end_revoked, key_allowed, organ_keys
 from gateway.sftp.quota import Quota
 from gateway.sftp.spares import SparePool
@@ -180,8 +182,19 @@ class _Auth(asyncssh.SSHServer):
         if self.conn is not None:
             self.door.connections.pop(self.conn, None)
             self.door.logins.pop(self.conn, None)
+            self.door.channels.pop(self.conn, None)
         if self.organ is not None:
             self.door.sessions[self.organ] = self.door.sessions.get(self.organ, 1) - 1
+
+    def session_requested(self) -> _Channel | bool:
+        """A session channel (for SFTP; a shell, a command or scp are refused in it): at most
+        ``max_channels_per_connection`` open at once, as OpenSSH's MaxSessions (the channel beyond is refused)."""
+        assert self.conn is not None
+        if self.door.channels.get(self.conn, 0) >= self.door.limits.max_channels_per_connection:
+            beyond = f"an SFTP session beyond {self.door.limits.max_channels_per_connection} on one connection"
+            self.door.hooks.audit(self.organ, "refused", beyond, False, self.peer)
+            return False
+        return _Channel(self.door, self.conn)
 
     def _never_logged_in(self, exc: Exception | None) -> None:
         """Record why a connection ended before its login, where the client cannot have been told: it shares no
@@ -330,8 +343,6 @@ async def start_door(
         port,
         server_host_keys=follower.load(),  # parsed once, not per login
         send_server_host_keys=True,  # OpenSSH's UpdateHostKeys learns the announced keys (hostkeys-00@openssh.com)
-        sftp_factory=lambda chan: SftpSession(chan, door),
-        allow_scp=False,
         allow_pty=False,
         agent_forwarding=False,
         x11_forwarding=False,
@@ -345,27 +356,31 @@ async def start_door(
 
 
 class HostKeysFollower:
-    """The door's host keys as the folder has them: the keys in use first (asyncssh presents the first key of each
-    algorithm and announces the rest), checked every few seconds for `host-key add`, `use` and `remove`."""
+    """The door's host keys as the folder has them, checked every few seconds for `host-key add`, `use` and
+    `remove` (and for a copy from another node)."""
 
     def __init__(self, directory: Path, signature_algs: tuple[str, ...]) -> None:
         self.directory, self.signature_algs = directory, signature_algs
-        self._seen: frozenset[tuple[str, int]] = frozenset()
+        self._seen: frozenset[tuple[str, int, int, int]] = frozenset()
         self.files: list[str] = []
 
     def load(self) -> list[asyncssh.SSHKeyPair]:
-        """Every host key, those in use first; ``changed`` is False until the folder changes again."""
+        """The keys in use first: asyncssh presents the first key of each algorithm and announces the rest. Then
+        the keys in use once more: asyncssh proves a key announced with the last pair listed for it, and a key
+        exchange sets the signature of the pair it presents (an RSA key proven with its SHA-1 `ssh-rsa`, from a
+        client allowed that, is disregarded by OpenSSH)."""
         self._seen = self._signature()
-        paths = ensure_host_keys(self.directory)
-        self.files = [p.name for p in paths]
-        return [_host_key(p, self.signature_algs) for p in paths]
+        in_use, announced = host_key_files(self.directory)
+        self.files = [p.name for p in in_use + announced]
+        return [_host_key(p, self.signature_algs) for p in in_use + announced + in_use]
 
     def changed(self) -> bool:
         return self._signature() != self._seen
 
-    def _signature(self) -> frozenset[tuple[str, int]]:
-        """Each file's name and inode: a key added or removed, or ``in-use`` replaced, changes it."""
-        return frozenset((e.name, e.inode()) for e in os.scandir(self.directory))
+    def _signature(self) -> frozenset[tuple[str, int, int, int]]:
+        """Each file's name, inode, time and size: a key added or removed, ``in-use`` replaced or rewritten."""
+        entries = [(e.name, e.stat(follow_symlinks=False)) for e in os.scandir(self.directory)]
+        return frozenset((name, st.st_ino, st.st_mtime_ns, st.st_size) for name, st in entries)
 
     async def follow(self, server: asyncssh.SSHAcceptor) -> None:
         """Give ``server`` the folder's keys whenever it changes: the connections after take them."""
@@ -377,6 +392,27 @@ class HostKeysFollower:
                     log.info("host keys now, those in use first: %s", ", ".join(self.files))
             except Exception:  # a half-made key, a missing one: the door keeps the keys it has
                 log.exception("reading the host keys in %s failed; the door keeps those it had", self.directory)
+
+
+class _Channel(SSHServerStreamSession):  # type: ignore[type-arg]
+    """One session channel of a connection, counted against ``max_channels_per_connection``; the SFTP session
+    in it waits on it for what it has sent to drain."""
+
+    def __init__(self, door: DoorState, conn: asyncssh.SSHServerConnection) -> None:
+        super().__init__(None, self._sftp, MIN_SFTP_VERSION)
+        self.door, self.conn = door, conn
+        door.channels[conn] = door.channels.get(conn, 0) + 1
+
+    def _sftp(self, chan: asyncssh.SSHServerChannel) -> SftpSession:
+        chan.set_write_buffer_limits(high=MAX_UNSENT, low=MAX_UNSENT // 2)
+        return SftpSession(chan, self.door, self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if (left := self.door.channels.get(self.conn, 1) - 1) > 0:
+            self.door.channels[self.conn] = left
+        else:
+            self.door.channels.pop(self.conn, None)
 
 
 def _host_key(path: Path, signature_algs: tuple[str, ...]) -> asyncssh.SSHKeyPair:
