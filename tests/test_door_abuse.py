@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -67,9 +69,45 @@ def test_a_client_that_asks_for_reads_without_taking_the_answers_does_not_grow_t
                 flood._async_request(handle, CMD_READ, handle.handle, int64(0), 16 << 20)
         time.sleep(2)
         assert door_rss_mib(box) - before < 64  # 2,000 answers of 256 KiB would be 500 MiB
+    assert asyncio.run(flood_through_a_wide_window(box, 2000)) - before < 64  # 300 MiB went to the connection
     with session(box) as fair, fair.open("/outbox/big.part", "rb") as fh:  # short reads (256 KiB), as OpenSSH's
         assert fh.read() == data
     (box.folder(KV, "outbox") / "big.part").unlink()
+
+
+async def flood_through_a_wide_window(box: Sandbox, reads: int) -> float:
+    """A client that grants the door a window of 2 GiB, stops reading its socket, and asks for ``reads`` reads of
+    big.part, in SFTP packets of its own making; the door's RSS (MiB) after, with the connection open."""
+
+    def packet(kind: int, *parts: bytes) -> bytes:
+        return struct.pack(">IB", 1 + sum(map(len, parts)), kind) + b"".join(parts)
+
+    def text(value: bytes) -> bytes:
+        return struct.pack(">I", len(value)) + value
+
+    class Answers(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+        def __init__(self) -> None:
+            self.data = b""
+
+        def data_received(self, data: bytes, datatype: object) -> None:
+            self.data += data
+
+    key = asyncssh.read_private_key(str(box.organs[KV].ssh_key))
+    async with asyncssh.connect("127.0.0.1", box.port, username=KV, client_keys=[key], known_hosts=None) as conn:
+        chan, answers = await conn.create_session(Answers, subsystem="sftp", encoding=None, window=2**31)
+        chan.write(packet(1, struct.pack(">I", 3)))  # INIT
+        await asyncio.sleep(0.5)
+        answers.data = b""
+        chan.write(packet(3, struct.pack(">I", 1), text(b"/outbox/big.part"), struct.pack(">II", 1, 0)))  # OPEN
+        await asyncio.sleep(0.5)
+        handle = answers.data[13 : 13 + struct.unpack(">I", answers.data[9:13])[0]]
+        conn._transport.pause_reading()  # type: ignore[attr-defined]
+        for n in range(reads):
+            chan.write(packet(5, struct.pack(">I", 100 + n), text(handle), struct.pack(">QI", 0, 256 << 10)))  # READ
+            if n % 100 == 0:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(2)
+        return door_rss_mib(box)
 
 
 def test_an_upload_cannot_be_read_back_nor_copied_onto_itself(box: Sandbox) -> None:
@@ -148,10 +186,15 @@ def test_a_long_upload_is_not_cut_as_idle_and_sessions_on_one_connection_are_cap
         transport = first.get_channel().get_transport()
         more = [paramiko.SFTPClient.from_transport(transport) for _ in range(8)]
         bare = transport.open_session()  # a channel that never asks for SFTP counts too (20,000 held 96 MiB)
+        before = door_rss_mib(box)
+        for n in range(1000):  # asyncssh kept every variable: 1,500 of 128 KiB held 190 MiB
+            bare.set_environment_variable(f"V{n}", "e" * (128 << 10))
+        assert bare.send_ready() and door_rss_mib(box) - before < 64
         with pytest.raises(paramiko.ChannelException):
             paramiko.SFTPClient.from_transport(transport)
-        with pytest.raises(paramiko.ChannelException):
-            transport.open_session()
+        for _ in range(50):  # each was an audit event: 3,000 in half a second
+            with pytest.raises(paramiko.ChannelException):
+                transport.open_session()
         assert all(m.listdir("/") == ["outbox", "inbox", "receipts"] for m in [first, *more])
         bare.close()
 
@@ -161,6 +204,15 @@ def test_a_long_upload_is_not_cut_as_idle_and_sessions_on_one_connection_are_cap
             return None
 
         assert harness.wait_until(eleventh, what="a place freed by the channel closed")
+
+    def refusals() -> list[str] | None:
+        details = [e["detail"] for e in json.loads(box.cli("audit", "list", "--action", "refused", "--json").stdout)]
+        beyond = [d for d in details if d.startswith("SFTP sessions beyond 10 on one connection")]
+        return beyond if len(beyond) == 2 else None
+
+    first, total = box.wait_for(refusals, 10, "the refusals")  # two events, not one per refusal
+    assert first == "SFTP sessions beyond 10 on one connection"
+    assert int(total.rsplit("(", 1)[1].split()[0]) >= 51  # and one more if the wait above was refused once
 
 
 def test_df_shows_an_organ_its_own_quota_and_what_is_left_of_it_not_the_shared_disk(box: Sandbox) -> None:

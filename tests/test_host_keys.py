@@ -8,6 +8,7 @@ before the door presents it, and it drops an old key from there once the admin h
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,7 +16,9 @@ import paramiko
 import pytest
 
 from gateway import harness
+from gateway.errors import GatewayFault
 from gateway.harness import Sandbox
+from gateway.sftp.hostkeys import ensure_host_keys, host_key_files
 
 KV, PK = "kv-bau-zh", "pk-bau-zh"
 
@@ -136,3 +139,18 @@ def test_the_host_key_is_replaced_without_an_organ_s_nightly_batch_failing(tmp_p
         assert "error HOST_KEY_MISSING: the host key " in str(told.value) and "Traceback" not in str(told.value)
     finally:
         box.close()
+
+
+def test_a_host_key_in_use_that_has_gone_is_never_made_again(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    ensure_host_keys(first)  # what `init` makes: the two keys, named in in-use
+    assert (first / "in-use").read_text().split() == ["ssh_host_ed25519_key", "ssh_host_rsa_key"]
+    older = tmp_path / "older"  # a data dir made before rotation came: no in-use; its Ed25519 key lost
+    shutil.copytree(first, older)
+    (older / "in-use").unlink()
+    (older / "ssh_host_ed25519_key").unlink()
+    with pytest.raises(GatewayFault, match="ssh_host_ed25519_key that the door presents is missing"):
+        ensure_host_keys(older)  # it made a new key, which every organ's client would refuse
+    (first / "in-use").write_text("")  # as a copy from another node has it for a moment
+    with pytest.raises(GatewayFault, match="names no host key"):
+        host_key_files(first)  # the door keeps the keys it has

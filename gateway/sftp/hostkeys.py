@@ -34,10 +34,10 @@ def ensure_host_keys(directory: Path) -> None:
     """Generate the first host keys once (0600), for `init` and `serve`: later calls leave them, so fingerprints
     stay stable. HOST_KEY_MISSING where a key in use has gone since."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not (directory / IN_USE).exists():
+    if not (directory / IN_USE).exists() and not any(directory.glob("ssh_host_*")):  # a new data dir
         for name, key_type in zip(FIRST_KEYS, KEY_TYPES, strict=True):
-            if not (directory / name).exists():
-                _generate(directory / name, key_type)
+            _generate(directory / name, key_type)
+        _write_in_use(directory, list(FIRST_KEYS))
     host_key_files(directory)
 
 
@@ -117,6 +117,8 @@ def _in_use(directory: Path) -> list[str]:
         names = (directory / IN_USE).read_text("ascii").split()
     except FileNotFoundError:
         names = list(FIRST_KEYS)
+    if not names:  # being rewritten (a copy from another node), or emptied: the door keeps the keys it has
+        raise GatewayFault(f"{directory / IN_USE} names no host key", code="HOST_KEY_MISSING")
     missing = [n for n in names if not (directory / n).is_file()]
     if missing:
         raise GatewayFault(

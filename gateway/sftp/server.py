@@ -24,7 +24,7 @@ from asyncssh.public_key import get_public_key_algs
 from asyncssh.sftp import MIN_SFTP_VERSION
 from asyncssh.stream import SSHServerStreamSession
 
-from gateway.sftp.files import MAX_UNSENT, Handle, SftpSession
+from gateway.sftp.files import Handle, SftpSession
 from gateway.sftp.hostkeys import host_key_files
 from gateway.sftp.logins import RECHECK_SECONDS, Login, end_revoked, key_allowed, organ_keys
 from gateway.sftp.quota import Quota
@@ -159,6 +159,7 @@ class _Auth(asyncssh.SSHServer):
         self.failures = 0  # keys refused on this connection
         self.key = b""  # the key that logged in
         self.user: str | None = None  # the user name the client asked to log in as
+        self.refused_channels = 0  # session channels refused on this connection
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -185,16 +186,26 @@ class _Auth(asyncssh.SSHServer):
             self.door.channels.pop(self.conn, None)
         if self.organ is not None:
             self.door.sessions[self.organ] = self.door.sessions.get(self.organ, 1) - 1
+        if self.refused_channels > 1:
+            self._audit_refused_channels()
 
     def session_requested(self) -> _Channel | bool:
         """A session channel (for SFTP; a shell, a command or scp are refused in it): at most
         ``max_channels_per_connection`` open at once, as OpenSSH's MaxSessions (the channel beyond is refused)."""
         assert self.conn is not None
         if self.door.channels.get(self.conn, 0) >= self.door.limits.max_channels_per_connection:
-            beyond = f"an SFTP session beyond {self.door.limits.max_channels_per_connection} on one connection"
-            self.door.hooks.audit(self.organ, "refused", beyond, False, self.peer)
+            self.refused_channels += 1
+            if self.refused_channels == 1:  # the rest counted at the end: no flood of the trail
+                self._audit_refused_channels()
             return False
         return _Channel(self.door, self.conn)
+
+    def _audit_refused_channels(self) -> None:
+        limit = self.door.limits.max_channels_per_connection
+        more = f" ({self.refused_channels} in all)" if self.refused_channels > 1 else ""
+        self.door.hooks.audit(
+            self.organ, "refused", f"SFTP sessions beyond {limit} on one connection{more}", False, self.peer
+        )
 
     def _never_logged_in(self, exc: Exception | None) -> None:
         """Record why a connection ended before its login, where the client cannot have been told: it shares no
@@ -344,6 +355,7 @@ async def start_door(
         server_host_keys=follower.load(),  # parsed once, not per login
         send_server_host_keys=True,  # OpenSSH's UpdateHostKeys learns the announced keys (hostkeys-00@openssh.com)
         allow_pty=False,
+        line_editor=False,  # for shells, which the door has none of: each channel is then asyncssh's own
         agent_forwarding=False,
         x11_forwarding=False,
         login_timeout=limits.login_timeout,
@@ -361,7 +373,7 @@ class HostKeysFollower:
 
     def __init__(self, directory: Path, signature_algs: tuple[str, ...]) -> None:
         self.directory, self.signature_algs = directory, signature_algs
-        self._seen: frozenset[tuple[str, int, int, int]] = frozenset()
+        self._seen: frozenset[tuple[str, int, int, int, int]] = frozenset()
         self.files: list[str] = []
 
     def load(self) -> list[asyncssh.SSHKeyPair]:
@@ -377,10 +389,11 @@ class HostKeysFollower:
     def changed(self) -> bool:
         return self._signature() != self._seen
 
-    def _signature(self) -> frozenset[tuple[str, int, int, int]]:
-        """Each file's name, inode, time and size: a key added or removed, ``in-use`` replaced or rewritten."""
+    def _signature(self) -> frozenset[tuple[str, int, int, int, int]]:
+        """Each file's name, inode, times and size: a key added or removed, ``in-use`` replaced or rewritten (its
+        change time moves even where a copy keeps the rest)."""
         entries = [(e.name, e.stat(follow_symlinks=False)) for e in os.scandir(self.directory)]
-        return frozenset((name, st.st_ino, st.st_mtime_ns, st.st_size) for name, st in entries)
+        return frozenset((name, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size) for name, st in entries)
 
     async def follow(self, server: asyncssh.SSHAcceptor) -> None:
         """Give ``server`` the folder's keys whenever it changes: the connections after take them."""
@@ -395,17 +408,17 @@ class HostKeysFollower:
 
 
 class _Channel(SSHServerStreamSession):  # type: ignore[type-arg]
-    """One session channel of a connection, counted against ``max_channels_per_connection``; the SFTP session
-    in it waits on it for what it has sent to drain."""
+    """One session channel of a connection (for SFTP), counted against ``max_channels_per_connection``."""
 
     def __init__(self, door: DoorState, conn: asyncssh.SSHServerConnection) -> None:
-        super().__init__(None, self._sftp, MIN_SFTP_VERSION)
+        super().__init__(None, lambda chan: SftpSession(chan, door), MIN_SFTP_VERSION)
         self.door, self.conn = door, conn
         door.channels[conn] = door.channels.get(conn, 0) + 1
 
-    def _sftp(self, chan: asyncssh.SSHServerChannel) -> SftpSession:
-        chan.set_write_buffer_limits(high=MAX_UNSENT, low=MAX_UNSENT // 2)
-        return SftpSession(chan, self.door, self)
+    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[override]
+        super().connection_made(chan)
+        # asyncssh keeps every environment variable a client sends (1,500 of 128 KiB held 190 MiB); SFTP needs none
+        chan._process_env_request = lambda packet: False  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
