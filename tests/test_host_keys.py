@@ -151,6 +151,13 @@ def test_a_host_key_in_use_that_has_gone_is_never_made_again(tmp_path: Path) -> 
     (older / "ssh_host_ed25519_key").unlink()
     with pytest.raises(GatewayFault, match="ssh_host_ed25519_key that the door presents is missing"):
         ensure_host_keys(older)  # it made a new key, which every organ's client would refuse
+    killed = tmp_path / "killed"  # the first `init`, killed between its two keys: nobody has seen either yet
+    shutil.copytree(first, killed)
+    for gone in ("in-use", "ssh_host_rsa_key", "ssh_host_rsa_key.pub"):
+        (killed / gone).unlink()
+    (killed / ".making").touch()
+    ensure_host_keys(killed)
+    assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in first.iterdir())
     (first / "in-use").write_text("")  # as a copy from another node has it for a moment
     with pytest.raises(GatewayFault, match="names no host key"):
         host_key_files(first)  # the door keeps the keys it has

@@ -289,6 +289,10 @@ class SftpSession(asyncssh.SFTPServer):
         """What the session's answers hold in the door, not yet sent: in its channel, and in its connection, whose
         buffer asyncssh fills as far as the client's window lets it (a client that asks for a window of GiBs and
         reads nothing moves the answers there) and never waits for."""
+        if not getattr(
+            self.conn, "_kex_complete", True
+        ):  # a new key exchange: asyncssh holds every packet till its end
+            return MAX_UNSENT + 1  # (a client that starts one and never ends it would have them pile up)
         transport = getattr(self.conn, "_transport", None)  # asyncssh's; tests/test_door_abuse.py sees it go
         return self.channel.get_write_buffer_size() + (transport.get_write_buffer_size() if transport else 0)
 

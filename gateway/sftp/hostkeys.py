@@ -34,10 +34,15 @@ def ensure_host_keys(directory: Path) -> None:
     """Generate the first host keys once (0600), for `init` and `serve`: later calls leave them, so fingerprints
     stay stable. HOST_KEY_MISSING where a key in use has gone since."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not (directory / IN_USE).exists() and not any(directory.glob("ssh_host_*")):  # a new data dir
+    making = directory / ".making"  # until in-use names them: a run killed in between makes the rest next time
+    if making.exists() or (not (directory / IN_USE).exists() and not any(directory.glob("ssh_host_*"))):
+        making.touch()
+        fsync_dir(directory)
         for name, key_type in zip(FIRST_KEYS, KEY_TYPES, strict=True):
-            _generate(directory / name, key_type)
+            if not (directory / name).exists():
+                _generate(directory / name, key_type)
         _write_in_use(directory, list(FIRST_KEYS))
+        making.unlink()
     host_key_files(directory)
 
 

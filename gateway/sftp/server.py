@@ -355,7 +355,7 @@ async def start_door(
         server_host_keys=follower.load(),  # parsed once, not per login
         send_server_host_keys=True,  # OpenSSH's UpdateHostKeys learns the announced keys (hostkeys-00@openssh.com)
         allow_pty=False,
-        line_editor=False,  # for shells, which the door has none of: each channel is then asyncssh's own
+        line_editor=False,  # for shells, which the door has none of; _Channel gets asyncssh's channel, not a wrapper
         agent_forwarding=False,
         x11_forwarding=False,
         login_timeout=limits.login_timeout,
@@ -417,8 +417,19 @@ class _Channel(SSHServerStreamSession):  # type: ignore[type-arg]
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[override]
         super().connection_made(chan)
-        # asyncssh keeps every environment variable a client sends (1,500 of 128 KiB held 190 MiB); SFTP needs none
+        # asyncssh keeps every environment variable a client sends (1,500 of 128 KiB held 190 MiB); SFTP needs none.
+        # The channel itself (line_editor=False): on a line editor's wrapper this would not take
         chan._process_env_request = lambda packet: False  # type: ignore[attr-defined]
+
+    # asyncssh queues a break, a signal and a window change for a reader the door never has: none is taken
+    def break_received(self, msec: int) -> bool:
+        return False
+
+    def signal_received(self, signal: str) -> None:
+        pass
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        pass
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
