@@ -35,7 +35,7 @@ TEMP_PREFIXES = (".", "~")
 TEMP_SUFFIXES = (".part", ".partial", ".filepart", ".tmp")
 UPLOAD_PREFIX = ".sftp-"  # SFTP uploads are written beside their name, hidden, until the client's close
 PARTIAL_XATTR = "user.flam-gateway.partial"  # on a hidden SFTP upload: the partial upload's name it is written for
-_NAME_MAX = 255
+NAME_MAX = 255  # bytes in a file name, on ext4 and XFS
 SERVE_LOCK = "serve.lock"  # in the data dir: held by the one `serve` that runs on it
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -414,6 +414,6 @@ def _newest_first(path: Path) -> float:
 def _fit(name: str) -> str:
     """Cut a file name to NAME_MAX bytes without splitting a UTF-8 character."""
     raw = name.encode("utf-8", "surrogateescape")
-    if len(raw) <= _NAME_MAX:
+    if len(raw) <= NAME_MAX:
         return name
-    return raw[:_NAME_MAX].decode("utf-8", "ignore")
+    return raw[:NAME_MAX].decode("utf-8", "ignore")

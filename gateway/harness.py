@@ -110,10 +110,12 @@ def openssh_sftp(
 
 def read_receipt(path: Path) -> dict[str, Any]:
     """A receipt as its recipient's software reads it; AssertionError if it breaks schemas/receipt.schema.json."""
-    from jsonschema import Draft202012Validator, FormatChecker
+    from jsonschema import Draft202012Validator
+
+    from gateway.handlers.validate import format_checker  # the real date checks, or it refuses to run
 
     receipt = json.loads(path.read_text())
-    schema = Draft202012Validator(load_schema("receipt.schema.json"), format_checker=FormatChecker())
+    schema = Draft202012Validator(load_schema("receipt.schema.json"), format_checker=format_checker())
     wrong = [f"{e.json_path}: {e.message}" for e in schema.iter_errors(receipt)]
     assert not wrong, f"{path.name} breaks the receipt schema: {wrong}"
     return receipt

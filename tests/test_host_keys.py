@@ -141,7 +141,7 @@ def test_the_host_key_is_replaced_without_an_organ_s_nightly_batch_failing(tmp_p
         box.close()
 
 
-def test_a_host_key_in_use_that_has_gone_is_never_made_again(tmp_path: Path) -> None:
+def test_a_host_key_in_use_that_has_gone_is_never_made_again_and_a_killed_init_finishes(tmp_path: Path) -> None:
     first = tmp_path / "first"
     ensure_host_keys(first)  # what `init` makes: the two keys, named in in-use
     assert (first / "in-use").read_text().split() == ["ssh_host_ed25519_key", "ssh_host_rsa_key"]
@@ -150,7 +150,7 @@ def test_a_host_key_in_use_that_has_gone_is_never_made_again(tmp_path: Path) -> 
     (older / "in-use").unlink()
     (older / "ssh_host_ed25519_key").unlink()
     with pytest.raises(GatewayFault, match="ssh_host_ed25519_key that the door presents is missing"):
-        ensure_host_keys(older)  # it made a new key, which every organ's client would refuse
+        ensure_host_keys(older)  # before: it made a new key, which every organ's client would refuse
     killed = tmp_path / "killed"  # the first `init`, killed between its two keys: nobody has seen either yet
     shutil.copytree(first, killed)
     for gone in ("in-use", "ssh_host_rsa_key", "ssh_host_rsa_key.pub"):

@@ -1,8 +1,8 @@
 """The JSON Schema check (schemas/dossier.schema.json, 2020-12, formats really checked).
 
 A compiled validator (jsonschema-rs, ~0.02 ms with the format callbacks) answers "valid?" first; only a
-dossier it finds invalid goes through jsonschema (~0.6 ms), which lists every violation. jsonschema reads
-``pattern`` as ECMA-262 does, as jsonschema-rs does; both agree on every input the tests try
+dossier it finds invalid goes through jsonschema (~0.6 ms), which lists every violation. The jsonschema validator
+here reads ``pattern`` as ECMA-262 and jsonschema-rs do (``_ecma_pattern``); both agree on every input the tests try
 (tests/test_schema_engines.py), and jsonschema alone decides what a receipt says.
 Messages are built from the failing keyword and the schema, never from jsonschema's own message, which
 quotes the value found (receipts carry no personal data).

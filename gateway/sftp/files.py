@@ -55,6 +55,7 @@ _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC | as
 # without taking the answers (120 reads of 16 MiB) grew the door by 2 GB.
 MAX_READ = 256 << 10
 MAX_UNSENT = 4 << 20
+_YIELD_BYTES = 32 << 20  # a download lets the other sessions go this often (copy-data's loop has no pause of its own)
 # An upload may leave no hole larger than this between what it has written and where it writes (a client that
 # writes in parallel leaves small ones for a moment): one write at 16 GiB made a sparse file that took the
 # intake a minute to hash, for every organ.
@@ -90,7 +91,7 @@ class SftpSession(asyncssh.SFTPServer):
         self.peer = "{}:{}".format(*(chan.get_extra_info("peername") or ("?", 0)))
         self.jail = Jail(door.organs_root / self.organ)
         self.recent: OrderedDict[str, tuple[float, os.stat_result]] = OrderedDict()  # oldest first
-        self.conn = chan.get_connection()
+        self.conn = chan.get_connection()  # asyncssh's `connection`, looked up once: every read and write asks
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
 
@@ -280,28 +281,28 @@ class SftpSession(asyncssh.SFTPServer):
         if handle.temp is not None:  # nothing to read back: the quota counted what a handle moved
             raise SFTPPermissionDenied("opened for writing")
         self._touch()
-        if self._unsent() > MAX_UNSENT or handle.count - handle.paused >= _FLUSH_BYTES:
+        if self._backlogged() or handle.count - handle.paused >= _YIELD_BYTES:
             handle.paused = handle.count
-            return self._read_when_sent(handle, offset, size)
+            return self._read_later(handle, offset, size)
         return self._read(handle, offset, size)
 
-    def _unsent(self) -> int:
-        """What the session's answers hold in the door, not yet sent: in its channel, and in its connection, whose
-        buffer asyncssh fills as far as the client's window lets it (a client that asks for a window of GiBs and
-        reads nothing moves the answers there) and never waits for."""
-        if not getattr(
-            self.conn, "_kex_complete", True
-        ):  # a new key exchange: asyncssh holds every packet till its end
-            return MAX_UNSENT + 1  # (a client that starts one and never ends it would have them pile up)
-        transport = getattr(self.conn, "_transport", None)  # asyncssh's; tests/test_door_abuse.py sees it go
-        return self.channel.get_write_buffer_size() + (transport.get_write_buffer_size() if transport else 0)
+    def _backlogged(self) -> bool:
+        """Whether the door holds too much of the session's answers unsent: over MAX_UNSENT in its channel and in its
+        connection's buffer, which asyncssh fills as far as the client's window lets it (a client that asks for a
+        window of GiBs and reads nothing moves the answers there) and never waits for; or a new key exchange is under
+        way, during which asyncssh holds every packet (one never ended would have the answers pile up)."""
+        if not getattr(self.conn, "_kex_complete", True):  # asyncssh's, as `_transport`: tests/test_door_abuse.py
+            return True
+        transport = getattr(self.conn, "_transport", None)
+        buffered = self.channel.get_write_buffer_size() + (transport.get_write_buffer_size() if transport else 0)
+        return buffered > MAX_UNSENT
 
-    async def _read_when_sent(self, handle: Handle, offset: int, size: int) -> bytes:
-        """Read after the other sessions' turn (a copy-data request reads and writes in a loop of its own, without
-        one), once the client has taken what it asked for before (the session reads no request meanwhile)."""
+    async def _read_later(self, handle: Handle, offset: int, size: int) -> bytes:
+        """Let the other sessions go first (a copy-data request reads and writes in a loop of its own, without a
+        pause), then wait until the client has taken its earlier answers (the session reads no request meanwhile)."""
         await asyncio.sleep(0)
         pause = 0.001
-        while self._unsent() > MAX_UNSENT:
+        while self._backlogged():
             if self.channel.is_closing():
                 raise SFTPFailure("the session has ended")
             await asyncio.sleep(pause)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from asyncssh import SFTPNoSuchFile, SFTPPermissionDenied
 
-from gateway.folders import UPLOAD_PREFIX, text_name
+from gateway.folders import NAME_MAX, UPLOAD_PREFIX, text_name
 
 AREAS = ("outbox", "inbox", "receipts")
-NAME_MAX = 255  # bytes in a file name, on ext4 and XFS: a longer one cannot be stored, nor checked for
+PATH_MAX = 4096  # characters in a path a client sends: refused before any work on it
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,8 @@ class Jail:
     def place(self, raw: bytes | str) -> Place:
         """Map a client's path; raise SFTPPermissionDenied / SFTPNoSuchFile for anything outside the jail."""
         text = os.fsdecode(raw) if isinstance(raw, bytes) else raw
-        if len(text) > 4096:  # PATH_MAX: before any work on it
-            raise SFTPPermissionDenied("paths are at most 4096 characters")
+        if len(text) > PATH_MAX:
+            raise SFTPPermissionDenied(f"paths are at most {PATH_MAX} characters")
         if any(ord(c) < 32 or ord(c) == 127 for c in text):
             raise SFTPPermissionDenied("control characters are not allowed in paths")
         if text_name(text) != text:  # the ledger, the audit trail and receipts hold names as text
