@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import secrets
 import stat
@@ -19,8 +18,6 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
-from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,15 +32,23 @@ from asyncssh import (
     SFTPVFSAttrs,
 )
 
-from gateway.folders import PARTIAL_XATTR, UPLOAD_PREFIX, is_partial_name, rename_durably, rename_no_replace
+from gateway.folders import UPLOAD_PREFIX, is_partial_name, rename_durably, rename_no_replace
+from gateway.sftp.handles import (
+    FLUSH_BYTES,
+    Handle,
+    check_open,
+    mark_failed,
+    raise_flush_error,
+    sync_and_close,
+    sync_kept,
+    tag_partial,
+    write_all,
+)
 from gateway.sftp.jail import AREAS, Jail, Place
 
 if TYPE_CHECKING:
     from gateway.sftp.server import DoorState
 
-# A large upload is put on disk every 32 MiB while it streams in, on a thread: the fsync before the close's "ok"
-# then waits for the last few MiB, not for a backlog (measured: 0.75-1.0 s for 512 MiB on a journaled ext4).
-_FLUSH_BYTES = 32 << 20
 RECENT_SECONDS = 300.0  # how long stat/setstat still answer for an upload (or a rename) the gateway took away
 # ... for this many of a session's last uploads: each costs ~0.8 KB, and a night's session of 20,000 uploads
 # kept them all (the door grew by 19 MiB, past 100 MB of RSS)
@@ -60,25 +65,6 @@ _YIELD_BYTES = 32 << 20  # a download lets the other sessions go this often (cop
 # writes in parallel leaves small ones for a moment): one write at 16 GiB made a sparse file that took the
 # intake a minute to hash, for every organ.
 MAX_HOLE = 64 << 20
-
-log = logging.getLogger(__name__)
-_untaggable = False  # warned once that the outboxes' filesystem takes no user attributes
-
-
-@dataclass
-class Handle:
-    """A file a session has open: a download, or an upload (``temp``)."""
-
-    fd: int
-    place: Place
-    temp: Path | None = None  # uploads: the hidden file written until the protocol close
-    count: int = 0  # bytes read, or written
-    failed: bool = False  # a write failed (a full disk, an I/O error): the upload is never stored
-    flushed: int = 0  # bytes written when the last background flush began
-    paused: int = 0  # downloads: bytes read when the last read let the other sessions go first
-    flushing: Future[None] | None = None  # that flush
-    resumable: bool = False  # under a partial upload's name: kept when the connection drops, for the client to resume
-    closed: bool = False  # by the client, by the end of its connection, or by the door's stop: its fd is gone
 
 
 class SftpSession(asyncssh.SFTPServer):
@@ -238,7 +224,7 @@ class SftpSession(asyncssh.SFTPServer):
             handle = Handle(self.door.spares.take(temp), place, temp, resumable=is_partial_name(place.name))
         if handle.resumable:  # the newest upload to the name: an older one (its connection not seen gone) is not kept
             self.door.partials[place.real] = (self, handle)
-            _tag(handle.fd, place.name)
+            tag_partial(handle.fd, place.name)
         self._opened()
         return handle
 
@@ -317,12 +303,12 @@ class SftpSession(asyncssh.SFTPServer):
     def write(self, handle: Handle, offset: int, data: bytes) -> int | Awaitable[int]:
         if handle.temp is None:
             raise SFTPPermissionDenied("opened for reading")
-        _check_open(handle)
+        check_open(handle)
         if handle.failed:  # the client's writes in flight after a refused or failed one
             raise SFTPFailure(f"{handle.place.virtual} is not stored: an earlier write to it failed")
         self._touch()
         if offset - handle.count > MAX_HOLE:  # past what it has written, as far as the bytes it has sent tell
-            _fail(handle)
+            mark_failed(handle)
             gap = f"a write at byte {offset} would leave a gap after the {handle.count} written"
             raise self._refuse("write", SFTPFailure(f"{handle.place.virtual} is not stored: {gap}"))
         size = max(offset, handle.count) + len(data)  # the upload's bytes with this write
@@ -334,39 +320,39 @@ class SftpSession(asyncssh.SFTPServer):
         try:
             await self._quota_after_reading(size, handle.count, handle.place.virtual)
         except SFTPQuotaExceeded:
-            _fail(handle)  # never stored: its close discards it
+            mark_failed(handle)  # never stored: its close discards it
             raise
         return self._write(handle, offset, data)
 
     def _write(self, handle: Handle, offset: int, data: bytes) -> int:
         try:
-            _write_all(handle.fd, data, offset)
+            write_all(handle.fd, data, offset)
             handle.count += len(data)
             self.door.quota.wrote(self.organ, len(data))
-            if handle.count - handle.flushed >= _FLUSH_BYTES and (handle.flushing is None or handle.flushing.done()):
-                _raise_flush_error(handle)
+            if handle.count - handle.flushed >= FLUSH_BYTES and (handle.flushing is None or handle.flushing.done()):
+                raise_flush_error(handle)
                 handle.flushed = handle.count
-                handle.flushing = self.door.flusher.submit(_sync_and_close, os.dup(handle.fd))
+                handle.flushing = self.door.flusher.submit(sync_and_close, os.dup(handle.fd))
         except OSError:
-            _fail(handle)  # the client hears this error; its close then discards the upload
+            mark_failed(handle)  # the client hears this error; its close then discards the upload
             raise
         return len(data)
 
     def fstat(self, handle: Handle) -> os.stat_result:
-        _check_open(handle)
+        check_open(handle)
         return os.fstat(handle.fd)
 
     def fsetstat(self, handle: Handle, attrs: SFTPAttrs) -> None:
-        _check_open(handle)
+        check_open(handle)
         if handle.temp is not None and attrs.mtime is not None:
             os.utime(handle.fd, (attrs.atime or attrs.mtime, attrs.mtime))
 
     def fsync(self, handle: Handle) -> None:
-        _check_open(handle)
+        check_open(handle)
         try:
             os.fsync(handle.fd)
         except OSError:
-            _fail(handle)  # the kernel reports a write error once: the close's own fsync would not see it
+            mark_failed(handle)  # the kernel reports a write error once: the close's own fsync would not see it
             raise
 
     def close(self, handle: Handle) -> None:
@@ -428,15 +414,15 @@ class SftpSession(asyncssh.SFTPServer):
         except OSError:
             return True
         try:
-            self.door.flusher.submit(_sync_kept, fd, handle.place.real)
+            self.door.flusher.submit(sync_kept, fd, handle.place.real)
         except RuntimeError:  # the door is stopping
-            _sync_kept(fd, handle.place.real)
+            sync_kept(fd, handle.place.real)
         return True
 
     def _commit(self, handle: Handle) -> None:
         assert handle.temp is not None
         try:
-            _raise_flush_error(handle)
+            raise_flush_error(handle)
         except OSError:
             self._discard(handle, "upload_failed")
             raise
@@ -534,70 +520,3 @@ class SftpSession(asyncssh.SFTPServer):
         left = min(max(0, limit - self.door.quota.waiting(self.organ)), disk.bavail * disk.frsize)
         size, free = limit // disk.frsize, left // disk.frsize
         return SFTPVFSAttrs(disk.bsize, disk.frsize, size, free, free, 0, 0, 0, 0, disk.flags, disk.namemax)
-
-
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    """Write all of ``data`` at ``offset``: after a short write (the disk filling up) the next one raises."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
-def _tag(fd: int, name: str) -> None:
-    """Tag an upload's hidden file with its partial name, which the next start puts it back under if the gateway is
-    killed with it open (gateway.folders.keep_partial_uploads); a filesystem without user attributes: not."""
-    global _untaggable
-    try:
-        os.setxattr(fd, PARTIAL_XATTR, name.encode())
-    except OSError as exc:
-        if not _untaggable:
-            _untaggable = True
-            log.warning("partial uploads cannot be tagged here (%s): one open when the gateway is killed is lost", exc)
-
-
-def _fail(handle: Handle) -> None:
-    """Mark an upload as never to be stored, nor kept to resume: not even by the next start, should the gateway be
-    killed before its close (its hidden file loses the tag gateway.folders.keep_partial_uploads looks for)."""
-    handle.failed = True
-    if handle.resumable:
-        with contextlib.suppress(OSError):
-            os.removexattr(handle.fd, PARTIAL_XATTR)
-
-
-def _check_open(handle: Handle) -> None:
-    """Refuse a request on an upload the door has ended (its descriptor's number may belong to another file now)."""
-    if handle.closed:
-        raise SFTPFailure(f"{handle.place.virtual} is closed")
-
-
-def _sync_kept(fd: int, path: Path) -> None:
-    """On a flush thread: put a kept partial upload (open as ``fd``, a duplicate) on disk, or remove it from ``path``
-    if the disk lost some of it (a resume would build on that)."""
-    try:
-        os.fdatasync(fd)
-    except OSError as exc:
-        log.warning("the partial upload %s is removed: writing it to disk failed (%s)", path, exc)
-        with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not resumed (renamed away) meanwhile
-                os.unlink(path)
-    finally:
-        os.close(fd)
-
-
-def _sync_and_close(fd: int) -> None:
-    """On a flush thread: put what was written through ``fd`` (a duplicate of an upload's) on disk, then close it."""
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-
-
-def _raise_flush_error(handle: Handle) -> None:
-    """Wait for the upload's background flush; raise the write error it met.
-
-    The flush's duplicate shares the upload's open file, and the kernel reports a write error once per open
-    file: if the flush got it, the closing fsync would not, and the client would hear "ok".
-    """
-    if handle.flushing is not None:
-        handle.flushing.result()

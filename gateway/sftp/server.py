@@ -24,7 +24,8 @@ from asyncssh.public_key import get_public_key_algs
 from asyncssh.sftp import MIN_SFTP_VERSION
 from asyncssh.stream import SSHServerStreamSession
 
-from gateway.sftp.files import Handle, SftpSession
+from gateway.sftp.files import SftpSession
+from gateway.sftp.handles import Handle
 from gateway.sftp.hostkeys import host_key_files
 from gateway.sftp.logins import Login, end_revoked, key_allowed, organ_keys
 from gateway.sftp.quota import Quota
