@@ -43,7 +43,9 @@ def ensure_host_keys(directory: Path) -> None:
                 _generate(directory / name, key_type)
         _write_in_use(directory, list(FIRST_KEYS))
         making.unlink()
-    host_key_files(directory)
+    in_use = _in_use(directory)  # HOST_KEY_MISSING where a key in use has gone
+    if not (directory / IN_USE).exists():  # a data dir from before rotation: its two keys named, once
+        _write_in_use(directory, in_use)
 
 
 def host_key_files(directory: Path) -> tuple[list[Path], list[Path]]:
@@ -97,8 +99,6 @@ def remove_host_key(directory: Path, fingerprint: str) -> HostKey:
             "HOST_KEY_IN_USE",
             f"{key.fingerprint} is the {key.algorithm} host key the door presents: `host-key use` another key first",
         )
-    if not (directory / IN_USE).exists():  # the first keys were in use without the file: name them before
-        _write_in_use(directory, _in_use(directory))
     for path in (directory / f"{key.file}.pub", directory / key.file):  # as `_generate` made them, backwards
         path.unlink(missing_ok=True)
     fsync_dir(directory)
